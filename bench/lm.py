@@ -1,0 +1,165 @@
+"""Language-model helpers shared by tasks, training, proxies and SAEs.
+
+- ``format_prompt``: chat template when the tokenizer has one, plain text otherwise.
+- ``generate``: batched, left-padded, greedy (or sampled) continuations; returns only the new text.
+- ``response_logprobs``: Σ_t log p(response_t | prompt, response_<t) per (prompt, response) pair.
+- ``decoder_layers`` / ``mlp_in_proj``: find the blocks and the MLP input projection (``mlp.up_proj``
+  for Llama-style models, ``mlp.c_fc`` for GPT-2-style) by probing the module tree, PEFT wrappers
+  included, so no per-model table is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def format_prompt(tokenizer, prompt: str, use_chat_template: bool = True) -> str:
+    """The text the model sees before its reply: chat template (with generation prompt) if available."""
+    if use_chat_template and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+    return prompt
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The underlying transformers model of a PEFT wrapper (or the model itself)."""
+    if hasattr(model, "get_base_model"):
+        return model.get_base_model()
+    return model
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of transformer blocks (Llama: model.layers, GPT-2: transformer.h)."""
+    base = _unwrap(model)
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+        obj = base
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        if isinstance(obj, nn.ModuleList):
+            return obj
+    raise ValueError(f"cannot find the decoder layers of {type(base).__name__}; supported: Llama-style "
+                     "(model.layers), GPT-2-style (transformer.h), GPT-NeoX")
+
+
+def n_layers(model: nn.Module) -> int:
+    return len(decoder_layers(model))
+
+
+def resolve_layer(layer: int | float, total: int) -> int:
+    """An int is a layer index (negative counts from the end); a float in [0, 1) is a fraction of depth."""
+    if isinstance(layer, float):
+        if not 0.0 <= layer < 1.0:
+            raise ValueError(f"layer fraction {layer} must be in [0, 1)")
+        return int(layer * total)
+    idx = layer + total if layer < 0 else layer
+    if not 0 <= idx < total:
+        raise ValueError(f"layer {layer} out of range for a model with {total} layers")
+    return idx
+
+
+def hook_module(model: nn.Module, layer: int, hook: str = "mlp.up_proj") -> nn.Module:
+    """Module ``hook`` (dotted path inside block ``layer``); ``mlp.up_proj`` falls back to ``mlp.c_fc``."""
+    block = decoder_layers(model)[layer]
+    candidates = [hook] + (["mlp.c_fc"] if hook == "mlp.up_proj" else [])
+    for cand in candidates:
+        obj = block
+        try:
+            for part in cand.split("."):
+                obj = getattr(obj, part)
+            return obj
+        except AttributeError:
+            continue
+    raise ValueError(f"layer {layer} of {type(_unwrap(model)).__name__} has no module {hook!r}")
+
+
+def mlp_in_proj(model: nn.Module, layer: int) -> nn.Module:
+    return hook_module(model, layer, "mlp.up_proj")
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last non-padding token, for right *or* left padding.
+
+    i_b = max{t : mask[b, t] = 1}. Rows with no tokens are an error.
+    """
+    if (attention_mask.sum(1) == 0).any():
+        raise ValueError("a sequence in the batch has no tokens (all padding)")
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.bool() * (positions + 1)).argmax(1)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 20, greedy: bool = True,
+             temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 16, num_return_sequences: int = 1,
+             use_chat_template: bool = True, max_prompt_tokens: int = 256, seed: int | None = None,
+             progress: bool = False) -> list[str]:
+    """Continuations of ``prompts`` (new text only, special tokens removed), in order.
+
+    With ``num_return_sequences`` = K > 1 the result has K entries per prompt, consecutively.
+    """
+    from tqdm.auto import tqdm
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    out: list[str] = []
+    try:
+        for start in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress, leave=False):
+            texts = [format_prompt(tokenizer, p, use_chat_template) for p in prompts[start:start + batch_size]]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
+                            max_length=max_prompt_tokens, add_special_tokens=False).to(device)
+            kw = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_p=top_p)
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=num_return_sequences,
+                                 pad_token_id=tokenizer.pad_token_id, **kw)
+            new = gen[:, enc["input_ids"].shape[1]:]
+            out.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = old_side
+    return out
+
+
+@torch.no_grad()
+def response_logprobs(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], *,
+                      batch_size: int = 16, use_chat_template: bool = True, max_length: int = 384,
+                      average: bool = False) -> torch.Tensor:
+    """log π(y | x) = Σ_t log p(y_t | x, y_<t) for each (x, y), in nats; ``average`` divides by |y|.
+
+    The prompt is chat-formatted; the response follows it directly, as in TRL's DPO data layout.
+    Returns a float64 CPU tensor of shape (len(prompts),).
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        ids, labels = [], []
+        for p, r in zip(prompts[start:start + batch_size], responses[start:start + batch_size]):
+            p_ids = tokenizer(format_prompt(tokenizer, p, use_chat_template), add_special_tokens=False)["input_ids"]
+            r_ids = tokenizer(r, add_special_tokens=False)["input_ids"]
+            if not r_ids:
+                raise ValueError(f"empty response for prompt {p[:60]!r}")
+            seq = (p_ids + r_ids)[-max_length:]
+            n_resp = min(len(r_ids), len(seq) - 1)
+            ids.append(seq)
+            labels.append([-100] * (len(seq) - n_resp) + seq[len(seq) - n_resp:])
+        width = max(map(len, ids))
+        pad = tokenizer.pad_token_id
+        input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in ids], device=device)
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in ids], device=device)
+        lab = torch.tensor([s + [-100] * (width - len(s)) for s in labels], device=device)
+        logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
+        tgt = lab[:, 1:]
+        valid = tgt != -100
+        lp = torch.log_softmax(logits, -1).gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        tot = (lp * valid).sum(1)
+        if average:
+            tot = tot / valid.sum(1)
+        out.append(tot.double().cpu())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)

@@ -1,0 +1,125 @@
+"""The task interface: what every preference task gives the harness (SPEC.md §3).
+
+A task turns a source of rows into ``TaskData`` (train pairs, held-out pairs and prompts, concept
+labels) and scores a policy on held-out data. Tasks register themselves with ``@register("name")``;
+``tasks/__init__.py`` imports every module in the package, so one new file adds one task.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar, Generic, TypeVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from bench.lm import response_logprobs
+
+
+class Pair(BaseModel):
+    """One preference pair: the policy should prefer ``chosen`` over ``rejected`` after ``prompt``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+class TaskData(BaseModel):
+    """Everything a task built for one (model, seed): identical for every method of a suite."""
+
+    model_config = ConfigDict(extra="forbid")
+    task: str
+    train_pairs: list[Pair]
+    eval_pairs: list[Pair]
+    eval_prompts: list[str]
+    """Held-out prompts (un-templated) that the scorer generates from; also the proxy inputs."""
+    eval_items: list[dict[str, Any]] = []
+    """Task-specific held-out items (e.g. sycophancy claims with their options)."""
+    concept_texts: list[str] = []
+    concept_labels: list[int] = []
+    """Binary concept label per concept text (1 = toxic / negative / sycophantic), for SAE probing."""
+    provenance: dict[str, Any] = {}
+    """Where the rows came from and which fields are model generations."""
+
+
+class TaskConfig(BaseModel):
+    """Fields every task config has; tasks subclass it and add their own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    source: str = "embedded"
+    """``embedded``, ``hf:<dataset-id>[:split]``, or a path to a .jsonl/.csv/.parquet file."""
+    columns: dict[str, str] = {}
+    """Column mapping for non-embedded sources, e.g. {prompt = "original_text"}."""
+    n_train: int = 64
+    n_eval: int = 64
+    max_new_tokens: int = 20
+    batch_size: int = 16
+    use_chat_template: bool = True
+
+
+C = TypeVar("C", bound=TaskConfig)
+
+
+class Task(ABC, Generic[C]):
+    """One preference task. ``build`` may use the base model (generated ``chosen`` replies)."""
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type[TaskConfig]]
+    version: ClassVar[str] = "1"
+    headline: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def build(self, cfg: C, model, tokenizer, seed: int) -> TaskData: ...
+
+    @abstractmethod
+    def score(self, cfg: C, model, tokenizer, data: TaskData) -> dict[str, float]:
+        """Held-out task metrics, always including ``align_score`` (SPEC.md §3)."""
+
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register(name: str) -> Callable[[type[Task]], type[Task]]:
+    def add(cls: type[Task]) -> type[Task]:
+        if name in TASKS:
+            raise ValueError(f"task {name!r} already registered by {TASKS[name].__module__}")
+        cls.name = name
+        TASKS[name] = cls
+        return cls
+
+    return add
+
+
+def preference_metrics(policy, tokenizer, pairs: list[Pair], *, beta: float = 0.1, reference=None,
+                       batch_size: int = 16, use_chat_template: bool = True) -> dict[str, float]:
+    """Held-out DPO implicit-reward metrics of ``policy`` against ``reference``.
+
+    r(x, y) = β · (log π(y|x) − log π_ref(y|x)); m_i = r(x_i, y_w,i) − r(x_i, y_l,i).
+    ``reward_margin`` = mean_i m_i (nats × β); ``pref_acc`` = mean_i [1{m_i > 0} + ½·1{m_i = 0}],
+    so a policy identical to its reference (the ``base`` row) scores 0.5 and margin 0.
+    ``reference=None`` means: the PEFT adapter-disabled policy if it has adapters, else the policy
+    itself. Also reports ``logp_chosen``/``logp_rejected`` (mean per-token log-prob under the policy).
+    """
+    if not pairs:
+        raise ValueError("preference_metrics needs at least one held-out pair")
+    prompts = [p.prompt for p in pairs]
+    kw = dict(batch_size=batch_size, use_chat_template=use_chat_template)
+    pol_w = response_logprobs(policy, tokenizer, prompts, [p.chosen for p in pairs], **kw)
+    pol_l = response_logprobs(policy, tokenizer, prompts, [p.rejected for p in pairs], **kw)
+    if reference is not None:
+        ref_w = response_logprobs(reference, tokenizer, prompts, [p.chosen for p in pairs], **kw)
+        ref_l = response_logprobs(reference, tokenizer, prompts, [p.rejected for p in pairs], **kw)
+    elif hasattr(policy, "disable_adapter"):
+        with policy.disable_adapter():
+            ref_w = response_logprobs(policy, tokenizer, prompts, [p.chosen for p in pairs], **kw)
+            ref_l = response_logprobs(policy, tokenizer, prompts, [p.rejected for p in pairs], **kw)
+    else:
+        ref_w, ref_l = pol_w, pol_l
+    margin = beta * ((pol_w - ref_w) - (pol_l - ref_l))
+    acc = (margin > 0).double() + 0.5 * (margin == 0).double()
+    lens_w = torch.tensor([max(1, len(tokenizer(p.chosen, add_special_tokens=False)["input_ids"])) for p in pairs])
+    lens_l = torch.tensor([max(1, len(tokenizer(p.rejected, add_special_tokens=False)["input_ids"])) for p in pairs])
+    return {"pref_acc": float(acc.mean()), "reward_margin": float(margin.mean()),
+            "logp_chosen": float((pol_w / lens_w).mean()), "logp_rejected": float((pol_l / lens_l).mean())}
