@@ -1,0 +1,214 @@
+"""Command line: ``python -m bench <command>``.
+
+    python -m bench run suite smoke              # tiny model, every stage, ~1 min on a laptop CPU
+    python -m bench run suite                    # the default suite (embedded SmolLM2-135M-Instruct)
+    python -m bench run suite default --dry-run  # jobs and stages, cached or to run
+    python -m bench list suites|tasks|methods|models
+    python -m bench leaderboard results/default [more result folders …]
+    python -m bench data show toxicity --n 5
+    python -m bench show-feature results/smoke/runs/sae-… 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger("bench")
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard wants I/N (e.g. 1/2), got {text!r}") from None
+    if not (n >= 1 and 1 <= i <= n):
+        raise argparse.ArgumentTypeError(f"--shard {text}: need 1 <= I <= N")
+    return i, n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logs and full tracebacks")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    run = sub.add_parser("run", help="run a suite").add_subparsers(dest="what", required=True)
+    rs = run.add_parser("suite", help="run a suite's jobs (cached stages are reused)")
+    rs.add_argument("suite", nargs="?", default="default", help="shipped suite name or a .toml path")
+    rs.add_argument("--out", type=Path, help="results folder (default results/<suite>)")
+    rs.add_argument("--seed", type=int, action="append", help="seed(s) to run instead of the suite's")
+    rs.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    rs.add_argument("--force", action="store_true", help="recompute every stage of the selected jobs")
+    rs.add_argument("--shard", type=_shard, default=(1, 1), metavar="I/N", help="run shard I of N of the jobs")
+    rs.add_argument("--dry-run", action="store_true", help="print jobs and stages without running")
+    rs.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
+                    help="debug logs and full tracebacks")
+
+    ls = sub.add_parser("list", help="list suites, tasks, methods or models")
+    ls.add_argument("what", choices=["suites", "tasks", "methods", "models"])
+
+    lb = sub.add_parser("leaderboard", help="re-render the CSVs from stored runs (merging folders)")
+    lb.add_argument("dirs", nargs="*", type=Path, default=[Path("results/default")])
+    lb.add_argument("--out", type=Path, help="where to write the merged CSVs (default: the first folder)")
+
+    data = sub.add_parser("data", help="inspect task data").add_subparsers(dest="what", required=True)
+    ds = data.add_parser("show", help="print a few built pairs of a task")
+    ds.add_argument("task")
+    ds.add_argument("--n", type=int, default=5)
+    ds.add_argument("--suite", default="default", help="suite whose task config and model to use")
+    ds.add_argument("--out", type=Path, help="results folder holding the cached data (default results/<suite>)")
+    ds.add_argument("--seed", type=int, default=None)
+
+    sf = sub.add_parser("show-feature", help="top held-out contexts of one SAE latent")
+    sf.add_argument("run", type=Path, help="an sae-… stage folder")
+    sf.add_argument("feature", type=int)
+    sf.add_argument("--n", type=int, default=10)
+
+    rp = sub.add_parser("report", help="figures and an HTML/Markdown report from stored runs")
+    rp.add_argument("dir", type=Path)
+
+    pf = sub.add_parser("perf", help="side-by-side performance ratios")
+    pf.add_argument("--quick", action="store_true")
+    pf.add_argument("--out", type=Path, default=Path("results/perf"))
+    pf.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    return p
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if verbose:
+        logging.getLogger("bench").setLevel(logging.DEBUG)
+    for noisy in ("transformers", "datasets", "sae_lens", "trl", "peft", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.ERROR)
+    if not verbose:
+        try:
+            import transformers
+
+            transformers.utils.logging.set_verbosity_error()
+            transformers.utils.logging.disable_progress_bar()
+        except ImportError:
+            pass
+
+
+def cmd_run(args) -> int:
+    from bench.config import load_suite
+    from bench.runner import run_suite
+
+    suite, path = load_suite(args.suite)
+    out = args.out or Path("results") / suite.name
+    progress = sys.stderr.isatty() and not args.dry_run
+    summary = run_suite(suite, out, seeds=args.seed, device=args.device, force=args.force, shard=args.shard,
+                        dry_run=args.dry_run, suite_file=path, progress=progress)
+    if not args.dry_run:
+        print(f"suite {suite.name}: {len(summary.jobs)} job(s) in {summary.seconds:.1f}s → {out}/leaderboard.csv")
+    return 0
+
+
+def cmd_list(args) -> int:
+    if args.what == "suites":
+        from bench.config import load_suite, shipped_suites
+
+        for name, path in sorted(shipped_suites().items()):
+            suite, _ = load_suite(str(path))
+            print(f"{name:<10} {suite.model.id:<34} {suite.description}")
+    elif args.what == "tasks":
+        from tasks import TASKS
+
+        for name, cls in sorted(TASKS.items()):
+            print(cls.describe(cls.config_cls()) if hasattr(cls, "describe") else name)
+    elif args.what == "methods":
+        from bench.align import METHODS
+
+        for name, cls in METHODS.items():
+            print(f"{name:<7} {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}")
+    else:
+        from bench.models import MODELS_HELP
+
+        for name, text in MODELS_HELP.items():
+            print(f"{name:<34} {text}")
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    from bench.leaderboard import write_leaderboard
+
+    missing = [str(d) for d in args.dirs if not (d / "jobs").is_dir()]
+    if missing:
+        raise FileNotFoundError(f"no stored runs in {', '.join(missing)} (expected a jobs/ folder from `run suite`)")
+    out = args.out or args.dirs[0]
+    board = write_leaderboard(out, list(args.dirs))
+    print(f"{len(board)} row(s) → {out}/leaderboard.csv, {out}/metrics.csv")
+    return 0
+
+
+def cmd_data_show(args) -> int:
+    from bench.config import load_suite
+    from bench.runner import Job, Runner, plan_job
+    from bench.store import Store, read_json
+
+    suite, _ = load_suite(args.suite)
+    if args.task not in suite.tasks:
+        raise ValueError(f"task {args.task!r} is not in suite {suite.name} (has: {', '.join(suite.tasks)})")
+    out = args.out or Path("results") / suite.name
+    store = Store(out)
+    runner = Runner(suite, store, device="auto", progress=False)
+    seed = args.seed if args.seed is not None else suite.seeds[0]
+    plan = plan_job(suite, store, Job(args.task, "base", seed), runner.n_layers(seed))
+    plan.stages = {"data": plan.stages["data"]}
+    runner.run_job(plan)
+    data = read_json(store.path(plan.stages["data"][0]) / "data.json")
+    print(f"{args.task}: {len(data['train_pairs'])} train pairs, {len(data['eval_pairs'])} held-out pairs, "
+          f"{len(data['eval_prompts'])} held-out prompts; provenance: {data.get('provenance', {})}")
+    for i, pair in enumerate(data["train_pairs"][: args.n]):
+        print(f"\n--- pair {i}\nPROMPT:   {pair['prompt']}\nCHOSEN:   {pair['chosen']}\nREJECTED: {pair['rejected']}")
+    return 0
+
+
+def cmd_show_feature(args) -> int:
+    from saes.show import show_feature
+
+    print(show_feature(args.run, args.feature, n=args.n))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from bench.report import write_report
+
+    path = write_report(args.dir)
+    print(f"report → {path}")
+    return 0
+
+
+def cmd_perf(args) -> int:
+    from bench.perf import run_perf
+
+    run_perf(args.out, quick=args.quick, device=args.device)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    handlers = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "data": cmd_data_show,
+                "show-feature": cmd_show_feature, "report": cmd_report, "perf": cmd_perf}
+    try:
+        return handlers[args.cmd](args)
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # one clear line for the user; the traceback only with --verbose
+        if args.verbose:
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+def entry() -> None:
+    sys.exit(main())

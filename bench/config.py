@@ -1,0 +1,169 @@
+"""Suite configuration: TOML → frozen, validated pydantic models (unknown keys are errors).
+
+A suite is a TOML file: the ones shipped in ``bench/suites/`` are found by name (``smoke``,
+``default``, ``paper``); any other path loads too. Example::
+
+    python -m bench run suite bench/suites/smoke.toml --dry-run
+"""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
+
+from bench.models import TinySpec
+
+
+class SuiteError(ValueError):
+    """A suite that cannot be found or does not validate; the message names the bad key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class TinyModelConfig(_Strict):
+    """Shape of a ``tiny:llama`` model (ignored for other model ids)."""
+
+    n_layers: int = Field(2, ge=1)
+    d_model: int = Field(64, ge=8)
+    d_mlp: int = Field(128, ge=8)
+    n_heads: int = Field(4, ge=1)
+    n_kv_heads: int = Field(2, ge=1)
+    tokenizer: str = "embedded:smollm2-135m-instruct"
+    """Tokenizer spec; the SmolLM2 tokenizer (with its chat template) by default."""
+
+    def spec(self) -> TinySpec:
+        return TinySpec(n_layers=self.n_layers, d_model=self.d_model, d_mlp=self.d_mlp, n_heads=self.n_heads,
+                        n_kv_heads=self.n_kv_heads, tokenizer=self.tokenizer)
+
+
+class ModelConfig(_Strict):
+    id: str = "embedded:smollm2-135m-instruct"
+    """``embedded:<name>``, ``tiny:llama``, a Hugging Face hub id, or a local folder."""
+    tiny: TinyModelConfig = TinyModelConfig()
+    use_chat_template: bool = True
+    """Format prompts with the tokenizer's chat template when it has one."""
+
+
+class HookConfig(_Strict):
+    """The regularised layer: where DecPO/L1 act, training curves are recorded and SAEs are trained."""
+
+    module: str = "mlp.up_proj"
+    """Module inside each decoder block; ``mlp.up_proj`` falls back to ``mlp.c_fc`` for GPT-2."""
+    layer: int | float = 0.5
+    """Layer index (int; negative counts from the end) or fraction of depth (float in [0, 1))."""
+
+
+class ProxyConfig(_Strict):
+    """Neuron proxies (SPEC §4) on held-out task prompts."""
+
+    n_texts: int = Field(256, ge=2)
+    """Held-out prompts per task (fewer if the task has fewer)."""
+    batch_size: int = Field(16, ge=1)
+    max_length: int = Field(256, ge=8)
+
+
+class EvalConfig(_Strict):
+    beta: float = Field(0.1, gt=0)
+    """β of the DPO implicit reward used for held-out ``reward_margin`` / ``pref_acc``."""
+    batch_size: int = Field(16, ge=1)
+
+
+class SuiteConfig(_Strict):
+    """One benchmark suite: model × tasks × methods × seeds, plus the measurement settings."""
+
+    name: str
+    description: str = ""
+    seeds: list[int] = [0]
+    model: ModelConfig = ModelConfig()
+    hook: HookConfig = HookConfig()
+    proxies: ProxyConfig = ProxyConfig()
+    eval: EvalConfig = EvalConfig()
+    tasks: dict[str, SerializeAsAny[BaseModel]]
+    """Task name → that task's config table (fields of its config class)."""
+    methods: dict[str, SerializeAsAny[BaseModel]]
+    """Method name → that method's config table; ``base`` takes none."""
+    sae: SerializeAsAny[BaseModel] | None = None
+    """SAE training and scoring ([sae] table); omit to skip the SAE stages."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_tables(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        from bench.align import METHODS
+        from tasks import TASKS
+
+        data = dict(data)
+        data["tasks"] = _resolve_tables("tasks", data.get("tasks"), {k: v.config_cls for k, v in TASKS.items()})
+        data["methods"] = _resolve_tables("methods", data.get("methods"), METHODS)
+        if data.get("sae") is not None and not isinstance(data["sae"], BaseModel):
+            from saes.config import SAEConfig
+
+            data["sae"] = _validate(SAEConfig, data["sae"], "sae")
+        if not data["tasks"]:
+            raise ValueError("[tasks] is empty; name at least one task")
+        if not data["methods"]:
+            raise ValueError("[methods] is empty; name at least one method (e.g. [methods.base])")
+        return data
+
+
+def _validate(cls: type[BaseModel], table: Any, where: str) -> BaseModel:
+    if isinstance(table, cls):
+        return table
+    try:
+        return cls.model_validate(table or {})
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise ValueError(f"[{where}] {loc}: {err['msg']}") from None
+
+
+def _resolve_tables(kind: str, tables: Any, registry: dict[str, type[BaseModel]]) -> dict[str, BaseModel]:
+    if tables is None:
+        return {}
+    if not isinstance(tables, dict):
+        raise ValueError(f"[{kind}] must be a table of tables, got {type(tables).__name__}")
+    unknown = sorted(set(tables) - set(registry))
+    if unknown:
+        raise ValueError(f"unknown {kind[:-1]}(s) {unknown} in [{kind}]; registered: {', '.join(sorted(registry))}")
+    return {name: _validate(registry[name], table, f"{kind}.{name}") for name, table in tables.items()}
+
+
+def shipped_suites() -> dict[str, Path]:
+    """Suites shipped inside the package: name → path."""
+    folder = resources.files("bench.suites")
+    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml")}
+
+
+def load_suite(name_or_path: str) -> tuple[SuiteConfig, Path]:
+    """A shipped suite by name, or any TOML path → (validated config, its file)."""
+    shipped = shipped_suites()
+    path = Path(name_or_path)
+    if name_or_path in shipped:
+        path = shipped[name_or_path]
+    elif not path.suffix == ".toml" or not path.is_file():
+        raise SuiteError(f"no suite {name_or_path!r}: not a shipped suite ({', '.join(sorted(shipped))}) "
+                         "nor an existing .toml file")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise SuiteError(f"suite {path}: malformed TOML: {e}") from None
+    raw.setdefault("name", path.stem)
+    try:
+        return SuiteConfig.model_validate(raw), path
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key (allowed: {', '.join(SuiteConfig.model_fields) if '.' not in loc else 'see the docs'})"
+        raise SuiteError(f"suite {path.name}: {loc}: {msg}") from None
+
+
+HookDevice = Literal["auto", "cpu", "cuda"]

@@ -1,0 +1,95 @@
+"""Render ``leaderboard.csv`` and ``metrics.csv`` from stored runs, for one or many result folders.
+
+- ``metrics.csv``: tidy long form, one row per (model, task, method, seed, layer, sae, metric, value).
+- ``leaderboard.csv``: one row per (model, task, method, seed); a column per metric, taking records
+  without a layer or at the job's regularised (hook) layer. Identity columns: ``suite, model, task,
+  method, seed, config_hash, monobench_version, hook_layer``.
+- ``leaderboard_seeds.csv`` (only with ≥ 2 seeds): per (model, task, method) the mean, and the
+  half-width of the 95 % t confidence interval (``<metric>_ci95``) across seeds.
+
+Nothing here knows a metric by name: a new stage's records appear as new columns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.store import Store, read_json
+
+ID_COLS = ["suite", "model", "task", "method", "seed", "config_hash", "monobench_version", "hook_layer"]
+TIDY_COLS = ["suite", "model", "task", "method", "seed", "layer", "sae", "metric", "value"]
+
+
+def tidy_metrics(dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(tidy metrics, job table) over every job record found in ``dirs``; later dirs win on duplicates."""
+    rows, jobs = [], {}
+    for d in dirs:
+        store = Store(d)
+        for job in store.job_records():
+            ident = (job["model"], job["task"], job["method"], job["seed"])
+            jobs[ident] = {c: job[c] for c in ID_COLS} | {"_dir": str(d), "_stages": job["stages"]}
+    for job in jobs.values():
+        store = Store(Path(job["_dir"]))
+        for stage, key in job["_stages"].items():
+            f = store.path(key) / "metrics.json"
+            if not f.is_file():
+                continue  # stage not finished (e.g. a shard still running)
+            for r in read_json(f):
+                rows.append({c: job[c] for c in ("suite", "model", "task", "method", "seed")}
+                            | {"layer": r.get("layer"), "sae": r.get("sae"), "metric": r["metric"],
+                               "value": r["value"], "_hook": job["hook_layer"]})
+    tidy = pd.DataFrame(rows, columns=TIDY_COLS + ["_hook"])
+    table = pd.DataFrame([{c: j[c] for c in ID_COLS} for j in jobs.values()], columns=ID_COLS)
+    return tidy, table
+
+
+def leaderboard(tidy: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """One row per job; metric columns in first-seen order."""
+    if tidy.empty:
+        return table.copy()
+    head = tidy[tidy["layer"].isna() | (tidy["layer"] == tidy["_hook"])]
+    order = list(dict.fromkeys(head["metric"]))
+    wide = head.pivot_table(index=["model", "task", "method", "seed"], columns="metric", values="value",
+                            aggfunc="first").reset_index()
+    board = table.merge(wide, on=["model", "task", "method", "seed"], how="left")
+    method_order = {m: i for i, m in enumerate(["base", "sft", "dpo", "simpo", "l1", "decpo"])}
+    board = board.sort_values(["model", "task", "seed"] + [], kind="stable")
+    board = board.assign(_m=board["method"].map(lambda m: method_order.get(m, 99))).sort_values(
+        ["model", "task", "_m", "seed"], kind="stable").drop(columns="_m")
+    return board[ID_COLS + [c for c in order if c in board.columns]].reset_index(drop=True)
+
+
+def seed_summary(board: pd.DataFrame) -> pd.DataFrame | None:
+    """Mean and 95 % CI half-width (t distribution, n−1 dof) across seeds; None with fewer than 2 seeds."""
+    from scipy import stats
+
+    if board.empty or board["seed"].nunique() < 2:
+        return None
+    metrics = [c for c in board.columns if c not in ID_COLS]
+    out = []
+    for (model, task, method), g in board.groupby(["model", "task", "method"], sort=False):
+        row = {"suite": g["suite"].iloc[0], "model": model, "task": task, "method": method, "n_seeds": len(g)}
+        for m in metrics:
+            v = g[m].dropna().to_numpy(float)
+            row[m] = float(v.mean()) if len(v) else np.nan
+            row[f"{m}_ci95"] = (float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+                                if len(v) > 1 else np.nan)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def write_leaderboard(out: Path, sources: list[Path] | None = None) -> pd.DataFrame:
+    """Write the CSVs into ``out`` from the runs of ``sources`` (default: ``out`` itself)."""
+    sources = sources or [out]
+    tidy, table = tidy_metrics([Path(s) for s in sources])
+    board = leaderboard(tidy, table)
+    out.mkdir(parents=True, exist_ok=True)
+    tidy[TIDY_COLS].to_csv(out / "metrics.csv", index=False)
+    board.to_csv(out / "leaderboard.csv", index=False)
+    summary = seed_summary(board)
+    if summary is not None:
+        summary.to_csv(out / "leaderboard_seeds.csv", index=False)
+    return board

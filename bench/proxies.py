@@ -1,0 +1,149 @@
+"""Neuron-level monosemanticity proxies (SPEC.md §4), per layer.
+
+z_i ∈ R^d is the hooked module's output (default ``mlp.up_proj``) at the last non-padding token of
+input i; Z = [z_1 … z_N] ∈ R^{N×d}. All proxies are pure functions of Z (float64 inside):
+
+- ``decorrelation``  = 1 − mean_{i≠j} cos(z_i, z_j)                       (Yan et al. 2024, Figs. 3–4)
+- ``act_variance``   = mean_i Var_k(z_ik), population variance over the d hidden dims (Fig. 5)
+- ``mono_scale``     = mean_k Var_i(z_ik) / mean_k E_i[z_ik²]; scale-free, in [0, 1]
+- ``decor_loss``     = ‖Ẑ Ẑᵀ − I‖²_F / N², Ẑ = row-normalised Z (the DecPO term, evaluated)
+- ``weight_proxy``   = median_k ‖W_in,k‖₂ · b_in,k, only for MLPs whose input projection has a bias
+
+``collect_last_token`` gets Z for every requested layer from ONE forward pass with hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from bench.lm import format_prompt, hook_module, last_token_index
+
+PROXY_NAMES = ("decorrelation", "act_variance", "mono_scale", "decor_loss")
+
+
+def _check(z: Tensor) -> Tensor:
+    if z.ndim != 2:
+        raise ValueError(f"proxies take an (N, d) matrix, got shape {tuple(z.shape)}")
+    if z.shape[0] < 2:
+        raise ValueError(f"proxies need at least 2 rows, got {z.shape[0]}")
+    if not torch.isfinite(z).all():
+        raise ValueError(f"activations contain {int((~torch.isfinite(z)).sum())} NaN/inf values")
+    return z.double()
+
+
+def _unit_rows(z: Tensor) -> Tensor:
+    return z / z.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def decorrelation(z: Tensor) -> float:
+    """1 − mean over ordered pairs i≠j of cos(z_i, z_j). Identical rows → 0; orthogonal rows → 1."""
+    z = _check(z)
+    c = _unit_rows(z) @ _unit_rows(z).T
+    n = z.shape[0]
+    return float(1.0 - (c.sum() - c.diagonal().sum()) / (n * (n - 1)))
+
+
+def act_variance(z: Tensor) -> float:
+    """mean_i Var_k(z_ik): variance of each row across its d hidden units (population, /d), averaged."""
+    return float(_check(z).var(dim=1, unbiased=False).mean())
+
+
+def mono_scale(z: Tensor) -> float:
+    """mean_k Var_i(z_ik) / mean_k E_i[z_ik²]: share of each neuron's energy that varies across inputs."""
+    z = _check(z)
+    denom = (z**2).mean(0).mean()
+    if denom == 0:
+        return 0.0
+    return float(z.var(dim=0, unbiased=False).mean() / denom)
+
+
+def decor_loss(z: Tensor) -> float:
+    """‖Ẑ Ẑᵀ − I‖²_F / N² with Ẑ the row-normalised Z (mean squared off-diagonal cosine, × (N−1)/N)."""
+    z = _check(z)
+    u = _unit_rows(z)
+    g = u @ u.T - torch.eye(z.shape[0], dtype=z.dtype)
+    return float((g**2).sum() / z.shape[0] ** 2)
+
+
+def weight_proxy(weight: Tensor, bias: Tensor) -> float:
+    """median_k ‖W_in,k‖₂ · b_in,k for an input projection with weight (d_mlp, d_model), bias (d_mlp,).
+
+    GPT-2's Conv1D stores the transpose (d_model, d_mlp); pass ``weight.T`` for it.
+    """
+    if weight.shape[0] != bias.shape[0]:
+        raise ValueError(f"weight rows {weight.shape[0]} != bias size {bias.shape[0]}")
+    return float((weight.double().norm(dim=1) * bias.double()).median())
+
+
+def layer_proxies(z: Tensor) -> dict[str, float]:
+    """All Z-based proxies of one layer."""
+    return {"decorrelation": decorrelation(z), "act_variance": act_variance(z),
+            "mono_scale": mono_scale(z), "decor_loss": decor_loss(z)}
+
+
+def input_weight_proxy(model, layer: int, hook: str = "mlp.up_proj") -> float | None:
+    """``weight_proxy`` of the hooked projection, or None when it has no bias (e.g. Llama)."""
+    mod = hook_module(model, layer, hook)
+    if getattr(mod, "bias", None) is None:
+        return None
+    w = mod.weight
+    if type(mod).__name__ == "Conv1D":  # transformers' GPT-2 Conv1D: weight is (d_in, d_out)
+        w = w.T
+    return weight_proxy(w.detach(), mod.bias.detach())
+
+
+@torch.no_grad()
+def collect_last_token(model, tokenizer, texts: Sequence[str], layers: Sequence[int], *,
+                       hook: str = "mlp.up_proj", batch_size: int = 16, max_length: int = 256,
+                       use_chat_template: bool = True) -> dict[int, Tensor]:
+    """Z per layer from one forward pass per batch: {layer: (N, d) float32 CPU tensor}.
+
+    Each text is chat-formatted like a prompt; the activation is taken at its last non-padding token.
+    """
+    device = next(model.parameters()).device
+    store: dict[int, list[Tensor]] = {l: [] for l in layers}
+    current: dict[str, Tensor] = {}
+
+    def make_hook(layer: int):
+        def fn(_mod, _inp, out):
+            store[layer].append(out[torch.arange(out.shape[0]), current["last"]].float().cpu())
+        return fn
+
+    handles = [hook_module(model, l, hook).register_forward_hook(make_hook(l)) for l in layers]
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "right"
+    try:
+        for start in range(0, len(texts), batch_size):
+            batch = [format_prompt(tokenizer, t, use_chat_template) for t in texts[start:start + batch_size]]
+            enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length,
+                            add_special_tokens=False).to(device)
+            current["last"] = last_token_index(enc["attention_mask"])
+            model(**enc)
+    finally:
+        tokenizer.padding_side = old_side
+        for h in handles:
+            h.remove()
+    return {l: torch.cat(v) for l, v in store.items()}
+
+
+def model_proxies(model, tokenizer, texts: Sequence[str], *, hook: str = "mlp.up_proj", batch_size: int = 16,
+                  max_length: int = 256, use_chat_template: bool = True,
+                  layers: Sequence[int] | None = None) -> list[dict[str, float]]:
+    """Proxies for every layer (or ``layers``): one row per layer with ``layer`` and ``rel_depth``."""
+    from bench.lm import n_layers
+
+    total = n_layers(model)
+    layers = list(range(total)) if layers is None else list(layers)
+    zs = collect_last_token(model, tokenizer, texts, layers, hook=hook, batch_size=batch_size,
+                            max_length=max_length, use_chat_template=use_chat_template)
+    rows = []
+    for l in layers:
+        row = {"layer": l, "rel_depth": l / max(1, total - 1), **layer_proxies(zs[l])}
+        wp = input_weight_proxy(model, l, hook)
+        if wp is not None:
+            row["weight_proxy"] = wp
+        rows.append(row)
+    return rows

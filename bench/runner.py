@@ -1,0 +1,336 @@
+"""Suite runner: expand a suite into jobs (task × method × seed) and run each job's stages.
+
+Stages, each a cached folder in the store (``bench/store.py``), keyed by what determines it:
+
+    data (task, base model, seed) → train (method) → eval (task scorer + held-out preference metrics)
+                                                    → proxies (neuron proxies, every layer)
+                                                    → acts (activation store at the hook) → sae
+
+Every stage folder has a ``metrics.json`` of tidy records ``{metric, value, layer?, sae?}`` that
+``bench/leaderboard.py`` turns into the CSVs without knowing any metric by name.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench import __version__
+from bench.config import SuiteConfig
+from bench.store import Store, read_json, stable_hash, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    task: str
+    method: str
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.task}__{self.method}__s{self.seed}"
+
+
+@dataclass
+class Plan:
+    """A job's stages in execution order: name → (key, spec)."""
+
+    job: Job
+    stages: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    hook_layer: int = 0
+    config_hash: str = ""
+
+
+def expand_jobs(suite: SuiteConfig, seeds: list[int] | None = None) -> list[Job]:
+    """All jobs in a fixed order: seed, then task, then method (base first) as written in the suite."""
+    methods = sorted(suite.methods, key=lambda m: (m != "base", list(suite.methods).index(m)))
+    return [Job(t, m, s) for s in (seeds or suite.seeds) for t in suite.tasks for m in methods]
+
+
+def select_shard(jobs: list[Job], shard: tuple[int, int]) -> list[Job]:
+    """Jobs of shard I of N: every N-th job starting at I−1 (deterministic, covers all jobs once)."""
+    i, n = shard
+    if not 1 <= i <= n:
+        raise ValueError(f"--shard {i}/{n}: I must be in 1..N")
+    return [j for k, j in enumerate(jobs) if k % n == i - 1]
+
+
+def model_identity(suite: SuiteConfig, seed: int) -> dict[str, Any]:
+    m = suite.model
+    ident: dict[str, Any] = {"id": m.id, "chat": m.use_chat_template}
+    if m.id.startswith("tiny:"):
+        ident |= {"tiny": m.tiny.model_dump(), "seed": seed}  # a tiny model is its seed
+    return ident
+
+
+def plan_job(suite: SuiteConfig, store: Store, job: Job, n_model_layers: int) -> Plan:
+    """Stage keys of one job (no computation), for running and for --dry-run."""
+    from bench.lm import resolve_layer
+    from tasks import TASKS
+
+    plan = Plan(job=job)
+    model = model_identity(suite, job.seed)
+    layer = resolve_layer(suite.hook.layer, n_model_layers)
+    plan.hook_layer = layer
+    hook = {"module": suite.hook.module, "layer": layer}
+    task_cfg = suite.tasks[job.task].model_dump(mode="json")
+    method_cfg = suite.methods[job.method].model_dump(mode="json")
+
+    def add(name: str, spec: dict[str, Any]) -> str:
+        key = store.key(name, spec)
+        plan.stages[name] = (key, spec)
+        return key
+
+    data = add("data", {"task": job.task, "task_version": TASKS[job.task].version, "task_cfg": task_cfg,
+                        "model": model, "seed": job.seed})
+    if job.method == "base":
+        policy = "base-" + stable_hash(model)
+    else:
+        policy = add("train", {"method": job.method, "method_cfg": method_cfg, "data": data, "model": model,
+                               "hook": hook, "seed": job.seed})
+    add("eval", {"policy": policy, "data": data, "task_cfg": task_cfg, "eval": suite.eval.model_dump()})
+    add("proxies", {"policy": policy, "data": data, "proxies": suite.proxies.model_dump(),
+                    "module": suite.hook.module})
+    if suite.sae is not None:
+        sae_cfg = suite.sae.model_dump(mode="json")
+        acts = add("acts", {"policy": policy, "data": data, "hook": hook, "sae": sae_cfg, "seed": job.seed})
+        add("sae", {"acts": acts, "sae": sae_cfg, "seed": job.seed})
+    plan.config_hash = stable_hash({"model": model, "task": task_cfg, "method": method_cfg, "hook": hook,
+                                    "proxies": suite.proxies.model_dump(), "eval": suite.eval.model_dump(),
+                                    "sae": suite.sae.model_dump(mode="json") if suite.sae else None,
+                                    "seed": job.seed, "version": __version__}, n=12)
+    return plan
+
+
+def records(metrics: dict[str, float], **extra: Any) -> list[dict[str, Any]]:
+    """Flat {metric: value} → tidy records (with optional layer / sae fields)."""
+    return [{"metric": k, "value": float(v), **extra} for k, v in metrics.items()]
+
+
+class Runner:
+    """Runs planned jobs, loading the base model and policies only when a stage must be computed."""
+
+    def __init__(self, suite: SuiteConfig, store: Store, *, device: str = "auto", force: bool = False,
+                 progress: bool = True):
+        self.suite, self.store, self.device, self.force, self.progress = suite, store, device, force, progress
+        self._base: dict[int, tuple[Any, Any]] = {}
+        self._policy_cache: tuple[str, Any] | None = None
+
+    # ----- models -------------------------------------------------------------------------------
+    def base(self, seed: int):
+        """(model, tokenizer) of the suite's base model, loaded once per seed (tiny models depend on it)."""
+        from bench.models import load_model
+
+        key = seed if self.suite.model.id.startswith("tiny:") else 0
+        if key not in self._base:
+            self._base[key] = load_model(self.suite.model.id, seed=seed, device=self.device,
+                                         tiny=self.suite.model.tiny.spec())
+        return self._base[key]
+
+    def n_layers(self, seed: int) -> int:
+        """Depth of the base model without loading weights when a config is enough."""
+        m = self.suite.model
+        if m.id.startswith("tiny:"):
+            return m.tiny.n_layers
+        from bench.lm import n_layers
+
+        return n_layers(self.base(seed)[0])
+
+    def policy(self, plan: Plan):
+        """The job's policy: the base model, or base + the trained adapter/weights from the train stage."""
+        model, tok = self.base(plan.job.seed)
+        if plan.job.method == "base":
+            return model, tok
+        key = plan.stages["train"][0]
+        if self._policy_cache and self._policy_cache[0] == key:
+            return self._policy_cache[1], tok
+        from bench.align import load_policy
+
+        self._policy_cache = None
+        pol = load_policy(copy.deepcopy(model), self.store.path(key) / "policy")
+        pol.eval()
+        self._policy_cache = (key, pol)
+        return pol, tok
+
+    # ----- stages -------------------------------------------------------------------------------
+    def run_job(self, plan: Plan) -> dict[str, bool]:
+        """Run the job's missing stages; returns stage → whether it was computed (False = reused)."""
+        computed: dict[str, bool] = {}
+        for name, (key, spec) in plan.stages.items():
+            if self.store.done(key) and not (self.force and key not in self.store.built):
+                self.store.reused.append(key)
+                computed[name] = False
+                continue
+            if key in self.store.built:  # shared stage (e.g. data) already rebuilt in this run
+                computed[name] = False
+                continue
+            t0 = time.time()
+            identity = {"task": plan.job.task, "method": plan.job.method, "seed": plan.job.seed, "stage": name}
+            with self.store.build(key, spec, identity) as work:
+                getattr(self, f"_stage_{name}")(plan, work)
+            computed[name] = True
+            log.info("%s: %s built in %.1fs", plan.job.id, name, time.time() - t0)
+        return computed
+
+    def _data(self, plan: Plan):
+        from tasks import TaskData
+
+        return TaskData.model_validate(read_json(self.store.path(plan.stages["data"][0]) / "data.json"))
+
+    def _stage_data(self, plan: Plan, work: Path) -> None:
+        from tasks import TASKS
+
+        model, tok = self.base(plan.job.seed)
+        task = TASKS[plan.job.task]()
+        torch.manual_seed(plan.job.seed)
+        data = task.build(self.suite.tasks[plan.job.task], model, tok, plan.job.seed)
+        write_json(work / "data.json", data.model_dump(mode="json"))
+        write_json(work / "metrics.json", records({"n_train_pairs": len(data.train_pairs),
+                                                   "n_eval_pairs": len(data.eval_pairs),
+                                                   "n_eval_prompts": len(data.eval_prompts)}))
+
+    def _stage_train(self, plan: Plan, work: Path) -> None:
+        import pandas as pd
+
+        from bench.align import save_policy, train_policy
+
+        model, tok = self.base(plan.job.seed)
+        data = self._data(plan)
+        res = train_policy(plan.job.method, self.suite.methods[plan.job.method], copy.deepcopy(model), tok,
+                           data.train_pairs, data.eval_pairs, work, plan.job.seed,
+                           use_chat_template=self.suite.model.use_chat_template,
+                           hook_layer=plan.hook_layer, hook_module=self.suite.hook.module,
+                           proxy_prompts=data.eval_prompts[: self.suite.proxies.n_texts])
+        save_policy(res.policy, work / "policy")
+        pd.DataFrame(res.curves).to_csv(work / "curves.csv", index=False)
+        write_json(work / "metrics.json", records(res.summary))
+        self._policy_cache = None
+
+    def _stage_eval(self, plan: Plan, work: Path) -> None:
+        from tasks import TASKS, preference_metrics
+
+        data = self._data(plan)
+        pol, tok = self.policy(plan)
+        torch.manual_seed(plan.job.seed)
+        cfg = self.suite.tasks[plan.job.task]
+        metrics = TASKS[plan.job.task]().score(cfg, pol, tok, data)
+        metrics |= preference_metrics(pol, tok, data.eval_pairs, beta=self.suite.eval.beta,
+                                      batch_size=self.suite.eval.batch_size,
+                                      use_chat_template=self.suite.model.use_chat_template)
+        write_json(work / "metrics.json", records(metrics))
+
+    def _stage_proxies(self, plan: Plan, work: Path) -> None:
+        from bench.proxies import model_proxies
+
+        data = self._data(plan)
+        pol, tok = self.policy(plan)
+        cfg = self.suite.proxies
+        rows = model_proxies(pol, tok, data.eval_prompts[: cfg.n_texts], hook=self.suite.hook.module,
+                             batch_size=cfg.batch_size, max_length=cfg.max_length,
+                             use_chat_template=self.suite.model.use_chat_template)
+        recs = []
+        for row in rows:
+            layer = row.pop("layer")
+            row.pop("rel_depth")
+            recs += records(row, layer=layer)
+        for name in ("decorrelation", "act_variance", "mono_scale", "decor_loss"):
+            recs += records({f"{name}_mean": sum(r[name] for r in rows) / len(rows)})
+        write_json(work / "metrics.json", recs)
+
+    def _stage_acts(self, plan: Plan, work: Path) -> None:
+        from saes.activations import collect_activations
+
+        data = self._data(plan)
+        pol, tok = self.policy(plan)
+        cfg = self.suite.sae
+        collect_activations(pol, tok, sae_token_texts(data), layer=plan.hook_layer, hook=self.suite.hook.module,
+                            out_dir=work, cfg=cfg, seed=plan.job.seed,
+                            use_chat_template=self.suite.model.use_chat_template)
+        write_json(work / "metrics.json", [])
+
+    def _stage_sae(self, plan: Plan, work: Path) -> None:
+        from saes.score import score_sae
+        from saes.train import train_sae
+
+        data = self._data(plan)
+        pol, tok = self.policy(plan)
+        acts = self.store.path(plan.stages["acts"][0])
+        sae_dir = train_sae(acts, self.suite.sae, work / "sae", seed=plan.job.seed, device=str(
+            next(pol.parameters()).device))
+        metrics = score_sae(sae_dir, acts, pol, tok, layer=plan.hook_layer, hook=self.suite.hook.module,
+                            concept_texts=data.concept_texts, concept_labels=data.concept_labels,
+                            cfg=self.suite.sae, out_dir=work, seed=plan.job.seed)
+        write_json(work / "metrics.json", records(metrics, layer=plan.hook_layer,
+                                                  sae=self.suite.sae.architecture))
+
+
+def sae_token_texts(data) -> list[str]:
+    """The task's token set for SAEs: prompt+chosen and prompt+rejected of train pairs, then held-out prompts.
+
+    The same texts for every method of a task, so SAEs differ only by the model that reads them.
+    """
+    texts = [f"{p.prompt}\n{p.chosen}" for p in data.train_pairs] + [f"{p.prompt}\n{p.rejected}"
+                                                                       for p in data.train_pairs]
+    return texts + list(data.eval_prompts)
+
+
+@dataclass
+class RunSummary:
+    out: Path
+    jobs: list[Plan]
+    computed: dict[str, dict[str, bool]]
+    seconds: float
+
+
+def dry_run_lines(suite: SuiteConfig, store: Store, plans: list[Plan]) -> list[str]:
+    """One line per job: its stages, each marked cached or to run."""
+    lines = []
+    for p in plans:
+        parts = [f"{n}:{'cached' if store.done(k) else 'run'}" for n, (k, _) in p.stages.items()]
+        lines.append(f"{p.job.id:<34} layer {p.hook_layer:<3} " + " ".join(parts))
+    return lines
+
+
+def run_suite(suite: SuiteConfig, out: Path, *, seeds: list[int] | None = None, device: str = "auto",
+              force: bool = False, shard: tuple[int, int] = (1, 1), dry_run: bool = False,
+              suite_file: Path | None = None, progress: bool = True, echo=print) -> RunSummary:
+    """Run (or, with ``dry_run``, list) a suite's jobs into ``out``; returns what was computed."""
+    from bench.leaderboard import write_leaderboard
+    from bench.manifest import write_manifest
+
+    start = time.time()
+    store = Store(out)
+    runner = Runner(suite, store, device=device, force=force, progress=progress)
+    jobs = select_shard(expand_jobs(suite, seeds), shard)
+    plans = [plan_job(suite, store, j, runner.n_layers(j.seed)) for j in jobs]
+    if dry_run:
+        for line in dry_run_lines(suite, store, plans):
+            echo(line)
+        return RunSummary(out, plans, {}, 0.0)
+    store.clean_tmp()
+    computed: dict[str, dict[str, bool]] = {}
+    from tqdm.auto import tqdm
+
+    for plan in tqdm(plans, desc=f"suite {suite.name}", disable=not progress, unit="job"):
+        t0 = time.time()
+        computed[plan.job.id] = runner.run_job(plan)
+        store.write_job(plan.job.id, {
+            "job": plan.job.id, "suite": suite.name, "model": suite.model.id, "task": plan.job.task,
+            "method": plan.job.method, "seed": plan.job.seed, "hook_layer": plan.hook_layer,
+            "config_hash": plan.config_hash, "monobench_version": __version__,
+            "stages": {n: k for n, (k, _) in plan.stages.items()}})
+        built = [n for n, c in computed[plan.job.id].items() if c]
+        echo(f"{plan.job.id}: {len(built)} stage(s) built{' (' + ', '.join(built) + ')' if built else ''}, "
+             f"{len(plan.stages) - len(built)} reused, {time.time() - t0:.1f}s")
+    write_manifest(out, suite, suite_file, device=device, seeds=seeds or suite.seeds, shard=shard,
+                   runner=runner)
+    write_leaderboard(out)
+    return RunSummary(out, plans, computed, time.time() - start)

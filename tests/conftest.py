@@ -1,0 +1,48 @@
+"""Shared fixtures: offline hub, seeded RNGs, a tiny Llama built once and deep-copied per test."""
+
+import copy
+import functools
+import os
+import random
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import pytest
+import torch
+
+from bench.models import TinySpec, load_model
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@functools.cache
+def _tiny(seed: int = 0):
+    return load_model("tiny:llama", seed=seed, tiny=TinySpec())
+
+
+@pytest.fixture
+def tiny_lm():
+    """(model, tokenizer): random 2-layer d=64 Llama with the SmolLM2 tokenizer; safe to mutate."""
+    model, tok = _tiny()
+    return copy.deepcopy(model), tok
+
+
+@functools.cache
+def _smollm():
+    return load_model("embedded:smollm2-135m-instruct")
+
+
+@pytest.fixture
+def smollm():
+    """(model, tokenizer) of the embedded SmolLM2-135M-Instruct (shared; do not mutate)."""
+    return _smollm()
+
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -1,0 +1,75 @@
+"""Neuron proxies (SPEC §4) against hand-computed values, and the one-pass collector."""
+
+import math
+
+import pytest
+import torch
+
+from bench import proxies as P
+
+
+def test_identical_rows_have_zero_decorrelation():
+    z = torch.tensor([[1.0, 2.0, 3.0]] * 4)
+    assert P.decorrelation(z) == pytest.approx(0.0, abs=1e-12)
+    # Ẑ Ẑᵀ is all ones: (N² − N) off-diagonal ones squared / N² = (16 − 4) / 16
+    assert P.decor_loss(z) == pytest.approx(12 / 16)
+
+
+def test_orthogonal_rows_are_fully_decorrelated():
+    z = torch.eye(3) * torch.tensor([[2.0], [5.0], [0.5]])
+    assert P.decorrelation(z) == pytest.approx(1.0)
+    assert P.decor_loss(z) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_opposite_rows():
+    z = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    assert P.decorrelation(z) == pytest.approx(2.0)  # 1 − cos = 1 − (−1)
+
+
+def test_act_variance_hand_computed():
+    z = torch.tensor([[1.0, 3.0], [0.0, 0.0], [2.0, 2.0]])
+    # row variances (population): 1, 0, 0 → mean 1/3
+    assert P.act_variance(z) == pytest.approx(1 / 3)
+
+
+def test_mono_scale_hand_computed():
+    z = torch.tensor([[1.0, 2.0], [3.0, 2.0]])
+    # neuron 0: var 1, E[z²] 5; neuron 1: var 0, E[z²] 4 → mean var 0.5 / mean E 4.5
+    assert P.mono_scale(z) == pytest.approx(0.5 / 4.5)
+    assert P.mono_scale(torch.ones(3, 4)) == pytest.approx(0.0)
+
+
+def test_weight_proxy_hand_computed():
+    w = torch.tensor([[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]])  # row norms 5, 1, 2
+    b = torch.tensor([1.0, -1.0, 0.5])  # products 5, −1, 1 → median 1
+    assert P.weight_proxy(w, b) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_activations_are_an_error(bad):
+    z = torch.ones(3, 2)
+    z[1, 1] = bad
+    with pytest.raises(ValueError, match="NaN/inf"):
+        P.decorrelation(z)
+
+
+def test_shape_errors():
+    with pytest.raises(ValueError, match=r"\(N, d\)"):
+        P.act_variance(torch.ones(3))
+    with pytest.raises(ValueError, match="at least 2"):
+        P.decorrelation(torch.ones(1, 3))
+
+
+def test_one_pass_collection_matches_per_layer_forward(tiny_lm):
+    model, tok = tiny_lm
+    texts = ["hello there", "a much longer sentence about cats and dogs", "x"]
+    zs = P.collect_last_token(model, tok, texts, [0, 1], batch_size=2)
+    assert set(zs) == {0, 1} and zs[0].shape == (3, model.config.intermediate_size)
+    # reference: each text alone (no padding at all)
+    for i, t in enumerate(texts):
+        one = P.collect_last_token(model, tok, [t], [1], batch_size=1)[1]
+        torch.testing.assert_close(zs[1][i], one[0], rtol=1e-4, atol=1e-5)
+    rows = P.model_proxies(model, tok, texts)
+    assert [r["layer"] for r in rows] == [0, 1] and rows[-1]["rel_depth"] == 1.0
+    assert all(0 <= r["mono_scale"] <= 1 and math.isfinite(r["decorrelation"]) for r in rows)
+    assert "weight_proxy" not in rows[0]  # Llama's up_proj has no bias
