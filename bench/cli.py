@@ -7,6 +7,8 @@
     python -m bench leaderboard results/default [more result folders …]
     python -m bench data show toxicity --n 5
     python -m bench show-feature results/smoke/runs/sae-… 12
+    python -m bench report results/default       # figures + report.md from stored runs
+    python -m bench perf --quick                 # side-by-side speed ratios
 """
 
 from __future__ import annotations
@@ -70,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="figures and an HTML/Markdown report from stored runs")
     rp.add_argument("dir", type=Path)
+
+    sc = sub.add_parser("schema", help="write docs/SCHEMA.md (every output column) from the metric registry")
+    sc.add_argument("--out", type=Path, default=Path("docs/SCHEMA.md"))
 
     pf = sub.add_parser("perf", help="side-by-side performance ratios")
     pf.add_argument("--quick", action="store_true")
@@ -183,6 +188,15 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_schema(args) -> int:
+    from bench.metrics import schema_markdown
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(schema_markdown())
+    print(f"schema → {args.out}")
+    return 0
+
+
 def cmd_perf(args) -> int:
     from bench.perf import run_perf
 
@@ -196,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     handlers = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "data": cmd_data_show,
-                "show-feature": cmd_show_feature, "report": cmd_report, "perf": cmd_perf}
+                "show-feature": cmd_show_feature, "report": cmd_report, "perf": cmd_perf,
+                "schema": cmd_schema}
     try:
         return handlers[args.cmd](args)
     except KeyboardInterrupt:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,8 +113,18 @@ def plan_job(suite: SuiteConfig, store: Store, job: Job, n_model_layers: int) ->
 
 
 def records(metrics: dict[str, float], **extra: Any) -> list[dict[str, Any]]:
-    """Flat {metric: value} → tidy records (with optional layer / sae fields)."""
-    return [{"metric": k, "value": float(v), **extra} for k, v in metrics.items()]
+    """Flat {metric: value} → tidy records (with optional layer / sae fields).
+
+    A non-finite value is not written (its cell stays empty) and is logged as a warning: the
+    leaderboard never carries a NaN that looks like a number.
+    """
+    out = []
+    for k, v in metrics.items():
+        if v is None or not math.isfinite(float(v)):
+            log.warning("metric %s is undefined (%s) for this stage; left empty", k, v)
+            continue
+        out.append({"metric": k, "value": float(v), **extra})
+    return out
 
 
 class Runner:
@@ -204,14 +216,15 @@ class Runner:
 
         model, tok = self.base(plan.job.seed)
         data = self._data(plan)
-        res = train_policy(plan.job.method, self.suite.methods[plan.job.method], copy.deepcopy(model), tok,
-                           data.train_pairs, data.eval_pairs, work, plan.job.seed,
-                           use_chat_template=self.suite.model.use_chat_template,
-                           hook_layer=plan.hook_layer, hook_module=self.suite.hook.module,
-                           proxy_prompts=data.eval_prompts[: self.suite.proxies.n_texts])
+        res = train_policy(plan.job.method, self.suite.methods[plan.job.method], model, tok, data.train_pairs,
+                           data.eval_pairs, work / "trainer", plan.job.seed,
+                           use_chat_template=self.suite.model.use_chat_template, layer=plan.hook_layer,
+                           hook=self.suite.hook.module, eval_beta=self.suite.eval.beta,
+                           proxy_prompts=data.eval_prompts[: self.suite.proxies.n_texts], progress=self.progress)
+        shutil.rmtree(work / "trainer", ignore_errors=True)
         save_policy(res.policy, work / "policy")
         pd.DataFrame(res.curves).to_csv(work / "curves.csv", index=False)
-        write_json(work / "metrics.json", records(res.summary))
+        write_json(work / "metrics.json", records({"train_steps": res.steps, "train_seconds": res.seconds}))
         self._policy_cache = None
 
     def _stage_eval(self, plan: Plan, work: Path) -> None:
@@ -252,8 +265,7 @@ class Runner:
         pol, tok = self.policy(plan)
         cfg = self.suite.sae
         collect_activations(pol, tok, sae_token_texts(data), layer=plan.hook_layer, hook=self.suite.hook.module,
-                            out_dir=work, cfg=cfg, seed=plan.job.seed,
-                            use_chat_template=self.suite.model.use_chat_template)
+                            out_dir=work, cfg=cfg, seed=plan.job.seed)
         write_json(work / "metrics.json", [])
 
     def _stage_sae(self, plan: Plan, work: Path) -> None:
@@ -267,7 +279,8 @@ class Runner:
             next(pol.parameters()).device))
         metrics = score_sae(sae_dir, acts, pol, tok, layer=plan.hook_layer, hook=self.suite.hook.module,
                             concept_texts=data.concept_texts, concept_labels=data.concept_labels,
-                            cfg=self.suite.sae, out_dir=work, seed=plan.job.seed)
+                            cfg=self.suite.sae, out_dir=work, seed=plan.job.seed,
+                            embed_cache_dir=self.store.out / "cache" / "context-embeddings")
         write_json(work / "metrics.json", records(metrics, layer=plan.hook_layer,
                                                   sae=self.suite.sae.architecture))
 

@@ -37,6 +37,7 @@ def write_json(path: Path, obj: Any) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True, allow_nan=False)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
     os.replace(tmp, path)
 
 

@@ -1,0 +1,412 @@
+"""``python -m bench report DIR``: figures, ``report.md`` and ``report.html`` from a results folder.
+
+    python -m bench report results/smoke      # → results/smoke/{report.md,report.html,figures/*.png}
+
+Reads only what ``run suite`` and ``leaderboard`` wrote — ``leaderboard.csv``, ``metrics.csv``,
+``leaderboard_seeds.csv``, ``manifest.json``, ``jobs/*.json`` and files inside ``runs/<key>/``
+(``curves.csv`` of train stages, ``top_tokens*.json`` of any stage) — and never loads a model or
+recomputes a stage. Only when ``leaderboard.csv`` is missing but job records exist are the CSVs
+re-rendered from the stored stage metrics (``bench/leaderboard.py``). A figure whose data is absent
+(no SAE stage, no training curves, …) is skipped with a logged note and a line in the report.
+Markdown and HTML are rendered from one list of blocks, so they hold the same content; the HTML is
+self-contained apart from the PNGs, which both reference relatively (``figures/<name>.png``).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import numbers
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench import figures as F
+from bench.store import read_json
+
+log = logging.getLogger(__name__)
+
+ALIGN_COLS = ("align_score", "tox_rate", "degenerate_rate", "positivity_gain", "relatedness", "syco_rate",
+              "no_opinion_acc", "pref_acc", "reward_margin")
+MONO_COLS = ("decorrelation", "decorrelation_mean", "act_variance", "mono_scale", "decor_loss",
+             "sae_explained_variance", "sae_l0", "sae_dead_frac", "sae_ce_score", "sae_frac_interpretable",
+             "sae_frac_decorrelated", "sae_frac_interp_decor", "sae_probe_top1")
+TOP_TOKEN_GLOB = "top_tokens*.json"
+TOP_TOKEN_ROWS = 10
+
+
+@dataclass(frozen=True)
+class Results:
+    """Everything the report reads from one results folder."""
+
+    dir: Path
+    board: pd.DataFrame
+    """leaderboard.csv: one row per (model, task, method, seed)."""
+    seeds: pd.DataFrame | None
+    """leaderboard_seeds.csv (or the same computed from ``board``); None with one seed."""
+    tidy: pd.DataFrame
+    """metrics.csv (empty when absent)."""
+    curves: pd.DataFrame
+    """Every train stage's curves.csv, with model, task, method and seed columns added."""
+    jobs: list[dict[str, Any]]
+    manifest: dict[str, Any]
+
+
+# ----- loading ------------------------------------------------------------------------------------
+def _read_csv(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path) if path.is_file() and path.stat().st_size > 0 else None
+
+
+def _check_folder(d: Path) -> None:
+    hint = f"create it with `python -m bench run suite <suite> --out {d}`"
+    if not d.is_dir():
+        raise FileNotFoundError(f"results folder {d} does not exist; {hint}")
+    if not (d / "leaderboard.csv").is_file():
+        if not any((d / "jobs").glob("*.json")):
+            raise FileNotFoundError(f"no stored runs in {d}: expected leaderboard.csv or jobs/*.json; {hint}")
+        from bench.leaderboard import write_leaderboard
+
+        log.info("%s has job records but no leaderboard.csv; rendering the CSVs from stored stages", d)
+        write_leaderboard(d)
+
+
+def _curves(d: Path, jobs: list[dict[str, Any]]) -> pd.DataFrame:
+    frames = []
+    for job in jobs:
+        key = job.get("stages", {}).get("train")
+        f = d / "runs" / str(key) / "curves.csv"
+        if key and (c := _read_csv(f)) is not None and not c.empty:
+            frames.append(c.assign(**{k: job[k] for k in ("model", "task", "method", "seed")}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["model", "task", "method", "seed"])
+
+
+def load_results(d: Path) -> Results:
+    """Read a results folder; FileNotFoundError/ValueError (naming the folder) when it holds no runs."""
+    d = Path(d)
+    _check_folder(d)
+    board = _read_csv(d / "leaderboard.csv")
+    if board is None or board.empty:
+        raise ValueError(f"{d / 'leaderboard.csv'} has no rows; run `python -m bench run suite <suite> --out {d}` "
+                         "first (or `python -m bench leaderboard` to merge folders)")
+    tidy = _read_csv(d / "metrics.csv")
+    if tidy is None:
+        tidy = pd.DataFrame(columns=["suite", "model", "task", "method", "seed", "layer", "sae", "metric",
+                                     "value"])
+    seeds = _read_csv(d / "leaderboard_seeds.csv")
+    if seeds is None:
+        from bench.leaderboard import seed_summary
+
+        seeds = seed_summary(board)
+    jobs = [read_json(p) for p in sorted((d / "jobs").glob("*.json"))]
+    manifest = read_json(d / "manifest.json") if (d / "manifest.json").is_file() else {}
+    return Results(d, board, seeds, tidy, _curves(d, jobs), jobs, manifest)
+
+
+# ----- figures ------------------------------------------------------------------------------------
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def render_figures(res: Results) -> dict[str, str | None]:
+    """Save every figure to ``figures/<name>.png``; name → None when drawn, else why it was skipped."""
+    out: dict[str, str | None] = {}
+    for spec in F.FIGURES:
+        path = res.dir / "figures" / f"{spec.name}.png"
+        try:
+            fig = spec.draw(res)
+        except F.MissingData as e:
+            log.warning("figure %s skipped: %s", spec.name, e)
+            path.unlink(missing_ok=True)  # never leave a stale figure from an older run
+            out[spec.name] = str(e)
+            continue
+        _atomic_write(path, lambda p: fig.savefig(p, format="png", metadata={"Software": None}))
+        out[spec.name] = None
+    return out
+
+
+# ----- document model: one list of blocks, rendered to Markdown and to HTML ------------------------
+@dataclass(frozen=True)
+class Heading:
+    level: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Para:
+    text: str
+    """Inline markup: `code` and **bold** only."""
+
+
+@dataclass(frozen=True)
+class Bullets:
+    items: list[str]
+
+
+@dataclass(frozen=True)
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass(frozen=True)
+class Image:
+    src: str
+    alt: str
+
+
+Block = Heading | Para | Bullets | Table | Image
+
+
+def to_markdown(blocks: list[Block]) -> str:
+    out = []
+    for b in blocks:
+        match b:
+            case Heading(level, text):
+                out.append(f"{'#' * level} {text}")
+            case Para(text):
+                out.append(text)
+            case Bullets(items):
+                out.append("\n".join(f"- {i}" for i in items))
+            case Table(header, rows):
+                cell = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+                lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
+                out.append("\n".join(lines + ["| " + " | ".join(map(cell, r)) + " |" for r in rows]))
+            case Image(src, alt):
+                out.append(f"![{alt}]({src})")
+    return "\n\n".join(out) + "\n"
+
+
+def _inline(text: str) -> str:
+    s = html.escape(text)
+    s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", s)
+
+
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ccc;"
+        "padding:.25em .6em;text-align:left}th{background:#f3f3f3}img{max-width:100%;height:auto}"
+        "code{background:#f3f3f3;padding:0 .2em}")
+
+
+def to_html(blocks: list[Block], title: str) -> str:
+    body = []
+    for b in blocks:
+        match b:
+            case Heading(level, text):
+                body.append(f"<h{level}>{_inline(text)}</h{level}>")
+            case Para(text):
+                body.append(f"<p>{_inline(text)}</p>")
+            case Bullets(items):
+                body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in items) + "</ul>")
+            case Table(header, rows):
+                head = "".join(f"<th>{_inline(str(h))}</th>" for h in header)
+                trs = "".join("<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>")
+            case Image(src, alt):
+                body.append(f'<img src="{html.escape(src)}" alt="{html.escape(alt)}">')
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+# ----- sections -----------------------------------------------------------------------------------
+def fmt(v: Any) -> str:
+    """A number rounded for reading (3 decimals, 1 from 100 up; integers as they are); '–' if missing."""
+    if v is None or (isinstance(v, numbers.Real) and pd.isna(v)):
+        return "–"
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        return str(int(v))
+    if isinstance(v, numbers.Real):
+        return f"{v:.1f}" if abs(v) >= 100 else f"{v:.3f}"
+    return str(v)
+
+
+def _sorted(df: pd.DataFrame) -> pd.DataFrame:
+    order = {m: i for i, m in enumerate(F.ordered_methods(df["method"]))}
+    return df.assign(_m=df["method"].map(order)).sort_values(["model", "task", "_m"], kind="stable")
+
+
+def _id_cols(res: Results) -> list[str]:
+    return (["model"] if res.board["model"].nunique() > 1 else []) + ["task", "method"]
+
+
+def _num(v: Any) -> bool:
+    return v is not None and not pd.isna(v)
+
+
+def _metric_table(res: Results, cols: tuple[str, ...]) -> Table | None:
+    """Per (task, method): mean ± 95 % CI half-width over seeds; per-row values with one seed."""
+    multi = res.seeds is not None
+    src = _sorted(res.seeds if multi else res.board)
+    present = [c for c in cols if c in src and src[c].notna().any()]
+    if not present:
+        return None
+    ids = _id_cols(res) + ([] if multi else ["seed"])
+    rows = []
+    for _, r in src.iterrows():
+        row = [str(r[i]) for i in ids] + ([str(int(r["n_seeds"]))] if multi else [])
+        for c in present:
+            h = r.get(f"{c}_ci95") if multi else None
+            row.append(fmt(r[c]) + (f" ± {fmt(h)}" if _num(h) and _num(r[c]) else ""))
+        rows.append(row)
+    return Table(ids + (["n_seeds"] if multi else []) + present, rows)
+
+
+def leaderboard_section(res: Results) -> list[Block]:
+    n = int(res.board["seed"].nunique())
+    note = (f"Values are means over {n} seeds ± the half-width of the 95 % t confidence interval across "
+            "seeds (`leaderboard_seeds.csv`). **Differences within the 95 % CI are noise**, not results."
+            if res.seeds is not None else
+            "One seed only: there are no confidence intervals, and differences between methods may be noise; "
+            "run more seeds (`--seed`) before drawing conclusions. With several seeds, differences within "
+            "the 95 % CI are noise.")
+    blocks: list[Block] = [Heading(2, "Leaderboard"), Para(note)]
+    for title, cols in (("Alignment", ALIGN_COLS), ("Monosemanticity (hook layer) and SAE", MONO_COLS)):
+        if (t := _metric_table(res, cols)) is not None:
+            blocks += [Heading(3, title), t]
+    ids = _id_cols(res) + ["seed"]
+    rows = [[str(r[c]) for c in ids] + [f"`{r['config_hash']}`", str(r["monobench_version"])]
+            for _, r in _sorted(res.board).iterrows()]
+    blocks += [Heading(3, "Rows and config hashes"),
+               Para("Every metric of every row is in `leaderboard.csv`; per-layer values are in `metrics.csv`."),
+               Table(ids + ["config_hash", "monobench_version"], rows)]
+    return blocks
+
+
+def figures_section(drawn: dict[str, str | None]) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "Figures")]
+    for spec in F.FIGURES:
+        blocks.append(Heading(3, spec.title))
+        if drawn[spec.name] is None:
+            blocks += [Image(f"figures/{spec.name}.png", spec.title), Para(spec.caption)]
+        else:
+            blocks.append(Para(f"Skipped (`{spec.name}.png` not drawn): {drawn[spec.name]}."))
+    return blocks
+
+
+def _top_token_records(obj: Any) -> list[dict[str, Any]]:
+    """Rows of a top-token file: a list of records, or the first list of records inside a dict."""
+    if isinstance(obj, dict):
+        obj = next((v for v in obj.values() if isinstance(v, list) and v and isinstance(v[0], dict)), [])
+    return [r for r in obj if isinstance(r, dict)] if isinstance(obj, list) else []
+
+
+def _token_cell(v: Any) -> str:
+    if isinstance(v, list):  # tokens: quoted so leading spaces and newlines stay visible
+        return ", ".join(json.dumps(t, ensure_ascii=False) if isinstance(t, str) else fmt(t) for t in v)
+    return fmt(v)
+
+
+def top_tokens_section(res: Results) -> list[Block]:
+    """Top tokens of the most changed MLP neurons (Yan et al. 2024, Table 1), from any stage's file."""
+    blocks: list[Block] = [Heading(2, "Most changed MLP neurons: top tokens")]
+    seen: set[tuple] = set()
+    rank = {m: i for i, m in enumerate(F.ordered_methods(j["method"] for j in res.jobs))}
+    for job in sorted(res.jobs, key=lambda j: (j["model"], j["task"], rank[j["method"]], j["seed"])):
+        ident = (job["model"], job["task"], job["method"])
+        files = sorted(f for key in job.get("stages", {}).values()
+                       for f in (res.dir / "runs" / str(key)).glob(TOP_TOKEN_GLOB))
+        if ident in seen or not files:
+            continue
+        all_recs = _top_token_records(read_json(files[0]))
+        recs = all_recs[:TOP_TOKEN_ROWS]
+        if not recs:
+            continue
+        seen.add(ident)
+        cols = sorted(dict.fromkeys(k for r in recs for k in r), key=lambda k: isinstance(recs[0].get(k), list))
+        blocks += [Heading(3, f"{job['task']} · {F.METHOD_LABELS.get(job['method'], job['method'])} "
+                              f"(seed {job['seed']})"),
+                   Para(f"From `{files[0].relative_to(res.dir)}`: {len(recs)} of {len(all_recs)} neurons."),
+                   Table(cols, [[_token_cell(r.get(c)) for c in cols] for r in recs])]
+    if not seen:
+        blocks.append(Para(f"No top-token file (`runs/<stage key>/{TOP_TOKEN_GLOB}`) was found, so this table "
+                           "(the paper's Table 1) is omitted."))
+    return blocks
+
+
+def _generated_fields(prov: dict[str, Any]) -> str:
+    found = {k: v for k, v in prov.items() if "generat" in k.lower()}
+    if not found:
+        return "none recorded"
+    return "; ".join(f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in found.items())
+
+
+def provenance_section(res: Results) -> list[Block]:
+    m = res.manifest
+    blocks: list[Block] = [Heading(2, "Provenance")]
+    if not m:
+        return blocks + [Para("No `manifest.json` in this folder (e.g. a merged leaderboard); versions, "
+                              "commit and hardware are unknown.")]
+    hw = m.get("hardware", {})
+    blocks.append(Bullets([
+        f"monobench {m.get('monobench_version', '?')}, git commit `{m.get('git_commit') or 'unknown'}`, "
+        f"Python {m.get('python', '?')}",
+        f"suite `{m.get('suite', '?')}` ({m.get('suite_file') or 'shipped'}), seeds {m.get('seeds', '?')}, "
+        f"shard {m.get('shard', '1/1')}",
+        "hardware: " + ", ".join(f"{k} {v}" for k, v in hw.items()) if hw else "hardware: unknown",
+        f"written {m.get('written', '?')}",
+        "packages: " + ", ".join(f"{k} {v}" for k, v in sorted(m.get("packages", {}).items()) if v),
+    ]))
+    prov = m.get("data_provenance", {})
+    if prov:
+        rows = [[p.get("task", "?"), f"`{key}`", _generated_fields(p),
+                 "; ".join(f"{k}: {v}" for k, v in p.items() if k != "task" and "generat" not in k.lower())]
+                for key, p in sorted(prov.items(), key=lambda kv: (str(kv[1].get("task")), kv[0]))]
+        blocks += [Heading(3, "Data provenance"),
+                   Para("Where each task's data came from; **model-generated fields** are text produced by "
+                        "the base model, not by people."),
+                   Table(["task", "data stage", "model-generated fields", "details"], rows)]
+    return blocks
+
+
+def cite_section(res: Results) -> list[Block]:
+    board = _sorted(res.board)
+    r = board[board["method"] == "decpo"].iloc[0] if (board["method"] == "decpo").any() else board.iloc[0]
+    return [Heading(2, "How to cite a result"), Para(
+        "Cite a number with the monobench version and the `config_hash` of its leaderboard row (both are "
+        "columns of `leaderboard.csv`), and cite the software and the reference paper as given in "
+        "`CITATION.cff` in the monobench repository root. The config_hash covers the model, task, "
+        "method, hook, proxy, eval and SAE settings, the seed and the version."),
+        Para(f"Example: align_score of {r['method']} on {r['task']} (seed {r['seed']}): monobench "
+             f"{r['monobench_version']}, suite `{r['suite']}`, config_hash `{r['config_hash']}`.")]
+
+
+def build_report(res: Results, drawn: dict[str, str | None]) -> list[Block]:
+    b = res.board
+    suites = ", ".join(map(str, b["suite"].unique()))
+    models = ", ".join(map(str, b["model"].unique()))
+    head = [Heading(1, f"monobench report: suite {suites}, model {models}"),
+            Para(f"{len(b)} leaderboard rows: tasks {', '.join(map(str, b['task'].unique()))}; methods "
+                 f"{', '.join(F.ordered_methods(b['method']))}; seeds "
+                 f"{', '.join(map(str, sorted(b['seed'].unique())))}. Generated by `python -m bench report` "
+                 "from stored runs only.")]
+    return (head + leaderboard_section(res) + figures_section(drawn) + top_tokens_section(res)
+            + provenance_section(res) + cite_section(res))
+
+
+def write_report(dir: Path) -> Path:
+    """Regenerate ``figures/*.png``, ``report.md`` and ``report.html`` in ``dir``; returns report.md's path."""
+    res = load_results(Path(dir))
+    drawn = render_figures(res)
+    blocks = build_report(res, drawn)
+    md = res.dir / "report.md"
+    _atomic_write(md, lambda p: p.write_text(to_markdown(blocks), encoding="utf-8"))
+    title = blocks[0].text if isinstance(blocks[0], Heading) else "monobench report"
+    _atomic_write(res.dir / "report.html", lambda p: p.write_text(to_html(blocks, title), encoding="utf-8"))
+    return md
