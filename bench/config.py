@@ -46,8 +46,6 @@ class ModelConfig(_Strict):
     id: str = "embedded:smollm2-135m-instruct"
     """``embedded:<name>``, ``tiny:llama``, a Hugging Face hub id, or a local folder."""
     tiny: TinyModelConfig = TinyModelConfig()
-    use_chat_template: bool = True
-    """Format prompts with the tokenizer's chat template when it has one."""
 
 
 class HookConfig(_Strict):

@@ -67,7 +67,7 @@ def select_shard(jobs: list[Job], shard: tuple[int, int]) -> list[Job]:
 
 def model_identity(suite: SuiteConfig, seed: int) -> dict[str, Any]:
     m = suite.model
-    ident: dict[str, Any] = {"id": m.id, "chat": m.use_chat_template}
+    ident: dict[str, Any] = {"id": m.id}
     if m.id.startswith("tiny:"):
         ident |= {"tiny": m.tiny.model_dump(), "seed": seed}  # a tiny model is its seed
     return ident
@@ -192,6 +192,10 @@ class Runner:
             log.info("%s: %s built in %.1fs", plan.job.id, name, time.time() - t0)
         return computed
 
+    def _chat(self, plan: Plan) -> bool:
+        """Whether prompts of this job go through the chat template (the task's ``use_chat_template``)."""
+        return self.suite.tasks[plan.job.task].use_chat_template
+
     def _data(self, plan: Plan):
         from tasks import TaskData
 
@@ -218,7 +222,7 @@ class Runner:
         data = self._data(plan)
         res = train_policy(plan.job.method, self.suite.methods[plan.job.method], model, tok, data.train_pairs,
                            data.eval_pairs, work / "trainer", plan.job.seed,
-                           use_chat_template=self.suite.model.use_chat_template, layer=plan.hook_layer,
+                           use_chat_template=self._chat(plan), layer=plan.hook_layer,
                            hook=self.suite.hook.module, eval_beta=self.suite.eval.beta,
                            proxy_prompts=data.eval_prompts[: self.suite.proxies.n_texts], progress=self.progress)
         shutil.rmtree(work / "trainer", ignore_errors=True)
@@ -237,7 +241,7 @@ class Runner:
         metrics = TASKS[plan.job.task]().score(cfg, pol, tok, data)
         metrics |= preference_metrics(pol, tok, data.eval_pairs, beta=self.suite.eval.beta,
                                       batch_size=self.suite.eval.batch_size,
-                                      use_chat_template=self.suite.model.use_chat_template)
+                                      use_chat_template=self._chat(plan))
         write_json(work / "metrics.json", records(metrics))
 
     def _stage_proxies(self, plan: Plan, work: Path) -> None:
@@ -248,7 +252,7 @@ class Runner:
         cfg = self.suite.proxies
         rows = model_proxies(pol, tok, data.eval_prompts[: cfg.n_texts], hook=self.suite.hook.module,
                              batch_size=cfg.batch_size, max_length=cfg.max_length,
-                             use_chat_template=self.suite.model.use_chat_template)
+                             use_chat_template=self._chat(plan))
         recs = []
         for row in rows:
             layer = row.pop("layer")

@@ -77,6 +77,19 @@ class Task(ABC, Generic[C]):
     def score(self, cfg: C, model, tokenizer, data: TaskData) -> dict[str, float]:
         """Held-out task metrics, always including ``align_score`` (SPEC.md §3)."""
 
+    @classmethod
+    def tiny_config(cls) -> TaskConfig:
+        """Small sizes for tests and the ``smoke`` suite (tiny random model); tasks may override."""
+        return cls.config_cls(n_train=4, n_eval=4, max_new_tokens=8, batch_size=8)
+
+    @classmethod
+    def describe(cls, cfg: TaskConfig | None = None) -> str:
+        """One line for ``python -m bench list tasks``: name, source, sizes, headline metrics."""
+        cfg = cfg if cfg is not None else cls.config_cls()
+        head = ", ".join(cls.headline) or "align_score"
+        return (f"{cls.name}: source={cfg.source} n_train={cfg.n_train} n_eval={cfg.n_eval} "
+                f"max_new_tokens={cfg.max_new_tokens} chat_template={cfg.use_chat_template}; metrics: {head}")
+
 
 TASKS: dict[str, type[Task]] = {}
 

@@ -1,0 +1,429 @@
+"""Preference optimisation on TRL + PEFT: the ``sft``, ``dpo``, ``decpo``, ``simpo`` and ``l1`` methods (SPEC.md §2).
+
+Each method has a frozen config class registered in ``METHODS`` (``base`` = no training), so a suite's
+``[methods.<name>]`` table is validated against it. ``train_policy`` trains one policy and records
+training curves every ``eval_every`` steps. Example::
+
+    python -c "from bench.align import METHODS; print(METHODS['decpo']().model_dump())"
+
+Trainers: ``sft`` → ``trl.SFTTrainer`` (prompt–completion data, loss on the completion only);
+``dpo`` → ``trl.DPOTrainer``; ``decpo`` / ``l1`` → subclasses in ``bench.decpo``; ``simpo`` →
+``trl.experimental.cpo.CPOTrainer`` with ``loss_type="simpo"`` and ``cpo_alpha=0`` (no NLL term).
+With LoRA (default) the DPO reference is the adapter-disabled policy, so no second model is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from bench.lm import decoder_layers, format_prompt, resolve_layer
+from tasks._base import Pair
+
+# ----------------------------------------------------------------------------------------------- configs
+
+
+class MethodConfig(BaseModel):
+    """Fields every method has (``base`` has none: it is the model as loaded)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True,
+                              validate_by_name=True, validate_by_alias=True)
+
+
+class TrainConfig(MethodConfig):
+    """Optimisation, data and LoRA settings shared by every trained method."""
+
+    lr: float = Field(2e-4, gt=0)
+    """Peak learning rate (AdamW); 2e-4 suits LoRA on short runs, use ~5e-6 for full fine-tuning."""
+    max_steps: int | None = Field(40, ge=1)
+    """Optimiser steps; None trains for ``epochs`` passes over the train pairs instead."""
+    epochs: float = Field(1.0, gt=0)
+    """Passes over the train pairs, used only when ``max_steps`` is None."""
+    batch_size: int = Field(8, ge=1)
+    """Preference pairs per forward (each pair is two sequences for the DPO family)."""
+    grad_accum: int = Field(1, ge=1)
+    """Gradient-accumulation steps: an optimiser step sees batch_size × grad_accum pairs."""
+    max_length: int = Field(256, ge=8)
+    """Max tokens of prompt + reply (paper preset 256); longer replies are cut at the end."""
+    max_prompt_length: int = Field(128, ge=4)
+    """Max tokens of the chat-formatted prompt (paper preset 128); longer prompts keep their end."""
+    warmup: float = Field(0.1, ge=0, lt=1)
+    """Share of the steps with linear learning-rate warm-up."""
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    """Learning-rate decay after warm-up."""
+    lora: bool = True
+    """Train a LoRA adapter (PEFT); false = full fine-tuning (keeps a frozen reference copy)."""
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: float = Field(16, gt=0)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj", "up_proj")
+    """Module names to adapt; on GPT-2-style models q_proj/v_proj map to c_attn and up_proj to c_fc."""
+    layer: int | float | None = None
+    """Regularised / recorded layer: int index or float fraction of depth; None = the suite's [hook] layer."""
+    eval_every: int = Field(10, ge=1)
+    """K: record a curve row (held-out metrics, proxies) every K optimiser steps, and at step 0 and the end."""
+    curve_pairs: int = Field(16, ge=1)
+    """Held-out pairs (the first ones) scored for each curve row; also the number of train pairs scored."""
+    curve_prompts: int = Field(32, ge=2)
+    """Held-out prompts whose last-token activations give each curve row's neuron proxies."""
+    gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _lengths(self) -> TrainConfig:
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be < max_length "
+                             f"({self.max_length}) so replies keep at least one token")
+        if isinstance(self.layer, float) and not 0.0 <= self.layer < 1.0:
+            raise ValueError(f"layer = {self.layer} is a float, so it is a fraction of depth and must be in "
+                             "[0, 1); write an int for a layer index")
+        return self
+
+
+class SFTMethodConfig(TrainConfig):
+    """``sft``: NLL of the chosen reply given the prompt."""
+
+
+class DPOMethodConfig(TrainConfig):
+    """``dpo``: −log σ(β[(log π(y_w)−log π_ref(y_w)) − (log π(y_l)−log π_ref(y_l))])."""
+
+    beta: float = Field(0.1, gt=0)
+    """β of the DPO loss (paper 0.1)."""
+
+
+class DecPOMethodConfig(DPOMethodConfig):
+    """``decpo``: DPO + λ·‖Z Zᵀ − I‖²_F on the hooked layer's last-token activations (Yan et al. 2024)."""
+
+    lam: float = Field(1e-3, ge=0, alias="lambda")
+    """λ (TOML key ``lambda``). With normalize=true the term starts near 170 for 8 pairs on SmolLM2 layer 15."""
+    normalize: bool = True
+    """L2-normalise the rows of Z first (cosine form); false = the paper's raw form (λ = 1e-4 there)."""
+
+
+class L1MethodConfig(DPOMethodConfig):
+    """``l1``: DPO + λ₁·mean_b ‖z_b‖₁ on the hooked layer's last-token activations (paper's L1-Reg)."""
+
+    lam: float = Field(1e-4, ge=0, alias="lambda")
+    """λ₁ (TOML key ``lambda``)."""
+
+
+class SimPOMethodConfig(TrainConfig):
+    """``simpo``: −log σ(β/|y_w|·log π(y_w) − β/|y_l|·log π(y_l) − γ); reference-free."""
+
+    beta: float = Field(2.0, gt=0)
+    """β on the length-averaged log-probability (SimPO paper: 2.0–2.5; 0.1 barely moves it)."""
+    gamma: float = Field(1.0, ge=0)
+    """Target margin γ (SimPO paper: γ/β ≈ 0.5)."""
+
+
+METHODS: dict[str, type[MethodConfig]] = {}
+
+
+def _register(name: str, cls: type[MethodConfig]) -> None:
+    if name in METHODS:
+        raise ValueError(f"method {name!r} already registered by {METHODS[name].__module__}")
+    METHODS[name] = cls
+
+
+for _name, _cls in [("base", MethodConfig), ("sft", SFTMethodConfig), ("dpo", DPOMethodConfig),
+                    ("decpo", DecPOMethodConfig), ("simpo", SimPOMethodConfig), ("l1", L1MethodConfig)]:
+    _register(_name, _cls)
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def _strip_auto_bos(tokenizer, text: str) -> str:
+    """Drop a leading BOS from templated text when the tokenizer adds one itself (avoids a double BOS)."""
+    bos = tokenizer.bos_token
+    if bos and text.startswith(bos):
+        ids = tokenizer("x")["input_ids"]
+        if ids and ids[0] == tokenizer.bos_token_id:
+            return text[len(bos):]
+    return text
+
+
+def fit_prompt(tokenizer, prompt: str, max_tokens: int, use_chat_template: bool = True) -> str:
+    """``format_prompt`` text of at most ``max_tokens`` tokens; a longer prompt keeps its last tokens."""
+    text = format_prompt(tokenizer, prompt, use_chat_template)
+    n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    keep = len(ids) - (n - max_tokens)
+    while n > max_tokens:
+        if keep < 1:
+            raise ValueError(f"the chat template alone takes {n - len(ids)} tokens, more than max_prompt_length="
+                             f"{max_tokens}; raise max_prompt_length")
+        text = format_prompt(tokenizer, tokenizer.decode(ids[-keep:]), use_chat_template)
+        n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        keep -= 1
+    return text
+
+
+def _datasets(method: str, cfg: TrainConfig, tokenizer, pairs: list[Pair], use_chat_template: bool):
+    from datasets import Dataset
+
+    rows = []
+    for p in pairs:
+        prompt = _strip_auto_bos(tokenizer, fit_prompt(tokenizer, p.prompt, cfg.max_prompt_length, use_chat_template))
+        if method == "sft":
+            rows.append({"prompt": prompt, "completion": p.chosen})
+        else:
+            rows.append({"prompt": prompt, "chosen": p.chosen, "rejected": p.rejected})
+    return Dataset.from_list(rows)
+
+# ----------------------------------------------------------------------------------------------- LoRA
+
+
+_GPT2_ALIASES = {"q_proj": "c_attn", "k_proj": "c_attn", "v_proj": "c_attn", "up_proj": "c_fc",
+                 "gate_proj": "c_fc", "down_proj": "c_proj"}
+
+
+def lora_targets(model: nn.Module, targets: tuple[str, ...]) -> list[str]:
+    """Module names of ``targets`` present in ``model``; Llama names map to GPT-2's (c_attn, c_fc)."""
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    out: list[str] = []
+    for t in targets:
+        hit = t if t in names else _GPT2_ALIASES.get(t) if _GPT2_ALIASES.get(t) in names else None
+        if hit is None:
+            raise ValueError(f"LoRA target {t!r} is not a module of {type(model).__name__}; set lora_targets to "
+                             f"names it has (e.g. {sorted(n for n in names if 'proj' in n or n.startswith('c_'))})")
+        if hit not in out:
+            out.append(hit)
+    return out
+
+
+def _peft_config(cfg: TrainConfig, model: nn.Module):
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=lora_targets(model, cfg.lora_targets), bias="none", task_type="CAUSAL_LM")
+
+# ----------------------------------------------------------------------------------------------- trainers
+
+
+def _common_args(cfg: TrainConfig, out_dir: Path, seed: int, device: torch.device, progress: bool) -> dict:
+    sched = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.scheduler]
+    return dict(output_dir=str(out_dir / "trainer"), learning_rate=cfg.lr, max_steps=cfg.max_steps or -1,
+                num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
+                gradient_accumulation_steps=cfg.grad_accum, warmup_steps=cfg.warmup, lr_scheduler_type=sched,
+                seed=seed, data_seed=seed, dataloader_num_workers=0, report_to=[], save_strategy="no",
+                eval_strategy="no", logging_strategy="steps", logging_steps=cfg.eval_every,
+                disable_tqdm=not progress, bf16=device.type == "cuda", fp16=False, use_cpu=device.type == "cpu",
+                activation_checkpointing=cfg.gradient_checkpointing, max_length=cfg.max_length)
+
+
+def _build_trainer(method: str, cfg: TrainConfig, model, ref_model, tokenizer, dataset, common: dict, peft,
+                   layer: int, hook: str, callbacks: list):
+    kw = dict(train_dataset=dataset, processing_class=tokenizer, peft_config=peft, callbacks=callbacks)
+    if method == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        return SFTTrainer(model=model, args=SFTConfig(**common, completion_only_loss=True), **kw)
+    if method == "simpo":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "You are importing from 'trl.experimental'": pinned, tested here
+            from trl.experimental.cpo import CPOConfig, CPOTrainer
+        args = CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, beta=cfg.beta, simpo_gamma=cfg.gamma,
+                         disable_dropout=False, remove_unused_columns=False)  # its collator needs every column
+        return CPOTrainer(model=model, args=args, **kw)
+    from trl import DPOConfig, DPOTrainer
+
+    from bench.decpo import DecPOTrainer, L1DPOTrainer
+
+    # disable_dropout=False: TRL's default would also zero the LoRA dropout of the paper preset.
+    args = DPOConfig(**common, beta=cfg.beta, loss_type=["sigmoid"], disable_dropout=False)
+    kw["ref_model"] = ref_model
+    if method == "dpo":
+        return DPOTrainer(model=model, args=args, **kw)
+    if method == "decpo":
+        return DecPOTrainer(model=model, args=args, layer=layer, hook=hook, coef=cfg.lam,
+                            normalize=cfg.normalize, **kw)
+    if method == "l1":
+        return L1DPOTrainer(model=model, args=args, layer=layer, hook=hook, coef=cfg.lam, **kw)
+    raise ValueError(f"unknown method {method!r}; registered: {', '.join(sorted(METHODS))}")
+
+
+def _unpatch_forward(model: nn.Module | None) -> None:
+    """Remove the instance-level ``forward`` TRL's fused LM head installs, restoring the class method."""
+    if model is None:
+        return
+    for m in model.modules():
+        fwd = m.__dict__.get("forward")
+        code = getattr(getattr(fwd, "__func__", None), "__code__", None)  # functools.wraps renamed the function
+        if code is not None and code.co_name == "_fused_forward":
+            del m.__dict__["forward"]
+
+# ----------------------------------------------------------------------------------------------- entry point
+
+
+@dataclass
+class TrainResult:
+    """A trained policy (PeftModel with LoRA, else the model) in eval mode, and its training curves."""
+
+    method: str
+    policy: nn.Module
+    curves: list[dict[str, float]]
+    """One row per recorded step: ``step``, ``train/*`` and ``eval/*`` preference metrics (β = eval_beta),
+    ``eval/decpo_term`` (normalised DecPO term on the curve prompts), ``proxy/*`` at ``layer``, and the
+    trainer's window averages ``trainer/*`` (loss, reward_margin, pref_acc, reg/decor or reg/l1)."""
+    layer: int
+    steps: int
+    seconds: float
+
+
+@contextlib.contextmanager
+def _quiet_libs():
+    """No ``datasets`` progress bars, and no warning for the deprecated name TRL 1.16 reads each step."""
+    from datasets.utils import logging as ds_logging
+
+    was = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            yield
+    finally:
+        if was:
+            ds_logging.enable_progress_bar()
+
+
+def train_policy(method: str, cfg: MethodConfig, model: nn.Module, tokenizer, train_pairs: list[Pair],
+                 eval_pairs: list[Pair], out_dir: Path, seed: int, use_chat_template: bool = True, *,
+                 layer: int | float = 0.5, hook: str = "mlp.up_proj", eval_beta: float = 0.1,
+                 proxy_prompts: list[str] | None = None, copy_model: bool = True,
+                 progress: bool = False) -> TrainResult:
+    """Train ``model`` with ``method`` on ``train_pairs``; curves use ``eval_pairs`` (never trained on).
+
+    ``layer``/``hook`` are the suite's [hook] defaults (``cfg.layer`` overrides the layer). With
+    ``copy_model`` (default) the input model is left untouched (PEFT injects LoRA layers in place
+    otherwise). Only ``out_dir`` is written to (the trainer's scratch folder; no checkpoints).
+    """
+    _check_method(method, cfg)
+    if method == "base":
+        return TrainResult(method, model, [], layer=resolve_layer(layer, len(decoder_layers(model))), steps=0,
+                           seconds=0.0)
+    if not train_pairs or not eval_pairs:
+        raise ValueError(f"train_policy needs train and held-out pairs, got {len(train_pairs)} and {len(eval_pairs)}")
+    from bench.decpo import CurveCallback
+
+    t0 = time.perf_counter()
+    layer_idx = resolve_layer(cfg.layer if cfg.layer is not None else layer, len(decoder_layers(model)))
+    policy_init = copy.deepcopy(model) if copy_model else model
+    reference, ref_flags = None, {}
+    if not cfg.lora:  # full fine-tuning: a frozen copy is the reference (DPO loss and curves)
+        reference = model if copy_model else copy.deepcopy(model)
+        ref_flags = {p: p.requires_grad for p in reference.parameters()}
+        reference.eval().requires_grad_(False)
+    prompts = proxy_prompts or list(dict.fromkeys(p.prompt for p in eval_pairs))
+    recorder = CurveCallback(tokenizer, train_pairs[:cfg.curve_pairs], eval_pairs[:cfg.curve_pairs],
+                             prompts[:cfg.curve_prompts], layer=layer_idx, hook=hook, every=cfg.eval_every,
+                             beta=eval_beta, reference=reference, use_chat_template=use_chat_template)
+    trainer = make_trainer(method, cfg, policy_init, tokenizer, train_pairs, out_dir, seed, use_chat_template,
+                           layer=layer_idx, hook=hook, reference=reference, callbacks=[recorder], progress=progress)
+    try:
+        with _quiet_libs():
+            trainer.train()
+    finally:  # leave no hook or patched forward behind, and hand the caller's model back as it came
+        if hasattr(trainer, "_capture"):
+            trainer._capture.remove()
+        _unpatch_forward(trainer.model)
+        _unpatch_forward(reference)
+        for p, flag in ref_flags.items():
+            p.requires_grad_(flag)
+    policy = trainer.model.eval()
+    return TrainResult(method, policy, recorder.curves(), layer=layer_idx, steps=trainer.state.global_step,
+                       seconds=time.perf_counter() - t0)
+
+
+def _check_method(method: str, cfg: MethodConfig) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; registered: {', '.join(sorted(METHODS))}")
+    if type(cfg) is not METHODS[method]:
+        raise TypeError(f"method {method!r} takes a {METHODS[method].__name__}, got {type(cfg).__name__}")
+
+
+def make_trainer(method: str, cfg: TrainConfig, model: nn.Module, tokenizer, train_pairs: list[Pair], out_dir: Path,
+                 seed: int, use_chat_template: bool = True, *, layer: int = 0, hook: str = "mlp.up_proj",
+                 reference: nn.Module | None = None, callbacks: list | None = None, progress: bool = False):
+    """The TRL trainer ``train_policy`` uses, built but not run (``layer`` is a resolved index).
+
+    With ``cfg.lora`` the model is wrapped by PEFT in place. ``reference`` is the frozen DPO reference
+    for full fine-tuning (ignored by sft/simpo, and None with LoRA: the adapter-disabled policy is used).
+    """
+    _check_method(method, cfg)
+    if method == "base":
+        raise ValueError("method 'base' is not trained; it has no trainer")
+    if not cfg.lora and method in ("dpo", "decpo", "l1") and reference is None:
+        raise ValueError("full fine-tuning with a DPO-family method needs `reference` (a frozen copy of the model)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = next(model.parameters()).device
+    with _quiet_libs():
+        dataset = _datasets(method, cfg, tokenizer, train_pairs, use_chat_template)
+        trainer = _build_trainer(method, cfg, model, reference if method in ("dpo", "decpo", "l1") else None,
+                                 tokenizer, dataset, _common_args(cfg, out_dir, seed, device, progress),
+                                 _peft_config(cfg, model) if cfg.lora else None, layer, hook, callbacks or [])
+    if not progress:
+        from transformers import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    return trainer
+
+# ----------------------------------------------------------------------------------------------- save / load
+
+
+def save_policy(policy: nn.Module, directory: Path) -> None:
+    """Write the adapter only (PEFT) or the full model, plus ``monobench_policy.json`` saying which."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    kind = "lora" if hasattr(policy, "peft_config") else "full"
+    policy.save_pretrained(directory)
+    (directory / "monobench_policy.json").write_text(json.dumps({"kind": kind}))
+
+
+def load_policy(base_model: nn.Module, directory: Path) -> nn.Module:
+    """Inverse of ``save_policy``. With an adapter, LoRA layers are injected into ``base_model`` in place."""
+    directory = Path(directory)
+    meta = directory / "monobench_policy.json"
+    if not meta.is_file():
+        raise FileNotFoundError(f"{directory} has no monobench_policy.json; it was not written by save_policy")
+    kind = json.loads(meta.read_text())["kind"]
+    if kind == "lora":
+        from peft import PeftModel
+
+        policy = PeftModel.from_pretrained(base_model, str(directory))
+    elif kind == "full":
+        from transformers import AutoModelForCausalLM
+
+        p = next(base_model.parameters())
+        policy = AutoModelForCausalLM.from_pretrained(directory, dtype=p.dtype).to(p.device)
+    else:
+        raise ValueError(f"{meta}: unknown policy kind {kind!r}; expected 'lora' or 'full'")
+    return policy.eval()
+
+# ----------------------------------------------------------------------------------------------- sweep
+
+
+def sweep_decpo(model: nn.Module, tokenizer, train_pairs: list[Pair], eval_pairs: list[Pair], out_dir: Path,
+                lambdas: list[float], layers: list[int | float], seed: int = 0, base_cfg: DecPOMethodConfig | None = None,
+                **kw) -> list[dict[str, float]]:
+    """Train DecPO for every (λ, layer) and return one row per run with its last curve row (plus λ, layer)."""
+    base_cfg = base_cfg or DecPOMethodConfig()
+    rows = []
+    for lam in lambdas:
+        for lay in layers:
+            cfg = DecPOMethodConfig.model_validate(base_cfg.model_dump() | {"lam": lam, "layer": lay})
+            res = train_policy("decpo", cfg, model, tokenizer, train_pairs, eval_pairs,
+                               Path(out_dir) / f"lam{lam:g}_layer{lay}", seed, **kw)
+            rows.append({"lambda": lam, "layer": res.layer, **res.curves[-1],
+                         "start/eval_decpo_term": res.curves[0]["eval/decpo_term"]})
+    return rows
+

@@ -1,0 +1,230 @@
+"""DecPO and L1-regularised DPO as subclasses of TRL's ``DPOTrainer`` (SPEC.md §2).
+
+Both add a penalty on Z ∈ R^{B×d}: the output of one layer's MLP input projection (``mlp.up_proj``;
+``mlp.c_fc`` for GPT-2) at each sequence's last non-padding token, for every row of the batch (TRL's
+collator stacks the chosen rows first, then the rejected rows, so B = 2 × pairs).
+
+- DecPO (Yan et al. 2024, arXiv 2406.17969, §4): L = L_DPO + λ·‖Z Zᵀ − I‖²_F, rows L2-normalised
+  first by default (``normalize=True``). The paper's raw form is ``normalize=False``; its public code
+  instead adds the row mean of (|Z||Z|ᵀ − I), unsquared, which this module does not reproduce.
+- L1 ("L1-Reg" baseline of the paper): L = L_DPO + λ₁·mean_b ‖z_b‖₁.
+
+The activation is captured by a forward hook that fires only while gradients are enabled, so the
+reference pass (under ``torch.no_grad``) and evaluation passes never touch it. The penalty's value
+(before λ) is logged per step as ``reg/decor`` or ``reg/l1`` through TRL's ``self._metrics`` buffer.
+
+``CurveCallback`` records the training curves of every method (held-out preference metrics and the
+neuron proxies at the regularised layer every K steps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from beartype import beartype
+from jaxtyping import Float, jaxtyped
+from torch import Tensor, nn
+from transformers import TrainerCallback
+from trl import DPOTrainer
+
+from bench.lm import hook_module, last_token_index, response_logprobs
+from bench.proxies import collect_last_token, layer_proxies
+from tasks._base import Pair
+
+
+@jaxtyped(typechecker=beartype)
+def decorrelation_penalty(z: Float[Tensor, "row d"], normalize: bool = True) -> Float[Tensor, ""]:
+    """DecPO term ‖Z Zᵀ − I‖²_F = Σ_{i,j} (z_i·z_j − δ_ij)², in float32.
+
+    ``normalize=True`` replaces each row by z_i/‖z_i‖₂ first, so Z Zᵀ is the cosine matrix and the term
+    is Σ_{i≠j} cos²(z_i, z_j) ∈ [0, B(B−1)]. ``normalize=False`` is the paper's raw form (Eq. 4), whose
+    scale grows with ‖z‖⁴ (≈1e7 for 16 rows at layer 15 of SmolLM2-135M).
+    """
+    z = z.float()
+    if normalize:
+        z = F.normalize(z, dim=1, eps=1e-12)
+    gram = z @ z.T - torch.eye(z.shape[0], dtype=z.dtype, device=z.device)
+    return (gram**2).sum()
+
+
+@jaxtyped(typechecker=beartype)
+def l1_penalty(z: Float[Tensor, "row d"]) -> Float[Tensor, ""]:
+    """L1 term mean_b ‖z_b‖₁ = (1/B) Σ_b Σ_k |z_bk|, in float32."""
+    return z.float().abs().sum(dim=1).mean()
+
+
+class LastTokenCapture:
+    """Forward hook on ``module`` that keeps ``output[b, i_b]``, i_b = last non-padding position of row b.
+
+    Call ``arm(attention_mask)`` before a forward; the first call of the module after that (with
+    gradients enabled, when ``only_with_grad``) is captured and the hook disarms itself, so a recomputation
+    under gradient checkpointing cannot overwrite it. ``take()`` returns the capture (or None) and disarms.
+    Works for right and left padding: the index comes from the mask, never from pad-token ids.
+    """
+
+    def __init__(self, module: nn.Module, only_with_grad: bool = True):
+        self.only_with_grad = only_with_grad
+        self._mask: Tensor | None = None
+        self._z: Tensor | None = None
+        self._handle = module.register_forward_hook(self._hook)
+
+    def arm(self, attention_mask: Tensor) -> None:
+        self._mask, self._z = attention_mask, None
+
+    def take(self) -> Tensor | None:
+        z, self._z, self._mask = self._z, None, None
+        return z
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+    def _hook(self, _module: nn.Module, _inputs, output: Tensor) -> None:
+        if self._mask is None or (self.only_with_grad and not torch.is_grad_enabled()):
+            return
+        if output.shape[:2] != self._mask.shape:
+            raise ValueError(f"hooked output has shape {tuple(output.shape)} but the attention mask has shape "
+                             f"{tuple(self._mask.shape)}; prompt-learning adapters (virtual tokens) are not supported")
+        idx = last_token_index(self._mask.to(output.device))
+        self._z = output[torch.arange(output.shape[0], device=output.device), idx]
+        self._mask = None
+
+
+class ActivationRegularisedDPOTrainer(DPOTrainer):
+    """``DPOTrainer`` whose loss adds ``coef · penalty(Z)`` on one layer's last-token activations.
+
+    Overrides ``compute_loss`` only (TRL's ``log`` already averages every key of ``self._metrics``).
+    Subclasses set ``penalty_name`` and implement ``penalty``. The hook is registered after TRL has
+    wrapped the model with PEFT, so with LoRA it sees the adapted projection's output.
+    """
+
+    penalty_name: str = ""
+
+    def __init__(self, *args, layer: int, coef: float, hook: str = "mlp.up_proj", **kwargs):
+        super().__init__(*args, **kwargs)
+        if coef < 0:
+            raise ValueError(f"penalty coefficient must be >= 0, got {coef}")
+        self.reg_layer, self.reg_coef, self.reg_hook = layer, coef, hook
+        self._capture = LastTokenCapture(hook_module(self.model, layer, hook), only_with_grad=True)
+
+    def penalty(self, z: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self._capture.arm(inputs["attention_mask"])
+        try:
+            out = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                       num_items_in_batch=num_items_in_batch)
+        finally:
+            z = self._capture.take()
+        if z is None:  # evaluation / no-grad pass: nothing to regularise
+            return out
+        term = self.penalty(z)
+        mode = "train" if self.model.training else "eval"
+        value = self.accelerator.gather_for_metrics(term.detach()).mean().item()
+        self._metrics[mode][f"reg/{self.penalty_name}"].append(value)
+        if return_outputs:
+            loss, outputs = out
+            return loss + self.reg_coef * term, outputs
+        return out + self.reg_coef * term
+
+
+class DecPOTrainer(ActivationRegularisedDPOTrainer):
+    """DecPO: L_DPO + λ·‖Z Zᵀ − I‖²_F (see ``decorrelation_penalty``); ``normalize`` picks the cosine form."""
+
+    penalty_name = "decor"
+
+    def __init__(self, *args, normalize: bool = True, **kwargs):
+        self.normalize = normalize
+        super().__init__(*args, **kwargs)
+
+    def penalty(self, z: Tensor) -> Tensor:
+        return decorrelation_penalty(z, self.normalize)
+
+
+class L1DPOTrainer(ActivationRegularisedDPOTrainer):
+    """L1-Reg: L_DPO + λ₁·mean_b ‖z_b‖₁ (see ``l1_penalty``)."""
+
+    penalty_name = "l1"
+
+    def penalty(self, z: Tensor) -> Tensor:
+        return l1_penalty(z)
+
+
+PENALTIES: dict[str, Callable[..., Tensor]] = {"decor": decorrelation_penalty, "l1": l1_penalty}
+
+
+class CurveCallback(TrainerCallback):
+    """One curve row at step 0, every ``every`` optimiser steps and at the last step.
+
+    A row holds ``step``; ``train/*`` and ``eval/*`` preference metrics on fixed train and held-out
+    pairs, defined exactly as ``tasks._base.preference_metrics`` (β = ``beta``; reference = ``reference``
+    or the adapter-disabled policy; its log-probs are computed once, at step 0, where policy = reference);
+    ``eval/decpo_term`` (‖Ẑ Ẑᵀ − I‖²_F, rows normalised, on the held-out prompts' last-token activations
+    at ``layer``); ``proxy/*`` (``bench.proxies.layer_proxies`` of the same activations); and
+    ``trainer/*``, the trainer's own averages over the last window (loss, reward_margin, pref_acc,
+    reg/decor or reg/l1).
+    """
+
+    def __init__(self, tokenizer, train_pairs: list[Pair], eval_pairs: list[Pair], prompts: Sequence[str], *,
+                 layer: int, hook: str, every: int, beta: float, reference: nn.Module | None,
+                 use_chat_template: bool):
+        self.tokenizer, self.prompts = tokenizer, prompts
+        self.pairs = {"train": train_pairs, "eval": eval_pairs}
+        self.layer, self.hook, self.every, self.beta = layer, hook, every, beta
+        self.reference, self.use_chat_template = reference, use_chat_template
+        self.rows: dict[int, dict[str, float]] = {}
+        self._ref: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def curves(self) -> list[dict[str, float]]:
+        return [self.rows[s] for s in sorted(self.rows)]
+
+    def _logps(self, model: nn.Module, pairs: list[Pair]) -> tuple[Tensor, Tensor]:
+        prompts, kw = [p.prompt for p in pairs], dict(use_chat_template=self.use_chat_template)
+        return (response_logprobs(model, self.tokenizer, prompts, [p.chosen for p in pairs], **kw),
+                response_logprobs(model, self.tokenizer, prompts, [p.rejected for p in pairs], **kw))
+
+    def _pref(self, split: str, pol: tuple[Tensor, Tensor]) -> dict[str, float]:
+        (w, l), (w_ref, l_ref), pairs = pol, self._ref[split], self.pairs[split]
+        margin = self.beta * ((w - w_ref) - (l - l_ref))
+        acc = (margin > 0).double() + 0.5 * (margin == 0).double()
+        n_tok = [max(1, len(self.tokenizer(p.chosen, add_special_tokens=False)["input_ids"])) for p in pairs]
+        return {f"{split}/pref_acc": float(acc.mean()), f"{split}/reward_margin": float(margin.mean()),
+                f"{split}/logp_chosen": float((w / torch.tensor(n_tok)).mean())}
+
+    def measure(self, model: nn.Module, step: int) -> None:
+        was_training = model.training
+        model.eval()
+        try:
+            pol = {split: self._logps(model, pairs) for split, pairs in self.pairs.items()} if self._ref else None
+            if pol is None:  # step 0: the policy is the reference (fresh LoRA has B = 0; full FT copies)
+                self._ref = pol = {split: self._logps(self.reference or model, pairs)
+                                   for split, pairs in self.pairs.items()}
+            z = collect_last_token(model, self.tokenizer, self.prompts, [self.layer], hook=self.hook,
+                                   use_chat_template=self.use_chat_template)[self.layer]
+        finally:
+            model.train(was_training)
+        row = self.rows.setdefault(step, {"step": step})
+        row.update(self._pref("train", pol["train"]) | self._pref("eval", pol["eval"]))
+        row["eval/decpo_term"] = float(decorrelation_penalty(z, normalize=True))
+        row.update({f"proxy/{k}": v for k, v in layer_proxies(z).items()})
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        self.measure(model, 0)
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        step = state.global_step
+        if step % self.every == 0 or step >= state.max_steps:
+            control.should_log = True  # so the trainer's window averages land in the same row
+            self.measure(model, step)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not logs or "loss" not in logs:  # the end-of-training summary has train_loss, not loss
+            return
+        renames = {"loss": "trainer/loss", "rewards/margins": "trainer/reward_margin",
+                   "rewards/accuracies": "trainer/pref_acc"}
+        row = self.rows.setdefault(state.global_step, {"step": state.global_step})
+        for k, v in logs.items():
+            if isinstance(v, (int, float)) and (k in renames or k.startswith(("reg/", "grad_norm", "learning_rate"))):
+                row[renames.get(k, f"trainer/{k}")] = float(v)

@@ -1,0 +1,132 @@
+"""``eval_results.json``: one SAE's held-out scores in SAEBench's result layout (STYLE §4).
+
+Envelope fields follow SAEBench's ``BaseEvalOutput`` (eval_type_id, eval_config, eval_id,
+datetime_epoch_millis, eval_result_metrics, eval_result_details, sae_bench_commit_hash, sae_lens_id,
+sae_lens_release_id, sae_lens_version, sae_cfg_dict, eval_result_unstructured). Metrics are groups of
+flat scalars; per-latent rows go in details. Undefined values (e.g. the probe without concept texts)
+are null in JSON and NaN in ``headline_metrics``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+EVAL_TYPE_ID = "monobench_sae"
+
+HEADLINE_KEYS = ("sae_mse", "sae_explained_variance", "sae_l0", "sae_dead_frac", "sae_dense_frac", "sae_ce_score",
+                 "sae_frac_decorrelated", "sae_frac_interpretable", "sae_frac_interp_decor", "sae_probe_top1",
+                 "sae_probe_top5", "sae_n_alive")
+
+DEFAULT_DISPLAY = {"ui_default_display": True}
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _nan_to_none(cls, v: Any) -> Any:
+        if isinstance(v, dict | list):
+            raise ValueError("metric groups hold flat scalars only")
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+class Reconstruction(_Group):
+    mse: float = Field(description="mean_t ‖x_t − x̂_t‖² over held-out tokens", json_schema_extra=DEFAULT_DISPLAY)
+    explained_variance: float = Field(description="1 − Σ‖x − x̂‖² / Σ‖x − mean x‖², pooled over held-out tokens",
+                                      json_schema_extra=DEFAULT_DISPLAY)
+
+
+class Sparsity(_Group):
+    l0: float = Field(description="mean active latents per held-out token", json_schema_extra=DEFAULT_DISPLAY)
+    dead_frac: float = Field(description="share of latents never active on held-out tokens")
+    dense_frac: float = Field(description="share of latents active on more than dense_threshold of tokens")
+    n_alive: int = Field(description="latents active on at least one held-out token")
+    n_tokens: int = Field(description="held-out tokens scored")
+
+
+class ModelPerformance(_Group):
+    ce_score: float | None = Field(description="(CE_zero − CE_sae) / (CE_zero − CE_clean)",
+                                   json_schema_extra=DEFAULT_DISPLAY)
+    ce_clean: float = Field(description="next-token CE (nats) of the unmodified model")
+    ce_sae: float = Field(description="CE with the hooked module's output replaced by the SAE reconstruction")
+    ce_zero_ablation: float = Field(description="CE with the hooked module's output set to zero")
+    n_tokens: int = Field(description="predicted held-out tokens the CE is averaged over")
+
+
+class Monosemanticity(_Group):
+    frac_decorrelated: float = Field(description="alive latents with max_j |ρ_ij| < decor_threshold",
+                                     json_schema_extra=DEFAULT_DISPLAY)
+    frac_interpretable: float = Field(description="alive latents with MS above the null percentile",
+                                      json_schema_extra=DEFAULT_DISPLAY)
+    frac_interp_decor: float = Field(description="alive latents that are both")
+    mean_ms: float | None = Field(description="mean MS over alive latents with a defined MS")
+    n_tokens: int = Field(description="held-out tokens used for correlations and MS")
+
+
+class SparseProbing(_Group):
+    top1: float | None = Field(description="k=1 sparse-probe test accuracy on the task's concept labels",
+                               json_schema_extra=DEFAULT_DISPLAY)
+    top5: float | None = Field(description="k=5 sparse-probe test accuracy")
+    n_texts: int = Field(description="concept texts (train + test)")
+
+
+class SAEMetricCategories(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    reconstruction: Reconstruction
+    sparsity: Sparsity
+    model_performance_preservation: ModelPerformance
+    monosemanticity: Monosemanticity
+    sparse_probing: SparseProbing
+
+
+class FeatureDetail(BaseModel):
+    """One latent. MS fields are null for dead latents and for latents with < 2 active top tokens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    feature: int
+    density: float
+    ms_score: float | None = None
+    ms_null_p95: float | None = None
+    max_abs_corr: float | None = None
+
+    @field_validator("ms_score", "ms_null_p95", "max_abs_corr", mode="before")
+    @classmethod
+    def _nan_to_none(cls, v: Any) -> Any:
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+class SAEEvalOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    eval_type_id: str = EVAL_TYPE_ID
+    eval_config: dict[str, Any]
+    eval_id: str
+    datetime_epoch_millis: int = Field(ge=0, le=9_999_999_999_999)
+    eval_result_metrics: SAEMetricCategories
+    eval_result_details: list[FeatureDetail]
+    sae_bench_commit_hash: str | None = None
+    sae_lens_id: str | None = None
+    sae_lens_release_id: str | None = None
+    sae_lens_version: str | None
+    sae_cfg_dict: dict[str, Any]
+    eval_result_unstructured: dict[str, Any] | None = None
+
+
+def headline_metrics(out: SAEEvalOutput) -> dict[str, float]:
+    """The flat leaderboard dict: exactly ``HEADLINE_KEYS`` (undefined values are NaN)."""
+    m = out.eval_result_metrics
+
+    def f(v: float | None) -> float:
+        return math.nan if v is None else float(v)
+
+    return {"sae_mse": f(m.reconstruction.mse), "sae_explained_variance": f(m.reconstruction.explained_variance),
+            "sae_l0": f(m.sparsity.l0), "sae_dead_frac": f(m.sparsity.dead_frac),
+            "sae_dense_frac": f(m.sparsity.dense_frac), "sae_ce_score": f(m.model_performance_preservation.ce_score),
+            "sae_frac_decorrelated": f(m.monosemanticity.frac_decorrelated),
+            "sae_frac_interpretable": f(m.monosemanticity.frac_interpretable),
+            "sae_frac_interp_decor": f(m.monosemanticity.frac_interp_decor),
+            "sae_probe_top1": f(m.sparse_probing.top1), "sae_probe_top5": f(m.sparse_probing.top5),
+            "sae_n_alive": float(m.sparsity.n_alive)}

@@ -1,0 +1,348 @@
+"""Score one trained SAE on the held-out split of its activation store (SPEC.md §5).
+
+``score_sae`` loads the SAE (``SAE.load_from_disk``), checks that the model reproduces the store,
+encodes every held-out token, computes the pure metrics of ``saes.metrics``, splices the SAE into the
+model's forward for the CE score, mean-pools latents over the task's concept texts for k-sparse
+probing, writes ``eval_results.json`` (SAEBench layout, ``saes.eval_output``) and returns the flat
+headline dict. Context embeddings for the MonoSemanticity Score are computed once per token set and
+cached under a content hash (in the store folder unless ``embed_cache_dir`` is given), so every latent
+and every SAE on the same held-out tokens reuses them.
+
+Example::
+
+    python -c "from saes.score import score_sae; ..."   # see tests/test_sae_pipeline.py
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench.lm import hook_module
+from saes import metrics as M
+from saes.activations import (
+    ActivationStore,
+    check_finite,
+    hooked_activations,
+    tokenize_docs,
+    verify_store,
+)
+from saes.config import SAEConfig, SAEEvalConfig
+from saes.eval_output import (
+    FeatureDetail,
+    ModelPerformance,
+    Monosemanticity,
+    Reconstruction,
+    SAEEvalOutput,
+    SAEMetricCategories,
+    SparseProbing,
+    Sparsity,
+    headline_metrics,
+)
+
+log = logging.getLogger(__name__)
+
+EVAL_RESULTS = "eval_results.json"
+EmbedFn = Callable[[Sequence[str]], np.ndarray]
+
+
+def load_sae(sae_dir: Path, device: str | torch.device = "cpu"):
+    from sae_lens import SAE
+
+    sae = SAE.load_from_disk(str(sae_dir), device=str(device))
+    sae.eval()
+    return sae
+
+
+@torch.no_grad()
+def encode_heldout(sae, x: torch.Tensor, keep_tokens: int, chunk: int = 4096):
+    """(x̂ for all tokens, latent density over all tokens, z of the first ``keep_tokens`` tokens)."""
+    dev = sae.W_dec.device
+    x_hat = torch.empty_like(x)
+    active = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
+    kept = []
+    for s in range(0, x.shape[0], chunk):
+        z = sae.encode(x[s:s + chunk].to(dev))
+        if z.is_sparse:
+            z = z.to_dense()
+        check_finite(z, "SAE latents")
+        x_hat[s:s + chunk] = sae.decode(z).float().cpu()
+        active += (z != 0).sum(0).double().cpu()
+        if s < keep_tokens:
+            kept.append(z[:max(0, keep_tokens - s)].float().cpu())
+    return x_hat, active / max(1, x.shape[0]), torch.cat(kept)
+
+
+def _default_embed() -> EmbedFn:
+    from tasks.embed import embed
+
+    return embed
+
+
+def context_embeddings(store: ActivationStore, tokenizer, *, n_rows: int, n_context: int,
+                       embed_fn: EmbedFn | None = None, cache_dir: Path | None = None) -> torch.Tensor:
+    """Embedding of each of the first ``n_rows`` held-out tokens' context windows (cached on disk).
+
+    The window is the ``n_context`` tokens of the document ending at the token, decoded without
+    special tokens. The cache file name hashes the encoder and every context string.
+    """
+    embed_fn = embed_fn or _default_embed()
+    rows = range(store.n_train, store.n_train + n_rows)
+    texts = [tokenizer.decode(store.context(r, n_context), skip_special_tokens=True) for r in rows]
+    name = getattr(embed_fn, "__qualname__", type(embed_fn).__qualname__)
+    h = hashlib.sha256(f"{embed_fn.__module__}.{name}".encode())
+    for t in texts:
+        h.update(t.encode())
+        h.update(b"\0")
+    path = Path(cache_dir or store.path) / f"ctx_emb-{h.hexdigest()[:20]}.npy"
+    if path.is_file():
+        return torch.from_numpy(np.load(path))
+    emb = np.asarray(embed_fn(texts), dtype=np.float32)
+    if emb.shape[0] != len(texts):
+        raise ValueError(f"the embedder returned {emb.shape[0]} rows for {len(texts)} contexts")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".ctx_emb.", suffix=".npy", dir=path.parent)
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, emb)
+    os.replace(tmp, path)
+    return torch.from_numpy(emb)
+
+
+@contextlib.contextmanager
+def spliced(model, *, layer: int, hook: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Replace the hooked module's output o with fn(o) for every forward inside the block."""
+    def replace(_mod, _inp, out):
+        if isinstance(out, torch.Tensor):
+            return fn(out)
+        return (fn(out[0]), *out[1:])
+
+    handle = hook_module(model, layer, hook).register_forward_hook(replace)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _heldout_batches(store: ActivationStore, docs: list[int], batch_size: int, device,
+                     crop: int | None = None) -> Iterator[tuple]:
+    """(ids, attention mask, stored-position mask) for held-out documents (first ``crop`` tokens), right-padded."""
+    ho = store.heldout
+    doc_idx, pos = np.asarray(store.doc_index[ho]), np.asarray(store.positions[ho])
+    pad = store.manifest["pad_token_id"]
+    for s in range(0, len(docs), batch_size):
+        batch = docs[s:s + batch_size]
+        toks = [store.doc(d)[:crop] for d in batch]
+        width = max(map(len, toks))
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        att = torch.zeros((len(batch), width), dtype=torch.long)
+        kept = torch.zeros((len(batch), width), dtype=torch.bool)
+        for i, (d, t) in enumerate(zip(batch, toks)):
+            ids[i, :len(t)] = torch.tensor(t)
+            att[i, :len(t)] = 1
+            p = pos[doc_idx == d].astype(np.int64)
+            kept[i, torch.from_numpy(p[p < len(t)])] = True
+        yield ids.to(device), att.to(device), kept.to(device)
+
+
+@torch.no_grad()
+def ce_losses(model, store: ActivationStore, sae, *, layer: int, hook: str, max_docs: int | None = None,
+              batch_size: int = 16, crop: int | None = None) -> tuple[float, float, float, int]:
+    """Mean next-token CE (clean, SAE spliced, zero-ablated) over held-out documents, and the token count.
+
+    As in ``sae_lens.evals.get_recons_loss``: the SAE replaces the hooked output only at stored
+    (non-special) positions, zero-ablation zeroes every position, and the loss at position t (predicting
+    t+1) counts when token t is a stored token.
+    """
+    docs = sorted(store.heldout_docs()[:max_docs], key=lambda d: len(store.doc(d)))   # less padding
+    device = next(model.parameters()).device
+    sums, count = torch.zeros(3, dtype=torch.float64), 0
+    was_training = model.training
+    model.eval()
+    try:
+        for ids, att, kept in _heldout_batches(store, docs, batch_size, device, crop):
+            target = kept[:, :-1] & att[:, 1:].bool()
+
+            def with_sae(o, kept=kept):
+                rec = sae.decode(sae.encode(o.float().to(sae.W_dec.device))).to(o.device, o.dtype)
+                return torch.where(kept[..., None], rec, o)
+
+            for i, fn in enumerate((None, with_sae, torch.zeros_like)):
+                ctx = spliced(model, layer=layer, hook=hook, fn=fn) if fn else contextlib.nullcontext()
+                with ctx:
+                    logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits[:, :-1].float()
+                ce = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+                sums[i] += ce[target].double().sum().cpu()
+            count += int(target.sum())
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("no held-out token has a next token to predict; use longer texts")
+    clean, with_sae_ce, zero = (sums / count).tolist()
+    return clean, with_sae_ce, zero, count
+
+
+@torch.no_grad()
+def pooled_latents(model, tokenizer, sae, texts: Sequence[str], *, layer: int, hook: str, max_length: int,
+                   batch_size: int, use_chat_template: bool, special_ids: Sequence[int]) -> torch.Tensor:
+    """(n_texts, d_sae) mean of SAE latents over each text's stored-kind tokens (SAEBench mean pooling)."""
+    docs = tokenize_docs(tokenizer, texts, max_length=max_length, use_chat_template=use_chat_template)
+    order = sorted(range(len(docs)), key=lambda i: len(docs[i][0]))      # batches of similar length
+    device = next(model.parameters()).device
+    special = set(special_ids)
+    out = torch.zeros(len(docs), sae.cfg.d_sae)
+    was_training = model.training
+    model.eval()
+    try:
+        for s in range(0, len(docs), batch_size):
+            rows = order[s:s + batch_size]
+            batch = [docs[i] for i in rows]
+            width = max(1, max(len(ids) for ids, _ in batch))
+            ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+            att = torch.zeros_like(ids)
+            keep = torch.zeros((len(batch), width), dtype=torch.bool)
+            for i, (t, start) in enumerate(batch):
+                ids[i, :len(t)] = torch.tensor(t, dtype=torch.long)
+                att[i, :len(t)] = 1
+                keep[i, :len(t)] = torch.tensor([j >= start and v not in special for j, v in enumerate(t)])
+            acts = hooked_activations(model, ids.to(device), att.to(device), layer=layer, hook=hook).float()
+            check_finite(acts, f"activations of {hook} on concept texts")
+            z = sae.encode(acts.to(sae.W_dec.device)).float().cpu()
+            w = keep.float()[..., None]
+            out[rows] = (z * w).sum(1) / w.sum(1).clamp_min(1.0)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def probe_scores(features: torch.Tensor, labels: Sequence[int], *, test_frac: float, seed: int) -> tuple[float, float]:
+    """(top-1, top-5) k-sparse probe accuracy; NaN (with a warning) without enough texts of both labels."""
+    from sklearn.model_selection import train_test_split
+
+    y = np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(y, minlength=2) if y.size else np.zeros(2, dtype=int)
+    if y.size == 0 or set(np.unique(y)) - {0, 1} or counts.min() < 2:
+        log.warning("SAE probe skipped: need binary concept labels with ≥ 2 texts per class, got counts %s",
+                    counts.tolist())
+        return math.nan, math.nan
+    tr, te = train_test_split(np.arange(len(y)), test_size=test_frac, stratify=y, random_state=seed)
+    lab, tr_t, te_t = torch.from_numpy(y), torch.from_numpy(tr), torch.from_numpy(te)
+    return tuple(M.k_sparse_probe_accuracy(features, lab, k, tr_t, te_t) for k in (1, 5))
+
+
+def score_sae(sae_dir: Path, store_dir: Path, model, tokenizer, *, layer: int, hook: str,
+              concept_texts: Sequence[str] = (), concept_labels: Sequence[int] = (),
+              cfg: SAEConfig | SAEEvalConfig | None = None, out_dir: Path | None = None, seed: int = 0,
+              embed_fn: EmbedFn | None = None, embed_cache_dir: Path | None = None) -> dict[str, float]:
+    """All SPEC §5 scores of the SAE in ``sae_dir`` on ``store_dir``'s held-out tokens.
+
+    Writes ``<out_dir or sae_dir>/eval_results.json`` and returns ``headline_metrics`` of it (keys
+    ``sae_mse`` … ``sae_probe_top5`` and ``sae_n_alive``). ``model`` must be the model the store was
+    collected from (checked); a PEFT-wrapped model works.
+    """
+    ev = cfg.eval if isinstance(cfg, SAEConfig) else (cfg or SAEEvalConfig())
+    store = ActivationStore(Path(store_dir))
+    req = store.manifest["request"]
+    if (req["layer"], req["hook"]) != (layer, hook):
+        raise ValueError(f"the store was collected at layer {req['layer']} {req['hook']!r}, not layer {layer} {hook!r}")
+    device = next(model.parameters()).device
+    timings, t0 = {}, time.perf_counter()
+    sae = load_sae(Path(sae_dir), device)
+    verify_store(store, model)
+
+    x = store.heldout_acts()
+    check_finite(x, f"held-out activations in {store.path}")
+    n_lat = min(ev.latent_max_tokens, x.shape[0])
+    x_hat, density, z = encode_heldout(sae, x, n_lat)
+    alive = density > 0
+    timings["encode"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    corr = M.max_abs_correlation(z[:, alive])
+    timings["correlation"] = time.perf_counter() - t
+    t = time.perf_counter()
+    emb = context_embeddings(store, tokenizer, n_rows=n_lat, n_context=ev.ms_context_tokens, embed_fn=embed_fn,
+                             cache_dir=embed_cache_dir)
+    timings["context_embeddings"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ms, null_p = M.monosemanticity_scores(z[:, alive], emb, top_n=ev.ms_top_n, null_draws=ev.ms_null_draws,
+                                          percentile=ev.ms_null_percentile, seed=seed)
+    timings["monosemanticity"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ce = ce_losses(model, store, sae, layer=layer, hook=hook, max_docs=ev.ce_max_docs, batch_size=ev.batch_size)
+    timings["ce"] = time.perf_counter() - t
+    t = time.perf_counter()
+    feats = pooled_latents(model, tokenizer, sae, concept_texts, layer=layer, hook=hook,
+                           max_length=ev.probe_max_length, batch_size=ev.batch_size,
+                           use_chat_template=req["use_chat_template"], special_ids=store.manifest["special_ids"])
+    top1, top5 = probe_scores(feats, concept_labels, test_frac=ev.probe_test_frac, seed=seed)
+    timings["probe"] = time.perf_counter() - t
+
+    n_alive = int(alive.sum())
+    thr = ev.decor_threshold
+    groups = SAEMetricCategories(
+        reconstruction=Reconstruction(mse=M.sae_mse(x, x_hat), explained_variance=M.sae_explained_variance(x, x_hat)),
+        sparsity=Sparsity(l0=M.sae_l0(density), dead_frac=M.sae_dead_frac(density),
+                          dense_frac=M.sae_dense_frac(density, ev.dense_threshold), n_alive=n_alive,
+                          n_tokens=x.shape[0]),
+        model_performance_preservation=ModelPerformance(ce_score=M.sae_ce_score(*ce[:3]), ce_clean=ce[0],
+                                                        ce_sae=ce[1], ce_zero_ablation=ce[2], n_tokens=ce[3]),
+        monosemanticity=Monosemanticity(
+            frac_decorrelated=M.sae_frac_decorrelated(corr, thr), frac_interpretable=M.sae_frac_interpretable(ms, null_p),
+            frac_interp_decor=M.sae_frac_interp_decor(ms, null_p, corr, thr),
+            mean_ms=float(ms.nanmean()) if n_alive and ms.isfinite().any() else None, n_tokens=n_lat),
+        sparse_probing=SparseProbing(top1=top1, top5=top5, n_texts=len(concept_texts)))
+    out = SAEEvalOutput(
+        eval_config=dict(ev.model_dump(mode="json"), layer=layer, hook=hook, seed=seed,
+                         store=str(Path(store_dir).resolve()),
+                         store_request=req),
+        eval_id=str(uuid.uuid4()), datetime_epoch_millis=int(time.time() * 1000),
+        eval_result_metrics=groups, eval_result_details=_details(density, alive, ms, null_p, corr),
+        sae_lens_version=_sae_lens_version(), sae_cfg_dict=sae.cfg.to_dict(),
+        eval_result_unstructured=dict(seconds={k: round(v, 3) for k, v in timings.items()}))
+    _write(Path(out_dir or sae_dir) / EVAL_RESULTS, out)
+    return headline_metrics(out)
+
+
+def _details(density, alive, ms, null_p, corr) -> list[FeatureDetail]:
+    rows = []
+    a = 0
+    for i, (p, is_alive) in enumerate(zip(density.tolist(), alive.tolist())):
+        if is_alive:
+            rows.append(FeatureDetail(feature=i, density=p, ms_score=float(ms[a]), ms_null_p95=float(null_p[a]),
+                                      max_abs_corr=float(corr[a])))
+            a += 1
+        else:
+            rows.append(FeatureDetail(feature=i, density=p))
+    return rows
+
+
+def _write(path: Path, out: SAEEvalOutput) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(out.model_dump_json(indent=1))
+    os.replace(tmp, path)
+
+
+def read_eval_results(path: Path) -> SAEEvalOutput:
+    """Parse an ``eval_results.json`` (a file, or a folder holding one)."""
+    path = Path(path)
+    return SAEEvalOutput.model_validate_json((path / EVAL_RESULTS if path.is_dir() else path).read_text())
+
+
+def _sae_lens_version() -> str:
+    from importlib.metadata import version
+
+    return version("sae-lens")

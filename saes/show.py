@@ -1,0 +1,98 @@
+"""Show one SAE latent: its top held-out contexts with the activating token marked «like this».
+
+``format_feature`` reads the SAE (``SAE.load_from_disk``), the activation store's held-out tokens and,
+if present, ``eval_results.json`` (density, MonoSemanticity Score and its null, max |corr|). The lead's
+CLI exposes it as ``python -m bench show-feature RUN FEATURE``.
+
+Example::
+
+    python -c "from saes.show import format_feature; from bench.models import load_tokenizer; \
+print(format_feature('/tmp/sae_s/sae', '/tmp/sae_s/st', load_tokenizer('embedded:smollm2-135m-instruct'), 3))"
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from saes.activations import ActivationStore
+from saes.score import EVAL_RESULTS, load_sae, read_eval_results
+
+
+def _sae_folder(run_dir: Path) -> Path:
+    for cand in (run_dir, run_dir / "sae"):
+        if (cand / "cfg.json").is_file():
+            return cand
+    raise FileNotFoundError(f"no SAE (cfg.json) in {run_dir} or {run_dir / 'sae'}; pass the folder train_sae wrote")
+
+
+def _eval_file(run_dir: Path, sae_dir: Path) -> Path | None:
+    for cand in (run_dir, sae_dir, sae_dir.parent):
+        if (cand / EVAL_RESULTS).is_file():
+            return cand / EVAL_RESULTS
+    return None
+
+
+@torch.no_grad()
+def feature_activations(sae, store: ActivationStore, feature: int, chunk: int = 4096) -> torch.Tensor:
+    """z_feature on every held-out token, in store order."""
+    x = store.heldout_acts()
+    out = []
+    for s in range(0, x.shape[0], chunk):
+        z = sae.encode(x[s:s + chunk])
+        out.append((z.to_dense() if z.is_sparse else z)[:, feature].float())
+    return torch.cat(out)
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def format_feature(sae_run_dir: Path, activation_store_dir: Path | None, tokenizer, feature: int, n: int = 10,
+                   context_tokens: int = 16, after_tokens: int = 4) -> str:
+    """Text block: header (density, MS, null p95, max |corr|) and the top-``n`` held-out contexts.
+
+    ``sae_run_dir`` is the SAE folder or a folder holding it as ``sae/`` (the runner's stage folder).
+    ``activation_store_dir`` None means the store recorded in ``eval_results.json``.
+    """
+    run_dir = Path(sae_run_dir)
+    sae_dir = _sae_folder(run_dir)
+    sae = load_sae(sae_dir, "cpu")
+    d_sae = sae.cfg.d_sae
+    if not 0 <= feature < d_sae:
+        raise ValueError(f"feature {feature} out of range; this SAE has latents 0..{d_sae - 1}")
+    path = _eval_file(run_dir, sae_dir)
+    results = read_eval_results(path) if path is not None else None
+    if activation_store_dir is None:
+        if results is None:
+            raise FileNotFoundError(f"no {EVAL_RESULTS} near {run_dir} to find the activation store in; pass it")
+        activation_store_dir = Path(results.eval_config["store"])
+    store = ActivationStore(Path(activation_store_dir))
+    z = feature_activations(sae, store, feature)
+    density = float((z != 0).double().mean())
+    ms = null = corr = None
+    if results is not None:
+        det = results.eval_result_details[feature]
+        ms, null, corr = det.ms_score, det.ms_null_p95, det.max_abs_corr
+    verdict = "" if ms is None or null is None else ("  (interpretable)" if ms > null else "  (not above null)")
+    lines = [f"feature {feature} of {d_sae} ({sae.cfg.architecture()} SAE, {sae_dir})",
+             (f"density {density:.4f} on {z.numel()} held-out tokens   MS {_fmt(ms)}   null p95 {_fmt(null)}"
+              f"   max|corr| {_fmt(corr)}{verdict}")]
+    vals, idx = z.topk(min(n, z.numel()))
+    shown = 0
+    for v, i in zip(vals.tolist(), idx.tolist()):
+        if v <= 0:
+            break
+        row = store.n_train + i
+        d, p = int(store.doc_index[row]), int(store.positions[row])
+        doc = store.doc(d)
+        before = tokenizer.decode(doc[max(0, p - context_tokens + 1):p], skip_special_tokens=True)
+        tok = tokenizer.decode(doc[p:p + 1], skip_special_tokens=True)
+        after = tokenizer.decode(doc[p + 1:p + 1 + after_tokens], skip_special_tokens=True)
+        text = f"{before}«{tok}»{after}".replace("\n", "⏎")
+        lines.append(f"{v:9.3f}  doc {d:<5} pos {p:<4} {text}")
+        shown += 1
+    if shown == 0:
+        lines.append("(never active on held-out tokens)")
+    return "\n".join(lines)

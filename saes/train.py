@@ -1,0 +1,97 @@
+"""Train one SAE with SAELens's ``SAETrainer`` on the train split of an activation store.
+
+The trainer is fed by ``ActivationStore.train_batches`` (an endless seeded iterator of activation
+batches), wandb is off, and nothing is checkpointed by SAELens; the final SAE is written with
+``save_inference_model`` so ``sae_lens.SAE.load_from_disk(path)`` opens it (batchtopk and
+matryoshka_batchtopk load as jumprelu, as SAELens saves them). ``training.json`` next to it records
+the config, seed, store, step count, wall time and SAELens's end-of-training L0 / dead count.
+
+The same (config, seed, store) gives the same weights on CPU: the SAE is initialised and trained
+under a forked, seeded torch RNG and the batch order comes from ``numpy.random.default_rng(seed)``.
+
+Example::
+
+    python -c "from saes.train import train_sae; from saes.config import SAEConfig; \
+print(train_sae('/tmp/st', SAEConfig(training_tokens=4096, batch_size=256), '/tmp/sae', seed=0))"
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from saes.activations import ActivationStore
+from saes.config import SAEConfig, to_sae_lens_config
+
+log = logging.getLogger(__name__)
+
+TRAINING_RECORD = "training.json"
+
+
+def _sae_metadata(store: ActivationStore) -> dict:
+    req = store.manifest["request"]
+    return dict(model_name=req["model"], hook_name=req["hook_name"], hook_layer=req["layer"],
+                context_size=req["max_length"], prepend_bos=False, dataset_path=str(Path(store.path).resolve()),
+                exclude_special_tokens=req["drop_special_tokens"])
+
+
+def train_sae(store_dir: Path, cfg: SAEConfig, out_dir: Path, *, seed: int = 0, device: str | torch.device = "cpu") -> Path:
+    """Train ``cfg.architecture`` on ``store_dir``'s train tokens; save it to ``out_dir`` and return that path."""
+    from sae_lens import LoggingConfig, SAETrainer
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.registry import get_sae_training_class
+
+    store = ActivationStore(Path(store_dir))
+    device = str(torch.device(device))
+    sl_cfg = to_sae_lens_config(cfg, store.d_in, device=device, metadata=_sae_metadata(store))
+    sae_cls = get_sae_training_class(cfg.architecture)[0]
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=cfg.n_steps * cfg.batch_size, train_batch_size_samples=cfg.batch_size,
+        lr=cfg.lr, lr_end=cfg.lr, lr_scheduler_name="constant", lr_warm_up_steps=cfg.lr_warm_up_steps,
+        lr_decay_steps=cfg.lr_decay_steps, device=device, autocast=False,
+        dead_feature_window=cfg.dead_feature_window, feature_sampling_window=max(cfg.n_steps + 1, 2),
+        n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False,
+        logger=LoggingConfig(log_to_wandb=False), n_batches_for_norm_estimate=cfg.n_batches_for_norm_estimate)
+    start = time.perf_counter()
+    devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        sae = sae_cls(sl_cfg)
+        data = store.train_batches(cfg.batch_size, seed=seed, device=device)
+        trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=data)
+        sae = trainer.fit()
+    seconds = time.perf_counter() - start
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        sae.save_inference_model(tmp)
+        record = dict(config=cfg.model_dump(mode="json"), seed=seed, device=device,
+                      store=str(Path(store_dir).resolve()), store_request=store.manifest["request"],
+                      n_steps=trainer.n_training_steps, n_training_tokens=trainer.n_training_samples,
+                      n_train_tokens_available=store.n_train, epochs=trainer.n_training_samples / store.n_train,
+                      seconds=round(seconds, 3), final_l0=sae.cfg.metadata.l0,
+                      final_dead=sae.cfg.metadata.num_dead_features, sae_lens_version=_sae_lens_version())
+        (tmp / TRAINING_RECORD).write_text(json.dumps(record, indent=2))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("trained %s SAE (%d steps, %.1fs) -> %s", cfg.architecture, trainer.n_training_steps, seconds, out_dir)
+    return out_dir
+
+
+def _sae_lens_version() -> str:
+    from importlib.metadata import version
+
+    return version("sae-lens")

@@ -1,0 +1,216 @@
+"""Activation store → SAELens training → held-out scores, on the tiny Llama (no hub, no MiniLM)."""
+
+import copy
+import json
+import math
+import random
+import typing
+
+import numpy as np
+import pytest
+import torch
+from conftest import _tiny
+
+from bench.lm import decoder_layers
+from saes.activations import (
+    ActivationStore,
+    NonFiniteActivationsError,
+    collect_activations,
+    verify_store,
+)
+from saes.config import Architecture, SAEConfig
+from saes.eval_output import HEADLINE_KEYS, SAEEvalOutput
+from saes.score import score_sae
+from saes.train import train_sae
+
+WORDS = ("the a cat dog runs jumps quickly slowly over under house tree river blue red happy sad "
+         "green small large old new bird fish swims flies").split()
+CFG = SAEConfig(expansion=2, k=8, training_tokens=2048, batch_size=128, context_length=24, heldout_frac=0.25)
+
+
+def _texts(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(40)) for _ in range(n)]
+
+
+class CountingEmbed:
+    """Deterministic stand-in for MiniLM: a seeded random unit vector per distinct context string."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, texts):
+        self.calls += 1
+        rows = [np.random.default_rng(sum(map(ord, t)) * 7919 + len(t)).normal(size=16) for t in texts]
+        return np.stack(rows).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    model, tok = _tiny()
+    root = tmp_path_factory.mktemp("sae")
+    store = collect_activations(model, tok, _texts(24), layer=1, hook="mlp.up_proj", out_dir=root / "store",
+                                cfg=CFG, seed=0)
+    sae_dir = train_sae(store, CFG, root / "sae", seed=0)
+    return model, tok, store, sae_dir
+
+
+def test_collection_stops_after_the_hooked_module(tiny_lm, tmp_path):
+    model, tok = tiny_lm
+    called = []
+    decoder_layers(model)[1].register_forward_hook(lambda *a: called.append("layer1"))
+    model.lm_head.register_forward_hook(lambda *a: called.append("lm_head"))
+    collect_activations(model, tok, _texts(6), layer=0, hook="mlp.up_proj", out_dir=tmp_path / "s", cfg=CFG)
+    assert called == []
+
+
+def test_store_layout_and_split_by_document(built):
+    model, tok, path, _ = built
+    store = ActivationStore(path)
+    m = store.manifest
+    assert m["d_in"] == 128 and m["request"]["hook_name"] == "model.layers.1.mlp.up_proj"
+    assert m["n_tokens"] == m["n_train_tokens"] + m["n_heldout_tokens"] == store.acts.shape[0]
+    docs = np.asarray(store.doc_index)
+    train_docs, held_docs = set(docs[:store.n_train]), set(docs[store.heldout])
+    assert not train_docs & held_docs and len(held_docs) == 6
+    assert set(np.flatnonzero(store.doc_split == 1)) == held_docs
+    specials = set(tok.all_special_ids)
+    for row in range(0, store.acts.shape[0], 37):            # stored ids are the documents' real tokens
+        d, p = int(store.doc_index[row]), int(store.positions[row])
+        assert store.doc(d)[p] == int(store.token_ids[row]) and int(store.token_ids[row]) not in specials
+    verify_store(store, model)                                # padding did not change the activations
+
+
+def test_split_is_seeded():
+    from saes.activations import split_documents
+
+    assert (split_documents(50, 0.2, 3) == split_documents(50, 0.2, 3)).all()
+    assert not (split_documents(50, 0.2, 3) == split_documents(50, 0.2, 4)).all()
+    assert split_documents(50, 0.2, 3).sum() == 10
+
+
+def test_store_from_another_model_is_refused(built, tmp_path):
+    _, tok, path, _ = built
+    from bench.models import TinySpec, load_model
+
+    other, _ = load_model("tiny:llama", seed=1, tiny=TinySpec())
+    with pytest.raises(ValueError, match="another model"):
+        verify_store(ActivationStore(path), other)
+    with pytest.raises(FileExistsError, match="different request"):
+        collect_activations(other, tok, _texts(10), layer=1, hook="mlp.up_proj", out_dir=path, cfg=CFG)
+
+
+def test_nan_activations_raise(tiny_lm, tmp_path):
+    model, tok = tiny_lm
+    with torch.no_grad():
+        decoder_layers(model)[0].mlp.up_proj.weight[3, 0] = math.nan
+    with pytest.raises(NonFiniteActivationsError, match="NaN/inf"):
+        collect_activations(model, tok, _texts(6), layer=0, hook="mlp.up_proj", out_dir=tmp_path / "s", cfg=CFG)
+    assert not (tmp_path / "s" / "manifest.json").exists()
+
+
+def test_chat_template_prefix_is_not_stored(tiny_lm, tmp_path):
+    model, tok = tiny_lm
+    path = collect_activations(model, tok, _texts(6), layer=0, hook="mlp.up_proj", out_dir=tmp_path / "s",
+                               cfg=CFG, use_chat_template=True)
+    store = ActivationStore(path)
+    starts = store.manifest["content_start"]
+    assert min(starts) > 10                                   # the template's system turn
+    rows = np.arange(store.acts.shape[0])
+    assert all(int(store.positions[r]) >= starts[int(store.doc_index[r])] for r in rows)
+    assert max(np.bincount(np.asarray(store.doc_index))) <= CFG.context_length
+
+
+@pytest.mark.parametrize("arch", typing.get_args(Architecture))
+def test_every_architecture_trains_and_loads(built, arch, tmp_path):
+    from sae_lens import SAE
+
+    store = built[2]
+    cfg = SAEConfig(architecture=arch, expansion=2, training_tokens=512, batch_size=128)
+    out = train_sae(store, cfg, tmp_path / arch, seed=0)
+    sae = SAE.load_from_disk(out)
+    assert sae.cfg.d_sae == 256 and sae.cfg.d_in == 128
+    assert sae.cfg.architecture() == ("jumprelu" if "batchtopk" in arch else arch)
+    assert json.loads((out / "training.json").read_text())["n_steps"] == 4
+    x = ActivationStore(store).heldout_acts()[:10]
+    assert torch.isfinite(sae.decode(sae.encode(x))).all()
+
+
+def test_training_is_deterministic(built, tmp_path):
+    from safetensors.torch import load_file
+
+    store = built[2]
+    cfg = SAEConfig(expansion=2, k=8, training_tokens=512, batch_size=128)
+    a = load_file(train_sae(store, cfg, tmp_path / "a", seed=5) / "sae_weights.safetensors")
+    b = load_file(train_sae(store, cfg, tmp_path / "b", seed=5) / "sae_weights.safetensors")
+    c = load_file(train_sae(store, cfg, tmp_path / "c", seed=6) / "sae_weights.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["W_enc"], c["W_enc"])
+
+
+def test_score_writes_saebench_layout_and_headline(built, tmp_path):
+    model, tok, store, sae_dir = built
+    embed = CountingEmbed()
+    texts = _texts(20, seed=9)
+    labels = [int("cat" in t.split()[:5]) for t in texts]
+    kw = dict(layer=1, hook="mlp.up_proj", concept_texts=texts, concept_labels=labels, cfg=CFG, embed_fn=embed,
+              embed_cache_dir=tmp_path / "emb")
+    head = score_sae(sae_dir, store, model, tok, out_dir=tmp_path, **kw)
+    assert tuple(head) == HEADLINE_KEYS
+    assert all(math.isfinite(v) for v in head.values()), head
+    assert 0 < head["sae_n_alive"] <= 256 and head["sae_l0"] == pytest.approx(8.0)
+    out = SAEEvalOutput.model_validate_json((tmp_path / "eval_results.json").read_text())
+    assert out.eval_type_id == "monobench_sae" and out.sae_cfg_dict["architecture"] == "topk"
+    assert len(out.eval_result_details) == 256
+    assert sum(d.ms_score is not None for d in out.eval_result_details) <= head["sae_n_alive"]
+    raw = json.loads((tmp_path / "eval_results.json").read_text())
+    assert {"eval_type_id", "eval_config", "eval_id", "datetime_epoch_millis", "eval_result_metrics",
+            "eval_result_details", "sae_bench_commit_hash", "sae_lens_version", "sae_cfg_dict"} <= raw.keys()
+    again = score_sae(sae_dir, store, model, tok, out_dir=tmp_path / "2", **kw)   # embeddings come from the cache
+    assert embed.calls == 1 and again == head
+
+
+def test_peft_wrapped_model(built, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model, tok, store, _ = built
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["up_proj", "q_proj"]))
+    verify_store(ActivationStore(store), peft_model)          # LoRA B = 0: same activations as the base
+    path = collect_activations(peft_model, tok, _texts(8), layer=1, hook="mlp.up_proj", out_dir=tmp_path / "s",
+                               cfg=CFG)
+    assert ActivationStore(path).manifest["request"]["hook_name"] == "model.layers.1.mlp.up_proj"
+
+
+def test_show_feature(built, tmp_path):
+    from saes.show import format_feature
+
+    _, tok, store, sae_dir = built
+    text = format_feature(sae_dir, store, tok, 0, n=3)
+    assert text.startswith("feature 0 of 256") and "density" in text
+    assert "«" in text or "never active" in text
+    with pytest.raises(ValueError, match="out of range"):
+        format_feature(sae_dir, store, tok, 999)
+
+
+def test_agrees_with_sae_lens_evals(built):
+    from saes.crosscheck import compare_with_sae_lens
+    from saes.score import load_sae
+
+    model, tok, store, sae_dir = built
+    res = compare_with_sae_lens(load_sae(sae_dir), model, tok, ActivationStore(store))
+    assert res["explained_variance"][0] == pytest.approx(res["explained_variance"][1], abs=1e-4)
+    assert res["mse"][0] == pytest.approx(res["mse"][1], rel=1e-4)
+    assert res["l0"][0] == pytest.approx(res["l0"][1], abs=1e-6)
+    assert res["dead_frac"][0] == res["dead_frac"][1]
+    assert res["ce_score"][0] == pytest.approx(res["ce_score"][1], abs=1e-3)
+
+
+def test_bfloat16_store_reads_back_as_float32(built, tmp_path):
+    model, tok, path, _ = built
+    texts = _texts(24)
+    bf = collect_activations(model, tok, texts, layer=1, hook="mlp.up_proj", out_dir=tmp_path / "bf", cfg=CFG,
+                             dtype="bfloat16")
+    a, b = ActivationStore(path).heldout_acts(), ActivationStore(bf).heldout_acts()
+    assert b.dtype == torch.float32 and a.shape == b.shape
+    assert torch.allclose(a, b, rtol=1e-2, atol=1e-2)
+    assert (tmp_path / "bf" / "acts.npy").stat().st_size < (path / "acts.npy").stat().st_size * 0.6
