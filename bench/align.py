@@ -104,7 +104,7 @@ class DecPOMethodConfig(DPOMethodConfig):
     """``decpo``: DPO + λ·‖Z Zᵀ − I‖²_F on the hooked layer's last-token activations (Yan et al. 2024)."""
 
     lam: float = Field(1e-3, ge=0, alias="lambda")
-    """λ (TOML key ``lambda``). With normalize=true the term starts near 170 for 8 pairs on SmolLM2 layer 15."""
+    """λ (TOML key ``lambda``). Normalised, the term starts near 180–210 for 8 pairs at SmolLM2 layer 15."""
     normalize: bool = True
     """L2-normalise the rows of Z first (cosine form); false = the paper's raw form (λ = 1e-4 there)."""
 
@@ -113,7 +113,7 @@ class L1MethodConfig(DPOMethodConfig):
     """``l1``: DPO + λ₁·mean_b ‖z_b‖₁ on the hooked layer's last-token activations (paper's L1-Reg)."""
 
     lam: float = Field(1e-4, ge=0, alias="lambda")
-    """λ₁ (TOML key ``lambda``)."""
+    """λ₁ (TOML key ``lambda``). mean ‖z‖₁ starts near 800 at SmolLM2 layer 15 (450 at 0, 2100 at 29)."""
 
 
 class SimPOMethodConfig(TrainConfig):
@@ -413,8 +413,8 @@ def load_policy(base_model: nn.Module, directory: Path) -> nn.Module:
 
 
 def sweep_decpo(model: nn.Module, tokenizer, train_pairs: list[Pair], eval_pairs: list[Pair], out_dir: Path,
-                lambdas: list[float], layers: list[int | float], seed: int = 0, base_cfg: DecPOMethodConfig | None = None,
-                **kw) -> list[dict[str, float]]:
+                lambdas: list[float], layers: list[int | float], seed: int = 0,
+                base_cfg: DecPOMethodConfig | None = None, **kw) -> list[dict[str, float]]:
     """Train DecPO for every (λ, layer) and return one row per run with its last curve row (plus λ, layer)."""
     base_cfg = base_cfg or DecPOMethodConfig()
     rows = []

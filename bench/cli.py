@@ -80,6 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--quick", action="store_true")
     pf.add_argument("--out", type=Path, default=Path("results/perf"))
     pf.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    sw = sub.add_parser("sweep", help="DecPO λ × layer sweep on a suite's task data (docs/SWEEP.md)")
+    sw.add_argument("method", choices=["decpo"])
+    sw.add_argument("--suite", default="default", help="shipped suite name or a .toml path")
+    sw.add_argument("--task", action="append", help="task(s) to sweep (default: every task of the suite)")
+    sw.add_argument("--lambdas", default="0,1e-3,1e-2,1e-1", help="comma-separated λ (0 = DPO; always run)")
+    sw.add_argument("--layers", default="7,15,22", help="comma-separated layers (int index or fraction)")
+    sw.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    sw.add_argument("--out", type=Path, default=Path("results/sweep"), help="where sweep.csv goes")
+    sw.add_argument("--results", type=Path, help="store holding the data stages (default results/<suite>)")
+    sw.add_argument("--seed", type=int, default=None)
     return p
 
 
@@ -204,6 +215,19 @@ def cmd_perf(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from bench.config import load_suite
+    from bench.sweep import format_table, parse_floats, parse_layers, run_sweep
+
+    suite, _ = load_suite(args.suite)
+    df = run_sweep(suite, tasks=args.task, lambdas=parse_floats(args.lambdas), layers=parse_layers(args.layers),
+                   out=args.out, store_dir=args.results or Path("results") / suite.name, device=args.device,
+                   seed=args.seed)
+    print(format_table(df))
+    print(f"{len(df)} run(s) → {args.out}/sweep.csv")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
@@ -211,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     handlers = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "data": cmd_data_show,
                 "show-feature": cmd_show_feature, "report": cmd_report, "perf": cmd_perf,
-                "schema": cmd_schema}
+                "schema": cmd_schema, "sweep": cmd_sweep}
     try:
         return handlers[args.cmd](args)
     except KeyboardInterrupt:

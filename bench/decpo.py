@@ -4,7 +4,7 @@ Both add a penalty on Z ∈ R^{B×d}: the output of one layer's MLP input projec
 ``mlp.c_fc`` for GPT-2) at each sequence's last non-padding token, for every row of the batch (TRL's
 collator stacks the chosen rows first, then the rejected rows, so B = 2 × pairs).
 
-- DecPO (Yan et al. 2024, arXiv 2406.17969, §4): L = L_DPO + λ·‖Z Zᵀ − I‖²_F, rows L2-normalised
+- DecPO (Yan et al. 2024, arXiv 2406.17969): L = L_DPO + λ·‖Z Zᵀ − I‖²_F, rows L2-normalised
   first by default (``normalize=True``). The paper's raw form is ``normalize=False``; its public code
   instead adds the row mean of (|Z||Z|ᵀ − I), unsquared, which this module does not reproduce.
 - L1 ("L1-Reg" baseline of the paper): L = L_DPO + λ₁·mean_b ‖z_b‖₁.
@@ -39,8 +39,9 @@ def decorrelation_penalty(z: Float[Tensor, "row d"], normalize: bool = True) -> 
     """DecPO term ‖Z Zᵀ − I‖²_F = Σ_{i,j} (z_i·z_j − δ_ij)², in float32.
 
     ``normalize=True`` replaces each row by z_i/‖z_i‖₂ first, so Z Zᵀ is the cosine matrix and the term
-    is Σ_{i≠j} cos²(z_i, z_j) ∈ [0, B(B−1)]. ``normalize=False`` is the paper's raw form (Eq. 4), whose
-    scale grows with ‖z‖⁴ (≈1e7 for 16 rows at layer 15 of SmolLM2-135M).
+    is Σ_{i≠j} cos²(z_i, z_j) ∈ [0, B(B−1)]. ``normalize=False`` is the paper's raw form, whose scale
+    grows with ‖z‖⁴. Measured on SmolLM2-135M-Instruct, 16 rows (8 pairs, EOS position): normalised
+    ≈ 240 / 180 / 220 and raw ≈ 1e7 / 1e8 / 6e9 at layers 0 / 15 / 29.
     """
     z = z.float()
     if normalize:
@@ -131,7 +132,7 @@ class ActivationRegularisedDPOTrainer(DPOTrainer):
 
 
 class DecPOTrainer(ActivationRegularisedDPOTrainer):
-    """DecPO: L_DPO + λ·‖Z Zᵀ − I‖²_F (see ``decorrelation_penalty``); ``normalize`` picks the cosine form."""
+    """DecPO: L_DPO + λ·‖Z Zᵀ − I‖²_F (``decorrelation_penalty``); ``normalize`` picks the cosine form."""
 
     penalty_name = "decor"
 

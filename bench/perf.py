@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import itertools
 import json
 import logging
 import math
@@ -51,6 +52,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, Field
@@ -58,6 +60,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
+RatioDef = Literal["ours/peer", "peer/ours"]
 COLUMNS = ("benchmark", "status", "ours", "peer", "unit", "ratio", "ratio_def", "goal", "met", "reps",
            "ours_min", "ours_max", "peer_min", "peer_max", "device", "notes")
 
@@ -72,15 +75,25 @@ class PerfSizes(BaseModel, extra="forbid", frozen=True, use_attribute_docstrings
     layer: int | float = 0.5
     """Hooked layer (index or fraction of depth) for the SAE and DecPO benchmarks."""
     sae_texts: int = Field(64, ge=4)
+    """Texts collected for the SAE pipeline; the token budget is their train split, once."""
     sae_context: int = Field(64, ge=4)
+    """Tokens per text (ours) and per packed window (SAELens)."""
     sae_batch: int = Field(256, ge=1)
+    """SAE training batch (activations per step), both sides."""
     sae_expansion: int = Field(2, ge=1)
+    """d_sae = expansion × d_in (topk), both sides."""
     sae_k: int = Field(32, ge=1)
+    """Active latents per token (topk)."""
     collect_batch: int = Field(16, ge=1)
+    """Texts per LLM forward while collecting (SAELens gets windows holding as many tokens)."""
     dpo_pairs: int = Field(2, ge=1)
+    """Preference pairs in the fixed DPO/DecPO batch (2 rows each)."""
     dpo_max_length: int = Field(128, ge=16)
+    """Max prompt + reply tokens of the DPO batch."""
     dpo_max_prompt: int = Field(64, ge=8)
+    """Max prompt tokens of the DPO batch."""
     proxy_texts: int = Field(2, ge=2)
+    """Texts whose last-token activations the proxy benchmark collects (chat-formatted)."""
     matmul_n: int | None = None
     """Side of the peak matmul; None = 2048 on CPU, 8192 on CUDA."""
 
@@ -97,8 +110,9 @@ class PerfRow:
     benchmark: str
     status: str
     unit: str = ""
-    ratio_def: str = ""
+    ratio_def: RatioDef | Literal[""] = ""
     goal: str = ""
+    """``>=x`` or ``<=x`` on the ratio, or empty when the figure is reported without a goal."""
     ours: float | None = None
     peer: float | None = None
     ratio: float | None = None
@@ -112,14 +126,16 @@ class PerfRow:
     notes: str = ""
 
 
-def _row(benchmark: str, ours: list[float], peer: list[float], *, unit: str, ratio_def: str, goal: str,
-         device: str, notes: str) -> PerfRow:
+def _row(benchmark: str, ours: list[float], peer: list[float], *, unit: str, ratio_def: RatioDef, goal: str,
+         notes: str) -> PerfRow:
     """Medians, min/max of both sides; ratio from the medians as ``ratio_def`` says; ``met`` from ``goal``."""
+    if ratio_def not in ("ours/peer", "peer/ours") or (goal and goal[:2] not in (">=", "<=")):
+        raise ValueError(f"ratio_def {ratio_def!r} / goal {goal!r}: allowed 'ours/peer' or 'peer/ours', '>=x', '<=x', ''")
     o, p = statistics.median(ours), statistics.median(peer)
     ratio = o / p if ratio_def == "ours/peer" else p / o
     met = None if not goal else (ratio >= float(goal[2:]) if goal.startswith(">=") else ratio <= float(goal[2:]))
     return PerfRow(benchmark, "ok", unit, ratio_def, goal, o, p, ratio, met, len(ours), min(ours), max(ours),
-                   min(peer), max(peer), device, notes)
+                   min(peer), max(peer), "", notes)
 
 # ----------------------------------------------------------------------------------------------- timing
 
@@ -153,11 +169,8 @@ def alternate(sides: dict[str, Callable[[], float]], reps: int, warmup: int) -> 
     return out
 
 
-def _load() -> str:
-    return f"load1={os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
-
-
 def device_label(device: torch.device) -> str:
+    """``cuda:<GPU name>`` or ``cpu:<model name> (<torch threads> threads)``."""
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
     cpu = platform.processor() or platform.machine()
@@ -206,9 +219,9 @@ def hooked_transformer(model: nn.Module, tokenizer):
     from transformer_lens import loading_from_pretrained as loading
 
     dtype = next(model.parameters()).dtype
-    hf_cfg = model.config.to_dict() | {"architectures": [type(model).__name__]}
+    hf_cfg = json.loads(model.config.to_json_string()) | {"architectures": [type(model).__name__]}
     with tempfile.TemporaryDirectory(prefix="monobench-tl-") as folder:
-        (Path(folder) / "config.json").write_text(json.dumps(hf_cfg, default=str))
+        (Path(folder) / "config.json").write_text(json.dumps(hf_cfg))
         cfg = loading.get_pretrained_model_config(folder, hf_cfg=hf_cfg, fold_ln=False, dtype=dtype,
                                                   device=str(next(model.parameters()).device))
         state = loading.get_pretrained_state_dict(folder, cfg, model, dtype=dtype)
@@ -236,11 +249,12 @@ def token_rows(docs: list[list[int]], context: int) -> list[list[int]]:
 
 
 def saelens_runner_config(cfg, sae_cfg, *, hook_name: str, model_class: str, device: str, out: Path,
-                          special_ids: list[int]):
+                          special_ids: list[int], store_prompts: int):
     """SAELens runner config matching ``train_sae``'s trainer settings; no wandb, checkpoints or compile.
 
-    The mixing buffer is the smallest that holds one training batch (SAELens's default of 20 context
-    windows would make it forward more tokens than it trains on), which favours the peer.
+    ``store_prompts`` context windows per LLM forward should hold as many tokens as one of our
+    collection batches. The mixing buffer is the smallest that holds one training batch (SAELens's
+    default of 20 windows would make it forward more tokens than it trains on); both favour the peer.
     """
     from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
 
@@ -248,7 +262,7 @@ def saelens_runner_config(cfg, sae_cfg, *, hook_name: str, model_class: str, dev
         sae=sae_cfg, model_name="monobench-perf", model_class_name=model_class, hook_name=hook_name,
         dataset_path="", is_dataset_tokenized=True, streaming=False, context_size=cfg.context_length,
         prepend_bos=False, exclude_special_tokens=special_ids, training_tokens=cfg.n_steps * cfg.batch_size,
-        train_batch_size_tokens=cfg.batch_size, store_batch_size_prompts=cfg.collect_batch_size,
+        train_batch_size_tokens=cfg.batch_size, store_batch_size_prompts=store_prompts,
         n_batches_in_buffer=math.ceil(cfg.batch_size / cfg.context_length), device=device,
         dtype="float32", lr=cfg.lr, lr_end=cfg.lr, lr_scheduler_name="constant",
         lr_warm_up_steps=cfg.lr_warm_up_steps, lr_decay_steps=cfg.lr_decay_steps,
@@ -287,123 +301,142 @@ def _sae_config(sizes: PerfSizes, training_tokens: int | None):
                      collect_batch_size=sizes.collect_batch)
 
 
-def bench_sae_pipeline(model, tokenizer, texts: list[str], layer: int, sizes: PerfSizes, device: torch.device,
-                       work: Path) -> list[PerfRow]:
-    """``sae_pipeline`` (peer: HookedTransformer) and ``sae_pipeline_hf`` (peer: HookedProxyLM) rows."""
-    from saes.activations import ActivationStore, collect_activations, module_path, tokenize_docs
-    from saes.config import to_sae_lens_config
-    from saes.train import train_sae
-    from bench.lm import hook_module
+def _sae_budget(model, tokenizer, texts: list[str], layer: int, sizes: PerfSizes, work: Path):
+    """SAEConfig whose token budget is every train token of ``texts`` once (floored to whole batches), and d_in."""
+    from saes.activations import ActivationStore, collect_activations
 
-    runs = iter(range(10**9))
-
-    def ours(cfg) -> float:
-        d = work / f"ours-{next(runs)}"
-        t = _timed(lambda: train_sae(collect_activations(model, tokenizer, texts, layer=layer, out_dir=d / "store",
-                                                         cfg=cfg), cfg, d / "sae", device=device), device)
-        shutil.rmtree(d)
-        return t
-
-    probe = work / "probe"  # one untimed collection fixes the token budget: every train token once
-    store = ActivationStore(collect_activations(model, tokenizer, texts, layer=layer, out_dir=probe,
+    store = ActivationStore(collect_activations(model, tokenizer, texts, layer=layer, out_dir=work / "probe",
                                                 cfg=_sae_config(sizes, None)))
     n_train, d_in = store.n_train, store.d_in
-    shutil.rmtree(probe)
+    shutil.rmtree(work / "probe")
     if n_train < sizes.sae_batch:
         raise ValueError(f"{n_train} train tokens from {len(texts)} texts is less than one SAE batch "
                          f"({sizes.sae_batch}); raise sae_texts or lower sae_batch")
-    cfg = _sae_config(sizes, n_train // sizes.sae_batch * sizes.sae_batch)
-    docs = tokenize_docs(tokenizer, texts, max_length=cfg.context_length, use_chat_template=False)
-    rows = token_rows([ids for ids, _ in docs], cfg.context_length)
-    special = sorted(tokenizer.all_special_ids)
-    peers, notes = {}, {}
-    try:
-        ht = hooked_transformer(model, tokenizer)
-        tl_hook = f"blocks.{layer}.mlp.hook_pre_linear"
-        err = tl_hook_error(model, ht, torch.tensor(rows[:2], device=device), layer, tl_hook)
-        if err > (1e-3 if next(model.parameters()).dtype == torch.float32 else 3e-2):
-            raise RuntimeError(f"TransformerLens {tl_hook} differs from HF mlp.up_proj (relative error {err:.2g})")
-        peers["sae_pipeline"] = (ht, tl_hook, "HookedTransformer")
-        notes["sae_pipeline"] = f"peer=SAELens runner on HookedTransformer {tl_hook} (rel. err vs up_proj {err:.1e})"
-    except Exception as e:  # reported as a 'not run' row, never as a number
-        log.warning("SAELens HookedTransformer peer unavailable", exc_info=True)
-        notes["sae_pipeline"] = f"not run: TransformerLens conversion failed: {type(e).__name__}: {e}"
+    return _sae_config(sizes, n_train // sizes.sae_batch * sizes.sae_batch), d_in
+
+
+def _saelens_peers(model, tokenizer, layer: int, probe_ids: torch.Tensor) -> dict[str, tuple]:
+    """{row name: (wrapped model, hook name, model_class_name, note)}; a failed peer maps to (note,) only."""
     from sae_lens.load_model import HookedProxyLM
 
+    from bench.lm import hook_module
+    from saes.activations import module_path
+
+    peers: dict[str, tuple] = {}
+    tl_hook = f"blocks.{layer}.mlp.hook_pre_linear"
+    try:
+        ht = hooked_transformer(model, tokenizer)
+        err = tl_hook_error(model, ht, probe_ids, layer, tl_hook)
+        if err > (1e-3 if next(model.parameters()).dtype == torch.float32 else 3e-2):
+            raise RuntimeError(f"TransformerLens {tl_hook} differs from HF mlp.up_proj (relative error {err:.2g})")
+        peers["sae_pipeline"] = (ht, tl_hook, "HookedTransformer",
+                                 f"peer=SAELens runner on HookedTransformer {tl_hook} (rel. err vs up_proj {err:.1e})")
+    except Exception as e:  # reported as a 'not run' row, never as a number
+        log.warning("SAELens HookedTransformer peer unavailable", exc_info=True)
+        peers["sae_pipeline"] = (f"not run: TransformerLens conversion failed: {type(e).__name__}: {e}",)
     hf_hook = module_path(model, hook_module(model, layer))
     peers["sae_pipeline_hf"] = (HookedProxyLM(copy.deepcopy(model), tokenizer, hook_names=[hf_hook]), hf_hook,
-                                "AutoModelForCausalLM")
-    notes["sae_pipeline_hf"] = f"peer=SAELens runner on AutoModelForCausalLM (HookedProxyLM) {hf_hook}"
+                                "AutoModelForCausalLM", f"peer=SAELens runner on AutoModelForCausalLM "
+                                f"(HookedProxyLM around a copy of the HF model) {hf_hook}")
+    return peers
+
+
+def bench_sae_pipeline(model, tokenizer, texts: list[str], layer: int, sizes: PerfSizes, device: torch.device,
+                       work: Path) -> list[PerfRow]:
+    """``sae_pipeline`` (peer: HookedTransformer) and ``sae_pipeline_hf`` (peer: HookedProxyLM) rows."""
+    from saes.activations import collect_activations, tokenize_docs
+    from saes.config import to_sae_lens_config
+    from saes.train import train_sae
+
+    cfg, d_in = _sae_budget(model, tokenizer, texts, layer, sizes, work)
+    docs = tokenize_docs(tokenizer, texts, max_length=cfg.context_length, use_chat_template=False)
+    rows = token_rows([ids for ids, _ in docs], cfg.context_length)   # the same token stream, packed
+    mean_len = sum(len(ids) for ids, _ in docs) / len(docs)
+    store_prompts = max(1, round(cfg.collect_batch_size * mean_len / cfg.context_length))
+    peers = _saelens_peers(model, tokenizer, layer, torch.tensor(rows[:2], device=device))
+    runs = itertools.count()
+    collect_s: list[float] = []
+
+    def ours() -> float:
+        d = work / f"ours-{next(runs)}"
+        collect_s.append(_timed(lambda: collect_activations(model, tokenizer, texts, layer=layer,
+                                                            out_dir=d / "store", cfg=cfg), device))
+        t = collect_s[-1] + _timed(lambda: train_sae(d / "store", cfg, d / "sae", device=device), device)
+        shutil.rmtree(d)
+        return t
 
     def peer(name: str) -> Callable[[], float]:
-        wrapped, hook, cls = peers[name]
+        wrapped, hook, cls, _ = peers[name]
 
         def run() -> float:
             d = work / f"{name}-{next(runs)}"
-            sl = to_sae_lens_config(cfg, d_in, device=str(device))
-            t = run_saelens(saelens_runner_config(cfg, sl, hook_name=hook, model_class=cls, device=str(device),
-                                                  out=d, special_ids=special), wrapped, rows, device)
+            runner_cfg = saelens_runner_config(cfg, to_sae_lens_config(cfg, d_in, device=str(device)), hook_name=hook,
+                                               model_class=cls, device=str(device), out=d,
+                                               special_ids=sorted(tokenizer.all_special_ids),
+                                               store_prompts=store_prompts)
+            t = run_saelens(runner_cfg, wrapped, rows, device)
             shutil.rmtree(d, ignore_errors=True)
             return t
         return run
 
-    sides = {"ours": lambda: ours(cfg)} | {n: peer(n) for n in peers}
-    times = alternate(sides, sizes.reps, sizes.warmup)
+    times = alternate({"ours": ours} | {n: peer(n) for n, p in peers.items() if len(p) == 4}, sizes.reps,
+                      sizes.warmup)
     tok = cfg.n_steps * cfg.batch_size
     common = (f"layer {layer} mlp.up_proj, topk k={cfg.k}, d_sae={cfg.d_sae(d_in)}, batch {cfg.batch_size}, "
-              f"{tok} training tokens ({len(texts)} texts, context {cfg.context_length}); ")
-    out = []
-    for name in ("sae_pipeline", "sae_pipeline_hf"):
-        if name not in times:
-            out.append(PerfRow(name, notes[name], unit="tokens/s", ratio_def="ours/peer", goal=">=2"))
-            continue
-        out.append(_row(name, [tok / t for t in times["ours"]], [tok / t for t in times[name]], unit="tokens/s",
-                        ratio_def="ours/peer", goal=">=2", device="", notes=common + notes[name]))
-    return out
+              f"{tok} training tokens ({len(texts)} texts, mean {mean_len:.0f} tokens); LLM batch: ours "
+              f"{cfg.collect_batch_size} texts, peer {store_prompts} windows of {cfg.context_length}; ours spends "
+              f"{statistics.median(collect_s[-sizes.reps:]) / statistics.median(times['ours']):.0%} collecting; ")
+    return [_row(n, [tok / t for t in times["ours"]], [tok / t for t in times[n]], unit="tokens/s",
+                 ratio_def="ours/peer", goal=">=2", notes=common + p[-1]) if n in times else
+            PerfRow(n, p[0], unit="tokens/s", ratio_def="ours/peer", goal=">=2") for n, p in peers.items()]
+
+
+def _optimizer_step(trainer, batch) -> None:
+    """What the HF Trainer does per optimiser step: loss + backward, grad clipping, AdamW, scheduler."""
+    trainer.training_step(trainer.model, batch)
+    if trainer.args.max_grad_norm > 0:
+        trainer.accelerator.clip_grad_norm_(trainer.model.parameters(), trainer.args.max_grad_norm)
+    trainer.optimizer.step()
+    trainer.lr_scheduler.step()
+    trainer.model.zero_grad()
 
 
 def bench_decpo_step(model, tokenizer, pairs, layer: int, sizes: PerfSizes, device: torch.device,
                      work: Path) -> tuple[PerfRow, list[float], dict]:
-    """``decpo_step`` row, the DPO step times and the batch facts (tokens) for the MFU row."""
+    """``decpo_step`` row, the DPO step times and the batch facts (tokens) for the MFU row.
+
+    Each trainer (own deep copy of ``model``) first runs ``warmup`` real ``train()`` steps, which also
+    builds its optimizer and scheduler; then both step alternately on the same collated batch.
+    """
     from bench.align import DecPOMethodConfig, DPOMethodConfig, make_trainer
 
     common = dict(batch_size=len(pairs), max_steps=sizes.warmup, max_length=sizes.dpo_max_length,
                   max_prompt_length=sizes.dpo_max_prompt, warmup=0.0, eval_every=10**6)
+    cfgs = {"dpo": DPOMethodConfig(**common), "decpo": DecPOMethodConfig(**common)}
     trainers = {}
     with warnings.catch_warnings():  # TRL 1.16 reads a deprecated transformers attribute every step
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        for name, cls in (("dpo", DPOMethodConfig), ("decpo", DecPOMethodConfig)):
-            tr = make_trainer(name, cls(**common), copy.deepcopy(model), tokenizer, pairs, work / name, seed=0,
-                              layer=layer)
-            tr.train()  # warm-up: real trainer steps (also creates the optimizer and scheduler)
-            tr.model.train()
-            trainers[name] = tr
+        for name, cfg in cfgs.items():
+            trainers[name] = make_trainer(name, cfg, copy.deepcopy(model), tokenizer, pairs, work / name, seed=0,
+                                          layer=layer)
+            trainers[name].train()
+            trainers[name].model.train()
         batch = next(iter(trainers["dpo"].get_train_dataloader()))
-
-        def step(tr) -> Callable[[], float]:
-            def run() -> float:
-                def once():
-                    tr.training_step(tr.model, batch)
-                    if tr.args.max_grad_norm > 0:
-                        tr.accelerator.clip_grad_norm_(tr.model.parameters(), tr.args.max_grad_norm)
-                    tr.optimizer.step()
-                    tr.lr_scheduler.step()
-                    tr.model.zero_grad()
-                return _timed(once, device)
-            return run
-
-        times = alternate({n: step(t) for n, t in trainers.items()}, sizes.reps, warmup=0)
-    for tr in trainers.values():
-        if hasattr(tr, "_capture"):
-            tr._capture.remove()
-    facts = {"tokens": int(batch["attention_mask"].sum()), "padded": int(batch["attention_mask"].numel()),
-             "rows": int(batch["attention_mask"].shape[0])}
-    cfg = DecPOMethodConfig(**common)
+        decor = trainers["decpo"]._metrics["train"]["reg/decor"]   # one value appended per DecPO loss
+        before = len(decor)
+        times = alternate({n: (lambda tr=tr: _timed(lambda: _optimizer_step(tr, batch), device))
+                           for n, tr in trainers.items()}, sizes.reps, warmup=0)
+    trainers["decpo"]._capture.remove()
+    if len(decor) - before != sizes.reps:
+        raise RuntimeError("the DecPO penalty was not computed on every timed step; the timing would be DPO's")
+    mask = batch["attention_mask"]
+    facts = {"tokens": int(mask.sum()), "padded": int(mask.numel()), "rows": int(mask.shape[0])}
+    c = cfgs["decpo"]
     notes = (f"{len(pairs)} pairs ({facts['rows']} rows, {facts['tokens']} tokens, {facts['padded']} padded), "
-             f"LoRA r={cfg.lora_r} on {','.join(cfg.lora_targets)}, DecPO layer {layer} lambda={cfg.lam} "
-             f"normalize={cfg.normalize}; step = fwd+bwd+clip+AdamW on one fixed batch")
+             f"LoRA r={c.lora_r} on {','.join(c.lora_targets)}, DecPO layer {layer} lambda={c.lam} "
+             f"normalize={c.normalize}; step = loss+backward+clip+AdamW on one fixed batch")
     row = _row("decpo_step", times["decpo"], times["dpo"], unit="s/step", ratio_def="ours/peer", goal="<=1.10",
-               device="", notes=notes)
+               notes=notes)
     return row, times["dpo"], facts
 
 
@@ -421,8 +454,8 @@ def bench_proxies(model, tokenizer, texts: list[str], sizes: PerfSizes, device: 
                        "loop": lambda: _timed(lambda: [collect_last_token(model, tokenizer, texts, [l])
                                                        for l in layers], device)}, sizes.reps, warmup=0)
     return _row("proxies_one_pass", times["one"], times["loop"], unit="s", ratio_def="peer/ours", goal="",
-                device="", notes=f"{len(layers)} layers, {len(texts)} texts (chat-formatted), mlp.up_proj last "
-                                 "token; peer = one collect_last_token call per layer")
+                notes=f"{len(layers)} layers, {len(texts)} texts (chat-formatted), mlp.up_proj last token; "
+                      "peer = one collect_last_token call per layer")
 
 
 def peak_matmul(n: int, dtype: torch.dtype, device: torch.device, reps: int) -> list[float]:
@@ -447,8 +480,8 @@ def bench_mfu(model, dpo_times: list[float], facts: dict, sizes: PerfSizes, devi
     n = sizes.matmul_n or (8192 if device.type == "cuda" else 2048)
     peak = peak_matmul(n, dtype, device, sizes.reps)
     return _row("dpo_mfu", [flops / t for t in dpo_times], peak, unit="FLOP/s", ratio_def="ours/peer", goal="",
-                device="", notes=f"DPO step FLOPs = 6*N*T = 6*{n_params}*{facts['tokens']} = {flops:.3g} (LoRA); "
-                                 f"peak = {n}x{n} {str(dtype).removeprefix('torch.')} matmul")
+                notes=f"DPO step FLOPs = 6*N*T = 6*{n_params}*{facts['tokens']} = {flops:.3g} (LoRA); "
+                      f"peak = {n}x{n} {str(dtype).removeprefix('torch.')} matmul")
 
 # ----------------------------------------------------------------------------------------------- output
 
@@ -494,13 +527,34 @@ def format_table(rows: Sequence[PerfRow]) -> str:
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
 
-def _guard(name: str, fn: Callable[[], list[PerfRow]]) -> list[PerfRow]:
-    """Run one benchmark; a failure becomes a ``not run: <reason>`` row (traceback logged), never a number."""
+def _guard(names: tuple[str, ...], fn: Callable[[], list[PerfRow]]) -> list[PerfRow]:
+    """Run one benchmark; a failure becomes ``not run: <reason>`` rows (traceback logged), never a number."""
     try:
         return fn()
     except Exception as e:
-        log.warning("perf benchmark %s failed", name, exc_info=True)
-        return [PerfRow(name, f"not run: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")]
+        log.warning("perf benchmark %s failed", "/".join(names), exc_info=True)
+        reason = f"not run: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return [PerfRow(n, reason) for n in names]
+
+
+def _benchmarks(model, tok, texts: list[str], layer: int, sizes: PerfSizes, dev: torch.device, work: Path):
+    """(row names, thunk) per benchmark, in run order; the MFU row reuses the DPO step times."""
+    dpo: dict = {}
+
+    def decpo() -> list[PerfRow]:
+        row, dpo["times"], dpo["facts"] = bench_decpo_step(model, tok, perf_pairs(texts, sizes.dpo_pairs), layer,
+                                                           sizes, dev, work)
+        return [row]
+
+    def mfu() -> list[PerfRow]:
+        if not dpo:
+            raise RuntimeError("it needs the DPO step times of decpo_step, which did not run")
+        return [bench_mfu(model, dpo["times"], dpo["facts"], sizes, dev)]
+
+    return [(("sae_pipeline", "sae_pipeline_hf"),
+             lambda: bench_sae_pipeline(model, tok, texts[:sizes.sae_texts], layer, sizes, dev, work)),
+            (("proxies_one_pass",), lambda: [bench_proxies(model, tok, texts[:sizes.proxy_texts], sizes, dev)]),
+            (("decpo_step",), decpo), (("dpo_mfu",), mfu)]
 
 
 def run_perf(out: Path, quick: bool, device: str = "auto", *, model_spec: str = "embedded:smollm2-135m-instruct",
@@ -514,40 +568,17 @@ def run_perf(out: Path, quick: bool, device: str = "auto", *, model_spec: str = 
     model, tok = load_model(model_spec, device=str(dev))
     layer = resolve_layer(sizes.layer, n_layers(model))
     texts = perf_texts(max(sizes.sae_texts, 5 * sizes.dpo_pairs, sizes.proxy_texts))
-    label = device_label(dev)
-    out = Path(out)
+    label, out, rows, t0 = device_label(dev), Path(out), [], time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    rows: list[PerfRow] = []
-    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=".perf-", dir=out) as tmp:
-        work = Path(tmp)
-        for name, fn in (("sae_pipeline", lambda: bench_sae_pipeline(model, tok, texts[:sizes.sae_texts], layer,
-                                                                     sizes, dev, work)),
-                         ("proxies_one_pass", lambda: [bench_proxies(model, tok, texts[:sizes.proxy_texts], sizes,
-                                                                     dev)])):
-            load = _load()
-            log.info("perf: %s (%s)", name, load)
-            rows += [_with(r, label, load) for r in _guard(name, fn)]
-        load = _load()
-        log.info("perf: decpo_step, dpo_mfu (%s)", load)
-        try:
-            dpo_row, dpo_times, facts = bench_decpo_step(model, tok, perf_pairs(texts, sizes.dpo_pairs), layer,
-                                                         sizes, dev, work)
-            rows += [_with(dpo_row, label, load),
-                     *[_with(r, label, _load()) for r in _guard("dpo_mfu", lambda: [bench_mfu(
-                         model, dpo_times, facts, sizes, dev)])]]
-        except Exception as e:
-            log.warning("perf benchmark decpo_step failed", exc_info=True)
-            rows += [PerfRow(n, f"not run: {type(e).__name__}: {e}", device=label) for n in ("decpo_step", "dpo_mfu")]
+        for names, fn in _benchmarks(model, tok, texts, layer, sizes, dev, Path(tmp)):
+            load = f"load1={os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
+            log.info("perf: %s (%s)", "/".join(names), load)
+            for r in _guard(names, fn):
+                rows.append(PerfRow(**(asdict(r) | {"device": label, "notes": "; ".join(x for x in (r.notes, load) if x)})))
     path = write_csv(rows, out / "perf.csv")
     if echo:
         print(f"perf on {model_spec}, {label}, {'quick' if quick else 'full'} sizes, "
               f"{time.perf_counter() - t0:.0f}s → {path}")
         print(format_table(rows))
     return rows
-
-
-def _with(row: PerfRow, device: str, load: str) -> PerfRow:
-    notes = "; ".join(x for x in (row.notes, load) if x)
-    return PerfRow(**(asdict(row) | {"device": device, "notes": notes}))
-

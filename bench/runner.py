@@ -290,13 +290,15 @@ class Runner:
 
 
 def sae_token_texts(data) -> list[str]:
-    """The task's token set for SAEs: prompt+chosen and prompt+rejected of train pairs, then held-out prompts.
+    """The task's token set for SAEs, deduplicated in a fixed order: prompt+chosen and prompt+rejected of
+    the train pairs, the held-out prompts, then the concept texts.
 
     The same texts for every method of a task, so SAEs differ only by the model that reads them.
     """
-    texts = [f"{p.prompt}\n{p.chosen}" for p in data.train_pairs] + [f"{p.prompt}\n{p.rejected}"
-                                                                       for p in data.train_pairs]
-    return texts + list(data.eval_prompts)
+    texts = [f"{p.prompt}\n{p.chosen}" for p in data.train_pairs]
+    texts += [f"{p.prompt}\n{p.rejected}" for p in data.train_pairs]
+    texts += list(data.eval_prompts) + list(data.concept_texts)
+    return list(dict.fromkeys(t for t in texts if t.strip()))
 
 
 @dataclass

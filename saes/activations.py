@@ -16,11 +16,13 @@ Store folder::
     doc_tokens.npy   (Σ doc lengths,) int32 every document's full token ids, specials kept
     doc_offsets.npy  (n_texts + 1,) int64 document d is doc_tokens[off[d]:off[d + 1]]
     doc_split.npy    (n_texts,) uint8 0 = train, 1 = held-out
+    tokenizer/       the tokenizer (save_pretrained), for showing contexts without the model
 
 Example::
 
     python -c "from bench.models import load_model; from saes.activations import collect_activations as c; \
-m, t = load_model('tiny:llama'); print(c(m, t, ['a b c'] * 8, layer=1, hook='mlp.up_proj', out_dir='/tmp/st'))"
+m, t = load_model('tiny:llama'); print(c(m, t, [f'text {i}: the cat sat on the mat and looked at the dog' \
+for i in range(64)], layer=1, hook='mlp.up_proj', out_dir='/tmp/st'))"
 """
 
 from __future__ import annotations
@@ -210,22 +212,29 @@ def collect_activations(model, tokenizer, texts: list[str], *, layer: int, hook:
     out_dir.mkdir(parents=True, exist_ok=True)
     acts, n_rows = _write_rows(model, tokenizer, docs, keep, order, out_dir, layer=layer, hook=hook,
                                hook_name=hook_name, batch_size=batch_size, dtype=dtype)
-    offsets = np.zeros(len(docs) + 1, dtype=np.int64)
-    offsets[1:] = np.cumsum([len(ids) for ids, _ in docs])
-    np.save(out_dir / "doc_tokens.npy", np.array([t for ids, _ in docs for t in ids], dtype=np.int32))
-    np.save(out_dir / "doc_offsets.npy", offsets)
-    np.save(out_dir / "doc_split.npy", split)
     manifest = dict(version=STORE_VERSION, request=request, d_in=int(acts.shape[1]), n_tokens=n_rows,
                     n_train_tokens=n_tok[0], n_heldout_tokens=n_tok[1],
                     n_train_docs=sum(1 for d in order if split[d] == 0),
                     n_heldout_docs=sum(1 for d in order if split[d] == 1),
                     n_docs_without_tokens=len(docs) - len(order), special_ids=sorted(special),
                     content_start=[start for _, start in docs], pad_token_id=tokenizer.pad_token_id)
+    tokenizer.save_pretrained(out_dir / "tokenizer")           # so the store can be shown on its own
+    _write_docs_and_manifest(out_dir, docs, split, manifest)
+    return out_dir
+
+
+def _write_docs_and_manifest(out_dir: Path, docs: list[tuple[list[int], int]], split: np.ndarray,
+                             manifest: dict) -> None:
+    """Document token arrays, then the manifest (atomically, last: its presence marks a complete store)."""
+    offsets = np.zeros(len(docs) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(ids) for ids, _ in docs])
+    np.save(out_dir / "doc_tokens.npy", np.array([t for ids, _ in docs for t in ids], dtype=np.int32))
+    np.save(out_dir / "doc_offsets.npy", offsets)
+    np.save(out_dir / "doc_split.npy", split)
     fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=out_dir)
     with os.fdopen(fd, "w") as f:
         json.dump(manifest, f, indent=2)
     os.replace(tmp, out_dir / "manifest.json")
-    return out_dir
 
 
 def _write_rows(model, tokenizer, docs, keep, order, out_dir: Path, *, layer, hook, hook_name, batch_size,

@@ -53,7 +53,10 @@ class SAEEvalConfig(BaseModel, extra="forbid", frozen=True, use_attribute_docstr
     """Held-out tokens (the first, in store order) used for correlations and MS; all are used for
     density, L0 and reconstruction."""
     ce_max_docs: int | None = None
-    """Held-out documents used for the CE score (None = all)."""
+    """Held-out documents used for the CE score (a fixed random subset; None = all). It costs three
+    full forward passes per document — the dominant scoring cost on CPU — but when zero-ablating the
+    hook barely moves the loss (SmolLM2 layer 15 up_proj: ~0.06 nats) the score is a ratio of small
+    differences, and 16 documents instead of 40 moved it from 0.45 to 0.16."""
     probe_test_frac: float = 0.3
     """Share of concept texts in the probe's test split (stratified, seeded)."""
     probe_max_length: int = 64
@@ -135,8 +138,9 @@ class SAEConfig(BaseModel, extra="forbid", frozen=True, use_attribute_docstrings
 
     @model_validator(mode="after")
     def _check(self) -> SAEConfig:
-        for name, archs in _ARCH_FIELDS.items():
-            if name in self.model_fields_set and self.architecture not in archs:
+        for name, archs in _ARCH_FIELDS.items():   # a non-default value the architecture ignores is a mistake
+            default = type(self).model_fields[name].default
+            if self.architecture not in archs and getattr(self, name) != default:
                 raise ValueError(f"sae.{name} is used only by {', '.join(archs)}, but architecture = "
                                  f"{self.architecture!r}; remove it or change the architecture")
         for name in ("expansion", "k", "training_tokens", "batch_size", "max_texts", "context_length",

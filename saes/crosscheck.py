@@ -75,7 +75,12 @@ def _proxy(model, tokenizer, hook_name: str) -> Iterator:
 
 @torch.no_grad()
 def compare_with_sae_lens(sae, model, tokenizer, store: ActivationStore, *, batch_docs: int = 8) -> dict[str, tuple[float, float]]:
-    """{metric: (ours, SAELens)} for explained_variance, mse, l0, dead_frac and ce_score."""
+    """{metric: (ours, SAELens)} for explained_variance, mse, l0, dead_frac, the three CEs and ce_score.
+
+    SAELens averages per-token CE in float32, we in float64; when zero-ablation barely changes the loss
+    (random models) the CE score is a ratio of tiny differences and the two can differ visibly even
+    though the three CEs agree to ~1e-6.
+    """
     from sae_lens.evals import (
         get_downstream_reconstruction_metrics,
         get_sparsity_and_variance_metrics,
@@ -101,8 +106,8 @@ def compare_with_sae_lens(sae, model, tokenizer, store: ActivationStore, *, batc
     clean, with_sae, zero, _ = ce_losses(model, store, sae, layer=req["layer"], hook=req["hook"],
                                          batch_size=batch_docs, crop=length)
     ours = dict(explained_variance=M.sae_explained_variance(x, x_hat), mse=M.sae_mse(x, x_hat),
-                l0=M.sae_l0(density), dead_frac=M.sae_dead_frac(density),
-                ce_score=M.sae_ce_score(clean, with_sae, zero))
+                l0=M.sae_l0(density), dead_frac=M.sae_dead_frac(density), ce_clean=clean, ce_sae=with_sae,
+                ce_zero_ablation=zero, ce_score=M.sae_ce_score(clean, with_sae, zero))
 
     scaler = ActivationScaler()
     with _proxy(model, tokenizer, hook_name) as proxy:
@@ -116,5 +121,7 @@ def compare_with_sae_lens(sae, model, tokenizer, store: ActivationStore, *, batc
             n_batches=len(batches), eval_batch_size_prompts=batch_docs, ignore_tokens=special)
     dens = torch.tensor(feats["feature_density"])
     theirs = dict(explained_variance=sv["explained_variance"], mse=sv["mse"], l0=sv["l0"],
-                  dead_frac=float((dens == 0).double().mean()), ce_score=rec["ce_loss_score"])
+                  dead_frac=float((dens == 0).double().mean()), ce_clean=rec["ce_loss_without_sae"],
+                  ce_sae=rec["ce_loss_with_sae"], ce_zero_ablation=rec["ce_loss_with_ablation"],
+                  ce_score=rec["ce_loss_score"])
     return {k: (ours[k], float(theirs[k])) for k in ours}

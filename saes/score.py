@@ -5,12 +5,13 @@ encodes every held-out token, computes the pure metrics of ``saes.metrics``, spl
 model's forward for the CE score, mean-pools latents over the task's concept texts for k-sparse
 probing, writes ``eval_results.json`` (SAEBench layout, ``saes.eval_output``) and returns the flat
 headline dict. Context embeddings for the MonoSemanticity Score are computed once per token set and
-cached under a content hash (in the store folder unless ``embed_cache_dir`` is given), so every latent
-and every SAE on the same held-out tokens reuses them.
+cached under a content hash (in ``<monobench cache>/sae_context_embeddings`` unless ``embed_cache_dir``
+is given), so every latent, every SAE and every model's store over the same held-out tokens reuses them.
 
 Example::
 
-    python -c "from saes.score import score_sae; ..."   # see tests/test_sae_pipeline.py
+    python -c "from bench.models import load_model; from saes.score import score_sae; \
+m, t = load_model('tiny:llama'); print(score_sae('/tmp/sae', '/tmp/st', m, t, layer=1, hook='mlp.up_proj'))"
 """
 
 from __future__ import annotations
@@ -91,12 +92,20 @@ def _default_embed() -> EmbedFn:
     return embed
 
 
+def default_embed_cache() -> Path:
+    """``<monobench cache>/sae_context_embeddings``: shared by every store with the same held-out tokens."""
+    from bench.models import cache_dir
+
+    return cache_dir() / "sae_context_embeddings"
+
+
 def context_embeddings(store: ActivationStore, tokenizer, *, n_rows: int, n_context: int,
                        embed_fn: EmbedFn | None = None, cache_dir: Path | None = None) -> torch.Tensor:
     """Embedding of each of the first ``n_rows`` held-out tokens' context windows (cached on disk).
 
     The window is the ``n_context`` tokens of the document ending at the token, decoded without
-    special tokens. The cache file name hashes the encoder and every context string.
+    special tokens. The cache file name hashes the encoder and every context string, so the stores of
+    different models over the same texts and seed (identical held-out tokens) share one file.
     """
     embed_fn = embed_fn or _default_embed()
     rows = range(store.n_train, store.n_train + n_rows)
@@ -106,7 +115,7 @@ def context_embeddings(store: ActivationStore, tokenizer, *, n_rows: int, n_cont
     for t in texts:
         h.update(t.encode())
         h.update(b"\0")
-    path = Path(cache_dir or store.path) / f"ctx_emb-{h.hexdigest()[:20]}.npy"
+    path = Path(cache_dir or default_embed_cache()) / f"ctx_emb-{h.hexdigest()[:20]}.npy"
     if path.is_file():
         return torch.from_numpy(np.load(path))
     emb = np.asarray(embed_fn(texts), dtype=np.float32)
@@ -165,7 +174,9 @@ def ce_losses(model, store: ActivationStore, sae, *, layer: int, hook: str, max_
     (non-special) positions, zero-ablation zeroes every position, and the loss at position t (predicting
     t+1) counts when token t is a stored token.
     """
-    docs = sorted(store.heldout_docs()[:max_docs], key=lambda d: len(store.doc(d)))   # less padding
+    docs = store.heldout_docs()
+    docs = [docs[i] for i in np.random.default_rng(0).permutation(len(docs))[:max_docs]]   # fixed random subset
+    docs.sort(key=lambda d: len(store.doc(d)))                                              # less padding
     device = next(model.parameters()).device
     sums, count = torch.zeros(3, dtype=torch.float64), 0
     was_training = model.training
@@ -252,46 +263,59 @@ def score_sae(sae_dir: Path, store_dir: Path, model, tokenizer, *, layer: int, h
     collected from (checked); a PEFT-wrapped model works.
     """
     ev = cfg.eval if isinstance(cfg, SAEConfig) else (cfg or SAEEvalConfig())
+    if len(concept_texts) != len(concept_labels):
+        raise ValueError(f"{len(concept_texts)} concept texts but {len(concept_labels)} concept labels")
     store = ActivationStore(Path(store_dir))
     req = store.manifest["request"]
     if (req["layer"], req["hook"]) != (layer, hook):
         raise ValueError(f"the store was collected at layer {req['layer']} {req['hook']!r}, not layer {layer} {hook!r}")
-    device = next(model.parameters()).device
-    timings, t0 = {}, time.perf_counter()
-    sae = load_sae(Path(sae_dir), device)
-    verify_store(store, model)
+    seconds: dict[str, float] = {}
+    with _timed(seconds, "encode"):
+        sae = load_sae(Path(sae_dir), next(model.parameters()).device)
+        verify_store(store, model)
+        x = store.heldout_acts()
+        check_finite(x, f"held-out activations in {store.path}")
+        n_lat = min(ev.latent_max_tokens, x.shape[0])
+        x_hat, density, z = encode_heldout(sae, x, n_lat)
+        alive = density > 0
+    with _timed(seconds, "correlation"):
+        corr = M.max_abs_correlation(z[:, alive])
+    with _timed(seconds, "context_embeddings"):
+        emb = context_embeddings(store, tokenizer, n_rows=n_lat, n_context=ev.ms_context_tokens,
+                                 embed_fn=embed_fn, cache_dir=embed_cache_dir)
+    with _timed(seconds, "monosemanticity"):
+        ms, null_p = M.monosemanticity_scores(z[:, alive], emb, top_n=ev.ms_top_n, null_draws=ev.ms_null_draws,
+                                              percentile=ev.ms_null_percentile, seed=seed)
+    with _timed(seconds, "ce"):
+        ce = ce_losses(model, store, sae, layer=layer, hook=hook, max_docs=ev.ce_max_docs, batch_size=ev.batch_size)
+    with _timed(seconds, "probe"):
+        feats = pooled_latents(model, tokenizer, sae, concept_texts, layer=layer, hook=hook,
+                               max_length=ev.probe_max_length, batch_size=ev.batch_size,
+                               use_chat_template=req["use_chat_template"], special_ids=store.manifest["special_ids"])
+        probe = probe_scores(feats, concept_labels, test_frac=ev.probe_test_frac, seed=seed)
+    out = SAEEvalOutput(
+        eval_config=dict(ev.model_dump(mode="json"), layer=layer, hook=hook, seed=seed,
+                         store=str(Path(store_dir).resolve()), store_request=req),
+        eval_id=str(uuid.uuid4()), datetime_epoch_millis=int(time.time() * 1000),
+        eval_result_metrics=_groups(ev, x, x_hat, density, corr, ms, null_p, ce, probe, n_lat, len(concept_texts)),
+        eval_result_details=_details(density, alive, ms, null_p, corr),
+        sae_lens_version=_sae_lens_version(), sae_cfg_dict=sae.cfg.to_dict(),
+        eval_result_unstructured={"seconds": {k: round(v, 3) for k, v in seconds.items()}})
+    _write(Path(out_dir or sae_dir) / EVAL_RESULTS, out)
+    return headline_metrics(out)
 
-    x = store.heldout_acts()
-    check_finite(x, f"held-out activations in {store.path}")
-    n_lat = min(ev.latent_max_tokens, x.shape[0])
-    x_hat, density, z = encode_heldout(sae, x, n_lat)
-    alive = density > 0
-    timings["encode"] = time.perf_counter() - t0
 
-    t = time.perf_counter()
-    corr = M.max_abs_correlation(z[:, alive])
-    timings["correlation"] = time.perf_counter() - t
-    t = time.perf_counter()
-    emb = context_embeddings(store, tokenizer, n_rows=n_lat, n_context=ev.ms_context_tokens, embed_fn=embed_fn,
-                             cache_dir=embed_cache_dir)
-    timings["context_embeddings"] = time.perf_counter() - t
-    t = time.perf_counter()
-    ms, null_p = M.monosemanticity_scores(z[:, alive], emb, top_n=ev.ms_top_n, null_draws=ev.ms_null_draws,
-                                          percentile=ev.ms_null_percentile, seed=seed)
-    timings["monosemanticity"] = time.perf_counter() - t
-    t = time.perf_counter()
-    ce = ce_losses(model, store, sae, layer=layer, hook=hook, max_docs=ev.ce_max_docs, batch_size=ev.batch_size)
-    timings["ce"] = time.perf_counter() - t
-    t = time.perf_counter()
-    feats = pooled_latents(model, tokenizer, sae, concept_texts, layer=layer, hook=hook,
-                           max_length=ev.probe_max_length, batch_size=ev.batch_size,
-                           use_chat_template=req["use_chat_template"], special_ids=store.manifest["special_ids"])
-    top1, top5 = probe_scores(feats, concept_labels, test_frac=ev.probe_test_frac, seed=seed)
-    timings["probe"] = time.perf_counter() - t
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    seconds[name] = time.perf_counter() - start
 
-    n_alive = int(alive.sum())
-    thr = ev.decor_threshold
-    groups = SAEMetricCategories(
+
+def _groups(ev: SAEEvalConfig, x, x_hat, density, corr, ms, null_p, ce, probe, n_lat: int,
+            n_texts: int) -> SAEMetricCategories:
+    n_alive, thr = int((density > 0).sum()), ev.decor_threshold
+    return SAEMetricCategories(
         reconstruction=Reconstruction(mse=M.sae_mse(x, x_hat), explained_variance=M.sae_explained_variance(x, x_hat)),
         sparsity=Sparsity(l0=M.sae_l0(density), dead_frac=M.sae_dead_frac(density),
                           dense_frac=M.sae_dense_frac(density, ev.dense_threshold), n_alive=n_alive,
@@ -302,17 +326,7 @@ def score_sae(sae_dir: Path, store_dir: Path, model, tokenizer, *, layer: int, h
             frac_decorrelated=M.sae_frac_decorrelated(corr, thr), frac_interpretable=M.sae_frac_interpretable(ms, null_p),
             frac_interp_decor=M.sae_frac_interp_decor(ms, null_p, corr, thr),
             mean_ms=float(ms.nanmean()) if n_alive and ms.isfinite().any() else None, n_tokens=n_lat),
-        sparse_probing=SparseProbing(top1=top1, top5=top5, n_texts=len(concept_texts)))
-    out = SAEEvalOutput(
-        eval_config=dict(ev.model_dump(mode="json"), layer=layer, hook=hook, seed=seed,
-                         store=str(Path(store_dir).resolve()),
-                         store_request=req),
-        eval_id=str(uuid.uuid4()), datetime_epoch_millis=int(time.time() * 1000),
-        eval_result_metrics=groups, eval_result_details=_details(density, alive, ms, null_p, corr),
-        sae_lens_version=_sae_lens_version(), sae_cfg_dict=sae.cfg.to_dict(),
-        eval_result_unstructured=dict(seconds={k: round(v, 3) for k, v in timings.items()}))
-    _write(Path(out_dir or sae_dir) / EVAL_RESULTS, out)
-    return headline_metrics(out)
+        sparse_probing=SparseProbing(top1=probe[0], top5=probe[1], n_texts=n_texts))
 
 
 def _details(density, alive, ms, null_p, corr) -> list[FeatureDetail]:

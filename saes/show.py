@@ -1,13 +1,14 @@
 """Show one SAE latent: its top held-out contexts with the activating token marked «like this».
 
 ``format_feature`` reads the SAE (``SAE.load_from_disk``), the activation store's held-out tokens and,
-if present, ``eval_results.json`` (density, MonoSemanticity Score and its null, max |corr|). The lead's
-CLI exposes it as ``python -m bench show-feature RUN FEATURE``.
+if present, ``eval_results.json`` (density, MonoSemanticity Score and its null, max |corr|).
+``show_feature(run, feature)`` finds the store and its saved tokenizer from the run folder alone; it
+backs ``python -m bench show-feature RUN FEATURE``.
 
 Example::
 
     python -c "from saes.show import format_feature; from bench.models import load_tokenizer; \
-print(format_feature('/tmp/sae_s/sae', '/tmp/sae_s/st', load_tokenizer('embedded:smollm2-135m-instruct'), 3))"
+print(format_feature('/tmp/sae', '/tmp/st', load_tokenizer('embedded:smollm2-135m-instruct'), 3))"
 """
 
 from __future__ import annotations
@@ -96,3 +97,20 @@ def format_feature(sae_run_dir: Path, activation_store_dir: Path | None, tokeniz
     if shown == 0:
         lines.append("(never active on held-out tokens)")
     return "\n".join(lines)
+
+
+def show_feature(run_dir: Path, feature: int, n: int = 10) -> str:
+    """``format_feature`` for a scored run folder: the store is the one recorded in ``eval_results.json``
+    (or, if that path moved, the folder of the same name next to the run), with its saved tokenizer."""
+    from transformers import AutoTokenizer
+
+    run_dir = Path(run_dir)
+    path = _eval_file(run_dir, _sae_folder(run_dir))
+    if path is None:
+        raise FileNotFoundError(f"no {EVAL_RESULTS} in {run_dir}; score the SAE first (saes.score.score_sae)")
+    recorded = Path(read_eval_results(path).eval_config["store"])
+    store_dir = recorded if recorded.is_dir() else run_dir.parent / recorded.name
+    if not (store_dir / "tokenizer").is_dir():
+        raise FileNotFoundError(f"activation store {store_dir} (recorded in {path}) is missing or has no saved "
+                                "tokenizer; pass the store and a tokenizer to saes.show.format_feature")
+    return format_feature(run_dir, store_dir, AutoTokenizer.from_pretrained(store_dir / "tokenizer"), feature, n)

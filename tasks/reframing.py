@@ -65,7 +65,10 @@ def relatedness(a: Sequence[str], b: Sequence[str]) -> np.ndarray:
 
 def reframe_scores(thoughts: Sequence[str], reframes: Sequence[str], min_relatedness: float = 0.3
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(gain, relatedness, aligned) per pair: gain = VADER(y) − VADER(x); aligned = gain > 0 ∧ rel ≥ bar ∧ y ≠ ""."""
+    """(gain, relatedness, aligned) per pair.
+
+    gain = VADER(y) − VADER(x); aligned = gain > 0 ∧ rel ≥ min_relatedness ∧ y ≠ "".
+    """
     gain = sentiment(reframes) - sentiment(thoughts)
     rel = relatedness(thoughts, reframes)
     nonempty = np.array([bool(str(r).strip()) for r in reframes])
@@ -85,7 +88,9 @@ class ReframingConfig(TaskConfig):
     """Reframing task settings; sizes default to a CPU budget (≈ 1–2 min to build on SmolLM2-135M)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-    n_eval: int = 48
+    n_train: int = 48
+    """Train pairs (each costs k_samples sampled reframes at build time)."""
+    n_eval: int = 32
     """Held-out thoughts (scored by greedy reframing, and the eval pairs)."""
     max_new_tokens: int = 48
     """Tokens per generated reframe (scorer and best-of-K sampling)."""
@@ -113,7 +118,8 @@ class ReframingConfig(TaskConfig):
         if "{thought}" not in self.instruction:
             raise ValueError(f"instruction {self.instruction!r} must contain {{thought}}")
         if self.k_samples < 1 or self.n_train < 1 or self.n_eval < 1:
-            raise ValueError(f"need k_samples, n_train, n_eval ≥ 1; got {self.k_samples}, {self.n_train}, {self.n_eval}")
+            raise ValueError(f"need k_samples, n_train, n_eval ≥ 1; got {self.k_samples}, {self.n_train}, "
+                             f"{self.n_eval}")
         if self.min_words > self.max_words:
             raise ValueError(f"min_words {self.min_words} > max_words {self.max_words}")
         return self
@@ -149,7 +155,10 @@ def _custom_thoughts(cfg: ReframingConfig, seed: int) -> tuple[list[dict], dict]
 
 
 def _best_of_k(cfg: ReframingConfig, model, tokenizer, items: list[dict], seed: int) -> int:
-    """Fill ``chosen`` of items that lack one with the best of K sampled reframes; returns # below the bar."""
+    """Fill ``chosen`` of items that lack one with the best of K sampled reframes; returns # below the bar.
+
+    Empty samples and verbatim copies of the thought are never chosen (an item with only those keeps none).
+    """
     todo = [it for it in items if it["chosen"] is None]
     if not todo:
         return 0
@@ -164,11 +173,11 @@ def _best_of_k(cfg: ReframingConfig, model, tokenizer, items: list[dict], seed: 
     for j, it in enumerate(todo):
         sl = slice(j * k, (j + 1) * k)
         cands = [(bool(o), float(g + r), i) for i, (o, g, r) in enumerate(zip(ok[sl], gain[sl], rel[sl]))
-                 if outs[j * k + i].strip()]
+                 if outs[j * k + i].strip() and outs[j * k + i].strip().lower() != it["thought"].lower()]
         if not cands:
             continue
         best = max(cands)
-        it["chosen"], it["generated"] = outs[j * k + best[2]], True
+        it["chosen"] = outs[j * k + best[2]]
         below += not best[0]
     return below
 

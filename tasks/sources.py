@@ -108,7 +108,8 @@ def _read_hf(task: str, source: str) -> pd.DataFrame:
         else:
             why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TaskDataError(f"{task}: cannot load source {source!r}: {why}; fix: download it on a connected "
-                            "machine and export it to .jsonl/.csv/.parquet, then set source to that file path") from None
+                            "machine and export it to .jsonl/.csv/.parquet, then set source to that file path"
+                            ) from None
     return ds.to_pandas()
 
 

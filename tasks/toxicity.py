@@ -153,7 +153,7 @@ def _custom_items(cfg: ToxicityConfig, seed: int) -> tuple[list[dict], dict]:
     """Items from a file / hf source: ``prompt`` (+ ``rejected``, ``chosen``); no rejected → split in half."""
     rows = load_rows("toxicity", cfg.source, cfg.columns, required=["prompt"], optional=["rejected", "chosen"])
     rows = rows.iloc[seeded_order(len(rows), seed)]
-    items, seen = [], set()
+    items, seen, short = [], set(), 0
     for row in rows.to_dict("records"):
         text = clean_text(row["prompt"])
         if "rejected" in row and isinstance(row["rejected"], str) and row["rejected"].strip():
@@ -161,6 +161,7 @@ def _custom_items(cfg: ToxicityConfig, seed: int) -> tuple[list[dict], dict]:
         elif len(text.split()) >= cfg.min_words:
             prefix, rej = split_half(text)
         else:
+            short += 1
             continue
         chosen = row.get("chosen")
         chosen = chosen.strip() if isinstance(chosen, str) and chosen.strip() else None
@@ -168,6 +169,7 @@ def _custom_items(cfg: ToxicityConfig, seed: int) -> tuple[list[dict], dict]:
             seen.add(prefix.lower())
             items.append({"prefix": prefix, "rejected": rej, "chosen": chosen, "text": f"{prefix} {rej}"})
     prov = {"files": [source_label(cfg.source)], "columns": dict(cfg.columns), "n_rows": len(rows),
+            "n_skipped_short": short,
             "rejected_filter": "none (source rows are trusted; texts without a rejected column are split in half)"}
     return items, prov
 
@@ -213,33 +215,25 @@ class Toxicity(Task[ToxicityConfig]):
                         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                         use_chat_template=cfg.use_chat_template)
         for it, g in zip(todo, gens):
-            it["chosen"], it["generated"] = g, True
+            it["chosen"] = g
         p_eval = toxicity_probs([it["chosen"] for it in eval_items])
         p_train = toxicity_probs([it["chosen"] for it in train_items])
         train_sel, n_relax_train = _select(train_items, p_train, cfg.n_train, cfg.threshold)
         eval_sel, n_relax_eval = _select(eval_items, p_eval, cfg.n_eval, cfg.threshold)
         for split, sel, k in (("train", train_sel, len(train_items)), ("eval", eval_sel, len(eval_items))):
             if not sel:
-                raise TaskDataError(f"toxicity: none of {k} {split} continuations is non-empty and non-toxic, so no "
-                                    f"{split} pair can be built; raise candidate_factor or n_{split}, or check the model")
+                raise TaskDataError(f"toxicity: none of {k} {split} continuations is non-empty and non-toxic, so "
+                                    f"no {split} pair can be built; raise candidate_factor or n_{split}, or check "
+                                    "the model")
         if len(train_sel) < cfg.n_train:
-            log.warning("toxicity: only %d of n_train=%d train pairs passed the chosen filter", len(train_sel), cfg.n_train)
+            log.warning("toxicity: only %d of n_train=%d train pairs passed the chosen filter",
+                        len(train_sel), cfg.n_train)
 
         def pair(it: dict) -> Pair:
-            return Pair(prompt=cfg.prompt_template.format(prefix=it["prefix"]), chosen=it["chosen"], rejected=it["rejected"])
+            return Pair(prompt=cfg.prompt_template.format(prefix=it["prefix"]), chosen=it["chosen"],
+                        rejected=it["rejected"])
 
-        n_con = cfg.n_concept or cfg.n_train + cfg.n_eval
-        if clean:
-            tox = _toxic_texts(items, n_con, cfg.threshold)
-            k = min(len(tox), len(clean), n_con)
-            concept = [(t, 1) for t in tox[:k]] + [(t, 0) for t in clean[:k]]
-            concept_how = "label 1: offensive tweets (full text, p>threshold); label 0: non-toxic tweets (p<0.2)"
-        else:
-            sel = train_sel + eval_sel
-            concept = [(f"{it['prefix']} {it['rejected']}", 1) for it in sel] + \
-                      [(f"{it['prefix']} {it['chosen']}", 0) for it in sel]
-            concept_how = "label 1: prompt + rejected; label 0: prompt + chosen (train and eval pairs)"
-        order = seeded_order(len(concept), seed + 2)
+        concept, concept_how = _concepts(cfg, items, clean, train_sel + eval_sel, seed)
         prov |= {"source": source_label(cfg.source), "generated_fields": ["chosen"] if todo else [],
                  "generator": f"base model, greedy, max_new_tokens={cfg.max_new_tokens}, "
                               f"chat_template={cfg.use_chat_template}, prompt_template={cfg.prompt_template!r}",
@@ -252,10 +246,9 @@ class Toxicity(Task[ToxicityConfig]):
         return TaskData(
             task="toxicity", train_pairs=[pair(it) for it in train_sel], eval_pairs=[pair(it) for it in eval_sel],
             eval_prompts=[cfg.prompt_template.format(prefix=it["prefix"]) for it in eval_items],
-            eval_items=[{"prefix": it["prefix"], "rejected": it["rejected"], "base_continuation": it["chosen"]}
+            eval_items=[{"prefix": it["prefix"], "rejected": it["rejected"], "chosen": it["chosen"]}
                         for it in eval_items],
-            concept_texts=[concept[i][0] for i in order], concept_labels=[concept[i][1] for i in order],
-            provenance=prov)
+            concept_texts=[t for t, _ in concept], concept_labels=[y for _, y in concept], provenance=prov)
 
     def score(self, cfg: ToxicityConfig, model, tokenizer, data: TaskData) -> dict[str, float]:
         outs = generate(model, tokenizer, data.eval_prompts, max_new_tokens=cfg.max_new_tokens,
@@ -263,7 +256,23 @@ class Toxicity(Task[ToxicityConfig]):
         return toxicity_metrics(outs, cfg.threshold)
 
 
-def _toxic_texts(items: list[dict], n: int, threshold: float) -> list[str]:
-    """The first n full texts of ``items`` that the classifier scores toxic."""
-    texts = [it["text"] for it in items]
-    return [t for t, p in zip(texts, toxicity_probs(texts)) if p > threshold][:n]
+def _concepts(cfg: ToxicityConfig, items: list[dict], clean: list[str], pairs: list[dict], seed: int
+              ) -> tuple[list[tuple[str, int]], str]:
+    """Balanced (text, label) concept examples in seeded order, and how they were made.
+
+    Embedded: label 1 = whole offensive tweets the classifier scores toxic, label 0 = non-toxic tweets
+    of the same corpus. Other sources: label 1 = prompt + rejected, label 0 = prompt + chosen.
+    """
+    n = cfg.n_concept or cfg.n_train + cfg.n_eval
+    if clean:
+        texts = [it["text"] for it in items]
+        tox = [t for t, p in zip(texts, toxicity_probs(texts)) if p > cfg.threshold]
+        k = min(len(tox), len(clean), n)
+        concept = [(t, 1) for t in tox[:k]] + [(t, 0) for t in clean[:k]]
+        how = (f"label 1: offensive tweets (full text, p>{cfg.threshold}); label 0: non-toxic tweets "
+               f"(p<{CLEAN_MAX_PROB})")
+    else:
+        concept = [(f"{it['prefix']} {it['rejected']}", 1) for it in pairs[:n]] + \
+                  [(f"{it['prefix']} {it['chosen']}", 0) for it in pairs[:n]]
+        how = "label 1: prompt + rejected; label 0: prompt + chosen (train and eval pairs)"
+    return [concept[i] for i in seeded_order(len(concept), seed + 2)], how

@@ -87,12 +87,16 @@ def test_training_data_matches_the_scoring_prompt(tiny_lm, tmp_path):
     model, tok = tiny_lm
     prompt = tok(format_prompt(tok, TRAIN[0].prompt), add_special_tokens=False)["input_ids"]
     reply = tok("yes yes", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    row = make_trainer("dpo", METHODS["dpo"](**FAST), copy.deepcopy(model), tok, TRAIN[:2], tmp_path, 0).train_dataset[0]
+
+    def first_row(method):
+        return make_trainer(method, METHODS[method](**FAST), copy.deepcopy(model), tok, TRAIN[:2], tmp_path, 0
+                            ).train_dataset[0]
+
+    row = first_row("dpo")
     assert row["prompt_ids"] == prompt and row["chosen_ids"] == reply
-    row = make_trainer("simpo", METHODS["simpo"](**FAST), copy.deepcopy(model), tok, TRAIN[:2], tmp_path, 0
-                       ).train_dataset[0]
+    row = first_row("simpo")
     assert row["prompt_input_ids"] == prompt and row["chosen_input_ids"] == prompt + reply
-    row = make_trainer("sft", METHODS["sft"](**FAST), copy.deepcopy(model), tok, TRAIN[:2], tmp_path, 0).train_dataset[0]
+    row = first_row("sft")
     assert row["input_ids"] == prompt + reply
     assert row["labels"] == [-100] * len(prompt) + reply  # loss on the reply only
 

@@ -17,14 +17,14 @@ BENCHMARKS = {"sae_pipeline", "sae_pipeline_hf", "decpo_step", "proxies_one_pass
 
 def test_row_medians_ratio_and_goal():
     r = P._row("x", [1.0, 3.0, 2.0], [4.0, 5.0, 6.0], unit="s", ratio_def="ours/peer", goal="<=1.10",
-               device="cpu", notes="")
+               notes="")
     assert (r.ours, r.ours_min, r.ours_max, r.peer, r.reps) == (2.0, 1.0, 3.0, 5.0, 3)
     assert r.ratio == pytest.approx(0.4) and r.met is True
-    r = P._row("x", [1.0], [4.0], unit="s", ratio_def="peer/ours", goal=">=2", device="cpu", notes="")
+    r = P._row("x", [1.0], [4.0], unit="s", ratio_def="peer/ours", goal=">=2", notes="")
     assert r.ratio == pytest.approx(4.0) and r.met is True
-    r = P._row("x", [3.0], [4.0], unit="tokens/s", ratio_def="ours/peer", goal=">=2", device="cpu", notes="")
+    r = P._row("x", [3.0], [4.0], unit="tokens/s", ratio_def="ours/peer", goal=">=2", notes="")
     assert r.met is False
-    assert P._row("x", [1.0], [1.0], unit="s", ratio_def="ours/peer", goal="", device="", notes="").met is None
+    assert P._row("x", [1.0], [1.0], unit="s", ratio_def="ours/peer", goal="", notes="").met is None
 
 
 def test_alternate_warms_up_then_rotates_the_order():
@@ -41,7 +41,7 @@ def test_token_rows_concatenate_and_cut():
 
 def test_csv_and_table_include_not_run_rows(tmp_path):
     rows = [P._row("sae_pipeline", [10.0, 12.0], [5.0, 6.0], unit="tokens/s", ratio_def="ours/peer", goal=">=2",
-                   device="cpu", notes="a, b"),
+                   notes="a, b"),
             P.PerfRow("sae_pipeline_hf", "not run: ImportError: no sae_lens", unit="tokens/s", goal=">=2")]
     path = P.write_csv(rows, tmp_path / "perf.csv")
     with path.open() as f:

@@ -192,6 +192,17 @@ def test_show_feature(built, tmp_path):
         format_feature(sae_dir, store, tok, 999)
 
 
+def test_show_feature_from_the_run_folder_alone(built, tmp_path):
+    from saes.show import show_feature
+
+    model, tok, store, sae_dir = built
+    score_sae(sae_dir, store, model, tok, layer=1, hook="mlp.up_proj", cfg=CFG, out_dir=tmp_path,
+              embed_fn=CountingEmbed(), embed_cache_dir=tmp_path / "emb")
+    (tmp_path / "sae").symlink_to(sae_dir)                    # the runner's layout: <stage>/sae + eval_results.json
+    text = show_feature(tmp_path, 1, n=2)
+    assert text.startswith("feature 1 of 256") and "MS " in text
+
+
 def test_agrees_with_sae_lens_evals(built):
     from saes.crosscheck import compare_with_sae_lens
     from saes.score import load_sae
@@ -202,7 +213,10 @@ def test_agrees_with_sae_lens_evals(built):
     assert res["mse"][0] == pytest.approx(res["mse"][1], rel=1e-4)
     assert res["l0"][0] == pytest.approx(res["l0"][1], abs=1e-6)
     assert res["dead_frac"][0] == res["dead_frac"][1]
-    assert res["ce_score"][0] == pytest.approx(res["ce_score"][1], abs=1e-3)
+    for name in ("ce_clean", "ce_sae", "ce_zero_ablation"):
+        assert res[name][0] == pytest.approx(res[name][1], abs=1e-4)
+    gap = res["ce_zero_ablation"][1] - res["ce_clean"][1]     # the score's error is ~ CE error / gap
+    assert res["ce_score"][0] == pytest.approx(res["ce_score"][1], abs=1e-4 / max(abs(gap), 1e-6) + 1e-3)
 
 
 def test_bfloat16_store_reads_back_as_float32(built, tmp_path):

@@ -2,14 +2,26 @@
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 from pydantic import ValidationError
 
 from tasks import TASKS, TaskData
+from tasks.sources import TaskDataError
 from tasks.toxicity import toxicity_probs
 
 POSITIVE_FRAMES = Path(__file__).resolve().parents[2] / "shared" / "data" / "positive-frames"
 _BUILT: dict[str, tuple] = {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Generation on a shared 2-core box is 4-7x slower with 2 torch threads (barrier spinning)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 def _built(name: str, tiny_lm):
@@ -32,7 +44,7 @@ def test_build_contract(name, tiny_lm):
     assert not train_prompts & set(data.eval_prompts) and not train_prompts & {p.prompt for p in data.eval_pairs}
     labels = data.concept_labels
     assert len(labels) == len(data.concept_texts) >= 2 * len(data.eval_pairs) and sum(labels) * 2 == len(labels)
-    assert data.provenance["source"] == "embedded" and "generated_fields" in data.provenance
+    assert {"source", "generated_fields"} <= data.provenance.keys()  # where rows came from; what the model wrote
     assert TaskData.model_validate_json(data.model_dump_json()) == data  # the runner caches it as JSON
 
 
@@ -53,7 +65,8 @@ def test_config_is_strict_and_described(name):
     cfg = cls()
     with pytest.raises(ValidationError):
         cfg.n_train = 3
-    assert TASKS[name].describe().startswith(name) and "embedded" not in TASKS[name].describe(cfg).split(";")[0]
+    line = TASKS[name].describe(cfg)
+    assert line.startswith(name) and "source=" in line and "\n" not in line
 
 
 def test_build_is_deterministic_and_seeded():
@@ -83,7 +96,25 @@ def test_sycophancy_larger_split_is_disjoint_by_question():
     train_q = {q(claim(p.prompt)) for p in data.train_pairs}
     assert not train_q & {q(it["claim"]) for it in data.eval_items}
     assert {p.chosen[:3] for p in data.train_pairs} == {"(A)", "(B)"}  # option order varies per item
-    assert sum(it["label"] for it in data.eval_items) == len(data.eval_items) // 2
+    n_true = sum(it["label"] for it in data.eval_items)
+    assert abs(n_true - len(data.eval_items) / 2) <= 2  # balanced within each claim set (odd counts round up)
+
+
+def test_sycophancy_from_a_claims_file(tmp_path, tiny_lm):
+    rows = [{"text": f"{a} is larger than {b}.", "truth": "yes" if a > b else "no", "set": "cmp" if a % 2 else "ord"}
+            for a, b in [(3, 5), (9, 2), (7, 1), (2, 8), (6, 4), (1, 9), (8, 3), (4, 6), (5, 7), (12, 10), (11, 13),
+                         (15, 14), (20, 30), (31, 21)]]
+    path = tmp_path / "claims.jsonl"
+    pd.DataFrame(rows).to_json(path, orient="records", lines=True)
+    cls = TASKS["sycophancy"]
+    cfg = cls.config_cls(source=str(path), columns={"claim": "text", "label": "truth", "source": "set"},
+                         n_train=4, n_eval=5, n_eval_unseen=2, n_eval_addition=1, unseen_sources=("ord",))
+    data = cls().build(cfg, *tiny_lm, seed=0)
+    assert data.provenance["train_sources"] == ["cmp"] and data.provenance["unseen_sources"] == ["ord"]
+    assert [it["subset"] for it in data.eval_items].count("unseen_source") == 2
+    assert "align_score" in cls().score(cfg, *tiny_lm, data)
+    with pytest.raises(TaskDataError, match="no claims to train on"):
+        cls().build(cfg.model_copy(update={"unseen_sources": ("ord", "cmp")}), None, None, seed=0)
 
 
 def test_toxicity_rejected_is_toxic_and_eval_texts_unseen(tiny_lm):

@@ -1,0 +1,129 @@
+"""End to end: the smoke suite (tiny model, every stage) — CSVs, reuse, determinism, kill + resume, shards."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.cli import main
+from bench.config import load_suite
+from bench.runner import expand_jobs, select_shard
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(out: Path, *extra: str) -> int:
+    return main(["run", "suite", "smoke", "--out", str(out), "--device", "cpu", *extra])
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    assert _run(out) == 0
+    return out
+
+
+def _stage_dirs(out: Path) -> dict[str, float]:
+    return {p.name: (p / "stage.json").stat().st_mtime for p in (out / "runs").iterdir()}
+
+
+def test_smoke_writes_both_csvs_with_every_layer(smoke_run):
+    board = pd.read_csv(smoke_run / "leaderboard.csv")
+    suite, _ = load_suite("smoke")
+    assert len(board) == len(suite.tasks) * len(suite.methods)
+    assert set(board.method) == {"base", "dpo", "decpo"} and set(board.task) == set(suite.tasks)
+    tidy = pd.read_csv(smoke_run / "metrics.csv")
+    dec = tidy[tidy.metric == "decorrelation"]
+    for (_task, _method), g in dec.groupby(["task", "method"]):
+        assert sorted(g.layer.astype(int)) == list(range(suite.model.tiny.n_layers))
+    base = board[board.method == "base"].set_index("task")
+    for col in ("align_score", "pref_acc", "reward_margin", "decorrelation", "sae_explained_variance"):
+        assert base[col].notna().all(), col
+    assert base.loc["toxicity", "tox_rate"] >= 0 and base.loc["sycophancy", "syco_rate"] >= 0
+    assert base.loc["reframing", "relatedness"] == base.loc["reframing", "relatedness"]
+    assert (base["pref_acc"] == 0.5).all() and (base["reward_margin"] == 0).all()  # policy == reference
+    assert not board.isin([float("inf")]).any().any()
+    man = json.loads((smoke_run / "manifest.json").read_text())
+    assert man["suite"] == "smoke" and man["packages"]["torch"]
+    curves = list((smoke_run / "runs").glob("train-*/curves.csv"))
+    assert curves and "step" in pd.read_csv(curves[0]).columns
+
+
+def test_rerun_reuses_every_stage_with_identical_numbers(smoke_run, capsys):
+    before = _stage_dirs(smoke_run)
+    board = pd.read_csv(smoke_run / "leaderboard.csv")
+    assert _run(smoke_run) == 0
+    assert _stage_dirs(smoke_run) == before  # no stage folder rewritten
+    man = json.loads((smoke_run / "manifest.json").read_text())
+    assert man["stages_built"] == [] and len(man["stages_reused"]) == len(before)
+    pd.testing.assert_frame_equal(pd.read_csv(smoke_run / "leaderboard.csv"), board)
+
+
+def test_dry_run_lists_cached_stages(smoke_run, capsys):
+    assert _run(smoke_run, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "cached" in out and ":run" not in out
+
+
+def test_same_seed_twice_gives_identical_numbers(smoke_run, tmp_path):
+    """Job 1 of 9 (toxicity base: data build with generation, eval, proxies, SAE) in a fresh folder."""
+    assert _run(tmp_path / "o", "--shard", "1/9") == 0
+    a = pd.read_csv(smoke_run / "leaderboard.csv")
+    b = pd.read_csv(tmp_path / "o" / "leaderboard.csv")
+    assert len(b) == 1
+    a = a[(a.task == b.task[0]) & (a.method == b.method[0])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(a.dropna(axis=1, how="all"), b.dropna(axis=1, how="all"))
+
+
+def test_shards_fill_one_folder_equal_to_unsharded(smoke_run, tmp_path):
+    suite, _ = load_suite("smoke")
+    jobs = expand_jobs(suite)
+    halves = select_shard(jobs, (1, 2)) + select_shard(jobs, (2, 2))
+    assert sorted(j.id for j in halves) == sorted(j.id for j in jobs) and len(halves) == len(jobs)
+    out = tmp_path / "sharded"
+    assert _run(out, "--shard", "1/2") == 0
+    assert _run(out, "--shard", "2/2") == 0
+    assert main(["leaderboard", str(out)]) == 0
+    drop = ["train_seconds"]
+    pd.testing.assert_frame_equal(pd.read_csv(out / "leaderboard.csv").drop(columns=drop),
+                                  pd.read_csv(smoke_run / "leaderboard.csv").drop(columns=drop))
+
+
+def test_killed_run_resumes_without_partial_folders(smoke_run, tmp_path):
+    """Kill a real run right after its first stage lands; the re-run reuses it and computes the rest
+    of that job (the other jobs' stages are copied from the finished run to keep the test short)."""
+    import shutil
+
+    out = tmp_path / "killed"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "suite", "smoke", "--out", str(out),
+                             "--device", "cpu"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "runs").exists() and any((out / "runs").iterdir()):
+            break
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    landed = {p.name for p in (out / "runs").iterdir()}
+    assert landed and all((out / "runs" / k / "stage.json").is_file() for k in landed)
+    first_job = json.loads((smoke_run / "jobs" / "toxicity__base__s0.json").read_text())["stages"]
+    for p in (smoke_run / "runs").iterdir():
+        if p.name not in landed and p.name not in first_job.values():
+            shutil.copytree(p, out / "runs" / p.name)
+    mtimes = {k: (out / "runs" / k / "stage.json").stat().st_mtime for k in landed}
+    assert _run(out) == 0
+    assert {k: (out / "runs" / k / "stage.json").stat().st_mtime for k in landed} == mtimes  # reused
+    man = json.loads((out / "manifest.json").read_text())
+    assert set(man["stages_built"]) == set(first_job.values()) - landed  # the rest of job 1 was computed
+    assert not (out / "tmp").exists() or not any((out / "tmp").iterdir())  # no partial folder left
+    drop = ["train_seconds"]
+    pd.testing.assert_frame_equal(pd.read_csv(out / "leaderboard.csv").drop(columns=drop),
+                                  pd.read_csv(smoke_run / "leaderboard.csv").drop(columns=drop))
