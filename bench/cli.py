@@ -117,6 +117,8 @@ def cmd_run(args) -> int:
     suite, path = load_suite(args.suite)
     out = args.out or Path("results") / suite.name
     progress = sys.stderr.isatty() and not args.dry_run
+    if not progress:  # SAELens's trainer bar can only be silenced through tqdm's environment switch
+        os.environ.setdefault("TQDM_DISABLE", "1")
     summary = run_suite(suite, out, seeds=args.seed, device=args.device, force=args.force, shard=args.shard,
                         dry_run=args.dry_run, suite_file=path, progress=progress)
     if not args.dry_run:

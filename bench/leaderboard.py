@@ -47,16 +47,19 @@ def tidy_metrics(dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def leaderboard(tidy: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
-    """One row per job; metric columns in first-seen order."""
+    """One row per job; metric columns in the metric registry's order (``bench/metrics.py``)."""
     if tidy.empty:
         return table.copy()
+    from bench.metrics import METRICS
+
     head = tidy[tidy["layer"].isna() | (tidy["layer"] == tidy["_hook"])]
-    order = list(dict.fromkeys(head["metric"]))
+    known = [m.name for m in METRICS]
+    # stable column order: the registry's order, then any other metric alphabetically
+    order = [m for m in known if m in set(head["metric"])] + sorted(set(head["metric"]) - set(known))
     wide = head.pivot_table(index=["model", "task", "method", "seed"], columns="metric", values="value",
                             aggfunc="first").reset_index()
     board = table.merge(wide, on=["model", "task", "method", "seed"], how="left")
     method_order = {m: i for i, m in enumerate(["base", "sft", "dpo", "simpo", "l1", "decpo"])}
-    board = board.sort_values(["model", "task", "seed"] + [], kind="stable")
     board = board.assign(_m=board["method"].map(lambda m: method_order.get(m, 99))).sort_values(
         ["model", "task", "_m", "seed"], kind="stable").drop(columns="_m")
     return board[ID_COLS + [c for c in order if c in board.columns]].reset_index(drop=True)

@@ -67,6 +67,12 @@ METRICS: list[Metric] = [
          "lower", "fraction"),
         ("no_opinion_acc", "sycophancy: accuracy on the same items with the user's opinion removed", "higher",
          "fraction"),
+        ("syco_flip_rate", "sycophancy: share of items answered right without the opinion that flip to the "
+         "user's wrong answer with it", "lower", "fraction"),
+        ("syco_shift", "sycophancy: mean increase of log p(user-pleasing) − log p(truthful) when the opinion "
+         "is added", "lower", "nats"),
+        ("empty_rate", "reframing: share of generated reframes that are empty", "lower", "fraction"),
+        ("n_scored", "held-out items the task scorer used", "none", "count"),
     ]),
     *_m("preference", "tasks._base.preference_metrics", [
         ("pref_acc", "held-out share of pairs with DPO implicit reward margin > 0 (ties ½)", "higher", "fraction"),
@@ -109,7 +115,11 @@ if len(BY_NAME) != len(METRICS):
 
 def is_registered(name: str) -> bool:
     """Registered metric, or a documented per-subset variant ``<metric>_<subset>`` of one."""
-    return name in BY_NAME or name in IDENTITY or any(name.startswith(m + "_") for m in ("syco_rate", "align_score"))
+    return name in BY_NAME or name in IDENTITY or any(name.startswith(m + "_") for m in SUBSET_METRICS)
+
+
+SUBSET_METRICS = ("syco_rate", "no_opinion_acc")
+"""Metrics also reported per subset as ``<metric>_<subset>`` (sycophancy: seen, unseen_source, addition)."""
 
 
 def schema_markdown() -> str:
@@ -121,8 +131,10 @@ def schema_markdown() -> str:
              "`suite, model, task, method, seed, layer, sae, metric, value` with every layer. "
              "`leaderboard_seeds.csv` (≥ 2 seeds): per (model, task, method) the mean of each metric and "
              "`<metric>_ci95`, the half-width of its 95 % t confidence interval across seeds, plus `n_seeds`. "
-             "Sycophancy also reports per-subset rates `syco_rate_<subset>` (e.g. `syco_rate_addition`, "
-             "`syco_rate_unseen`), defined like `syco_rate` on that subset.", "",
+             "Sycophancy also reports `syco_rate_<subset>` and `no_opinion_acc_<subset>` for the subsets `seen` "
+             "(held-out claims from the training sources), `unseen_source` (a source dataset never used in "
+             "training) and `addition` (procedural addition claims, Wei et al. 2023), defined like the "
+             "unsuffixed metric on that subset.", "",
              "## Identity columns", "", "| column | meaning |", "|---|---|"]
     lines += [f"| `{k}` | {v} |" for k, v in IDENTITY.items()]
     lines += ["", "## Metrics", "", "| metric | group | meaning | better | unit | computed in |", "|---|---|---|---|---|---|"]

@@ -147,3 +147,47 @@ def model_proxies(model, tokenizer, texts: Sequence[str], *, hook: str = "mlp.up
             row["weight_proxy"] = wp
         rows.append(row)
     return rows
+
+
+@torch.no_grad()
+def effective_weight(module) -> Tensor:
+    """(d_out, d_in) weight a linear map applies, LoRA adapters included: W_eff = f(I)ᵀ − bias.
+
+    Reads the map off its outputs on the identity, so a PEFT LoRA layer gives W + (α/r)·B·A without
+    knowing PEFT's internals. The module must be in eval mode (no dropout).
+    """
+    d_in = module.in_features if hasattr(module, "in_features") else module.weight.shape[0]
+    p = next(module.parameters())
+    out = module(torch.eye(d_in, dtype=p.dtype, device=p.device)).float()
+    bias = getattr(module, "bias", None)
+    if bias is not None:
+        out = out - bias.float()
+    return out.T.cpu()
+
+
+@torch.no_grad()
+def most_changed_neurons(base, policy, tokenizer, layer: int, *, hook: str = "mlp.up_proj", top: int = 10,
+                         n_tokens: int = 8) -> list[dict]:
+    """The paper's Table 1: neurons of ``layer`` whose input weights changed most, with their top tokens.
+
+    change_k = ‖W_in,k(policy) − W_in,k(base)‖₂ (row k of the hooked projection, LoRA merged);
+    a neuron's tokens are the top-``n_tokens`` entries of W_U · W_down[:, k] (its output direction
+    read through the unembedding). Llama-style MLPs only (needs ``mlp.down_proj`` and an lm_head).
+    """
+    from bench.lm import _unwrap, decoder_layers
+
+    delta = effective_weight(hook_module(policy, layer, hook)) - effective_weight(hook_module(base, layer, hook))
+    change = delta.norm(dim=1)
+    idx = change.argsort(descending=True)[:top]
+    block = decoder_layers(base)[layer]
+    if not hasattr(block.mlp, "down_proj"):
+        raise ValueError("most_changed_neurons needs a Llama-style MLP with down_proj")
+    w_down = block.mlp.down_proj.weight.float()          # (d_model, d_mlp)
+    w_u = _unwrap(base).get_output_embeddings().weight.float()   # (vocab, d_model)
+    logits = w_u @ w_down[:, idx.to(w_down.device)]      # (vocab, top)
+    rows = []
+    for j, k in enumerate(idx.tolist()):
+        tok_ids = logits[:, j].topk(n_tokens).indices.tolist()
+        rows.append({"layer": layer, "neuron": k, "change": float(change[k]),
+                     "tokens": [tokenizer.decode([t]) for t in tok_ids]})
+    return rows

@@ -261,6 +261,16 @@ class Runner:
         for name in ("decorrelation", "act_variance", "mono_scale", "decor_loss"):
             recs += records({f"{name}_mean": sum(r[name] for r in rows) / len(rows)})
         write_json(work / "metrics.json", recs)
+        if plan.job.method != "base":  # the paper's Table 1: most changed neurons at the hook layer
+            from bench.proxies import most_changed_neurons
+
+            try:
+                top = most_changed_neurons(self.base(plan.job.seed)[0], pol, tok, plan.hook_layer,
+                                           hook=self.suite.hook.module)
+            except ValueError as e:
+                log.warning("no top-token table for %s: %s", plan.job.id, e)
+            else:
+                write_json(work / "top_tokens.json", top)
 
     def _stage_acts(self, plan: Plan, work: Path) -> None:
         from saes.activations import collect_activations

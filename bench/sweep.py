@@ -116,7 +116,7 @@ def run_sweep(suite, *, tasks: list[str] | None = None, lambdas: list[float], la
 
 
 def format_table(df: pd.DataFrame) -> str:
-    """The table printed by the command (and pasted into docs/SWEEP.md): the columns that decide λ/layer."""
+    """The table the command prints: the columns that decide λ and layer."""
     cols = ["task", "lambda", "layer", "end_pref_acc", "end_reward_margin", "start_decorrelation",
             "end_decorrelation", "decorrelation_vs_dpo", "start_decor_loss", "end_decor_loss", "decor_loss_vs_dpo"]
     return df[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}")

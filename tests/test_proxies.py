@@ -73,3 +73,32 @@ def test_one_pass_collection_matches_per_layer_forward(tiny_lm):
     assert [r["layer"] for r in rows] == [0, 1] and rows[-1]["rel_depth"] == 1.0
     assert all(0 <= r["mono_scale"] <= 1 and math.isfinite(r["decorrelation"]) for r in rows)
     assert "weight_proxy" not in rows[0]  # Llama's up_proj has no bias
+
+
+def test_most_changed_neurons_finds_the_edited_rows(tiny_lm):
+    import copy
+
+    model, tok = tiny_lm
+    edited = copy.deepcopy(model)
+    up = edited.model.layers[1].mlp.up_proj
+    up.weight.data[7] += 1.0      # neuron 7 changes most
+    up.weight.data[3] += 0.5      # then neuron 3
+    rows = P.most_changed_neurons(model, edited, tok, 1, top=2, n_tokens=4)
+    assert [r["neuron"] for r in rows] == [7, 3]
+    assert rows[0]["change"] == pytest.approx(model.config.hidden_size ** 0.5, rel=1e-5)  # ‖1·ones(d)‖
+    assert all(len(r["tokens"]) == 4 for r in rows)
+    # the top tokens are the argmax of W_U · W_down[:, k]
+    w = model.lm_head.weight @ model.model.layers[1].mlp.down_proj.weight[:, 7]
+    assert rows[0]["tokens"][0] == tok.decode([int(w.argmax())])
+
+
+def test_effective_weight_includes_lora(tiny_lm):
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = tiny_lm
+    base_w = model.model.layers[0].mlp.up_proj.weight.detach().clone()
+    peft = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["up_proj"], init_lora_weights=False))
+    peft.eval()
+    layer = peft.base_model.model.model.layers[0].mlp.up_proj
+    expected = base_w + layer.get_delta_weight("default")
+    torch.testing.assert_close(P.effective_weight(layer), expected, rtol=1e-4, atol=1e-5)

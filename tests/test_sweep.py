@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
+from bench.config import load_suite
 from bench.sweep import COLUMNS, parse_layers
 
 
@@ -21,7 +22,7 @@ def test_sweep_csv_has_columns_and_a_dpo_baseline(sweep_out, capsys):
     assert list(df.columns) == COLUMNS
     assert sorted(df["lambda"]) == [0.0, 0.1]  # λ = 0 is added even when not asked for
     assert set(df["task"]) == {"toxicity"} and set(df["layer"]) == {1}
-    assert (df["steps"] == 4).all()  # smoke's [methods.decpo] max_steps
+    assert (df["steps"] == load_suite("smoke")[0].methods["decpo"].max_steps).all()
     base = df[df["lambda"] == 0].iloc[0]
     assert base["decorrelation_vs_dpo"] == 0 and base["pref_acc_vs_dpo"] == 0
     for col in ("start_decorrelation", "end_decorrelation", "start_decor_loss", "end_pref_acc", "end_reward_margin"):
