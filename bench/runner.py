@@ -177,7 +177,7 @@ class Runner:
         """Run the job's missing stages; returns stage → whether it was computed (False = reused)."""
         computed: dict[str, bool] = {}
         for name, (key, spec) in plan.stages.items():
-            if self.store.done(key) and not (self.force and key not in self.store.built):
+            if self._complete(name, key) and not (self.force and key not in self.store.built):
                 self.store.reused.append(key)
                 computed[name] = False
                 continue
@@ -191,6 +191,18 @@ class Runner:
             computed[name] = True
             log.info("%s: %s built in %.1fs", plan.job.id, name, time.time() - t0)
         return computed
+
+    def _complete(self, name: str, key: str) -> bool:
+        """A finished stage whose artifacts downstream stages need are present.
+
+        Committed reference results keep only the small records of a stage (weights and activations
+        are not in git), so a train stage without its policy counts as missing and is rebuilt.
+        """
+        if not self.store.done(key):
+            return False
+        if name == "train":
+            return (self.store.path(key) / "policy" / "monobench_policy.json").is_file()
+        return True
 
     def _chat(self, plan: Plan) -> bool:
         """Whether prompts of this job go through the chat template (the task's ``use_chat_template``)."""

@@ -139,3 +139,15 @@ def test_every_written_column_is_documented(smoke_run):
                           {m for m in tidy.metric.unique() if not is_registered(m)})
     assert undocumented == []
     assert (REPO / "docs" / "SCHEMA.md").read_text() == schema_markdown(), "run `python -m bench schema`"
+
+
+def test_train_stage_without_its_policy_is_rebuilt(smoke_run):
+    """Committed results keep no weights: a train stage missing its policy is recomputed, not trusted."""
+    import shutil
+
+    job = json.loads((smoke_run / "jobs" / "toxicity__dpo__s0.json").read_text())["stages"]
+    shutil.rmtree(smoke_run / "runs" / job["train"] / "policy")
+    assert _run(smoke_run, "--shard", "2/9") == 0  # job 2 of 9 is toxicity dpo
+    man = json.loads((smoke_run / "manifest.json").read_text())
+    assert man["stages_built"] == [job["train"]]
+    assert (smoke_run / "runs" / job["train"] / "policy" / "monobench_policy.json").is_file()
