@@ -368,6 +368,9 @@ def run_suite(suite: SuiteConfig, out: Path, *, seeds: list[int] | None = None, 
             "method": plan.job.method, "seed": plan.job.seed, "hook_layer": plan.hook_layer,
             "config_hash": plan.config_hash, "monobench_version": __version__,
             "stages": {n: k for n, (k, _) in plan.stages.items()}})
+        # the manifest is refreshed after every job, so a run killed half way still has provenance
+        write_manifest(out, suite, suite_file, device=device, seeds=seeds or suite.seeds, shard=shard,
+                       runner=runner)
         built = [n for n, c in computed[plan.job.id].items() if c]
         echo(f"{plan.job.id}: {len(built)} stage(s) built{' (' + ', '.join(built) + ')' if built else ''}, "
              f"{len(plan.stages) - len(built)} reused, {time.time() - t0:.1f}s")
