@@ -142,7 +142,7 @@ def cmd_list(args) -> int:
         from bench.align import METHODS
 
         for name, cls in METHODS.items():
-            print(f"{name:<7} {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}")
+            print(f"{name:<7} {(cls.__doc__ or '').strip().partition(chr(10))[0]}")
     else:
         from bench.models import MODELS_HELP
 

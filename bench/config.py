@@ -11,7 +11,7 @@ from __future__ import annotations
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
@@ -162,6 +162,3 @@ def load_suite(name_or_path: str) -> tuple[SuiteConfig, Path]:
         if err["type"] == "extra_forbidden":
             msg = f"unknown key (allowed: {', '.join(SuiteConfig.model_fields) if '.' not in loc else 'see the docs'})"
         raise SuiteError(f"suite {path.name}: {loc}: {msg}") from None
-
-
-HookDevice = Literal["auto", "cpu", "cuda"]
