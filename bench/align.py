@@ -75,7 +75,8 @@ class TrainConfig(MethodConfig):
     curve_pairs: int = Field(16, ge=1)
     """Held-out pairs (the first ones) scored for each curve row; also the number of train pairs scored."""
     curve_prompts: int = Field(32, ge=2)
-    """Held-out prompts whose last-token activations give each curve row's neuron proxies."""
+    """Held-out pairs (prompt + chosen reply, as the proxies stage reads them) whose last-token activations
+    give each curve row's neuron proxies."""
     gradient_checkpointing: bool = False
 
     @model_validator(mode="after")
@@ -298,7 +299,7 @@ def _quiet_libs():
 def train_policy(method: str, cfg: MethodConfig, model: nn.Module, tokenizer, train_pairs: list[Pair],
                  eval_pairs: list[Pair], out_dir: Path, seed: int, use_chat_template: bool = True, *,
                  layer: int | float = 0.5, hook: str = "mlp.up_proj", eval_beta: float = 0.1,
-                 proxy_prompts: list[str] | None = None, copy_model: bool = True,
+                 proxy_pairs: list[Pair] | None = None, copy_model: bool = True,
                  progress: bool = False) -> TrainResult:
     """Train ``model`` with ``method`` on ``train_pairs``; curves use ``eval_pairs`` (never trained on).
 
@@ -322,9 +323,9 @@ def train_policy(method: str, cfg: MethodConfig, model: nn.Module, tokenizer, tr
         reference = model if copy_model else copy.deepcopy(model)
         ref_flags = {p: p.requires_grad for p in reference.parameters()}
         reference.eval().requires_grad_(False)
-    prompts = proxy_prompts or list(dict.fromkeys(p.prompt for p in eval_pairs))
+    proxy_pairs = proxy_pairs or eval_pairs
     recorder = CurveCallback(tokenizer, train_pairs[:cfg.curve_pairs], eval_pairs[:cfg.curve_pairs],
-                             prompts[:cfg.curve_prompts], layer=layer_idx, hook=hook, every=cfg.eval_every,
+                             proxy_pairs[:cfg.curve_prompts], layer=layer_idx, hook=hook, every=cfg.eval_every,
                              beta=eval_beta, reference=reference, use_chat_template=use_chat_template)
     trainer = make_trainer(method, cfg, policy_init, tokenizer, train_pairs, out_dir, seed, use_chat_template,
                            layer=layer_idx, hook=hook, reference=reference, callbacks=[recorder], progress=progress)

@@ -162,16 +162,16 @@ class CurveCallback(TrainerCallback):
     A row holds ``step``; ``train/*`` and ``eval/*`` preference metrics on fixed train and held-out
     pairs, defined exactly as ``tasks._base.preference_metrics`` (β = ``beta``; reference = ``reference``
     or the adapter-disabled policy; its log-probs are computed once, at step 0, where policy = reference);
-    ``eval/decpo_term`` (‖Ẑ Ẑᵀ − I‖²_F, rows normalised, on the held-out prompts' last-token activations
-    at ``layer``); ``proxy/*`` (``bench.proxies.layer_proxies`` of the same activations); and
+    ``eval/decpo_term`` (‖Ẑ Ẑᵀ − I‖²_F, rows normalised, on the last-token activations at ``layer`` of the
+    held-out ``proxy_pairs``, each read as prompt + chosen reply like a training sequence); ``proxy/*`` (``bench.proxies.layer_proxies`` of the same activations); and
     ``trainer/*``, the trainer's own averages over the last window (loss, reward_margin, pref_acc,
     reg/decor or reg/l1).
     """
 
-    def __init__(self, tokenizer, train_pairs: list[Pair], eval_pairs: list[Pair], prompts: Sequence[str], *,
+    def __init__(self, tokenizer, train_pairs: list[Pair], eval_pairs: list[Pair], proxy_pairs: Sequence[Pair], *,
                  layer: int, hook: str, every: int, beta: float, reference: nn.Module | None,
                  use_chat_template: bool):
-        self.tokenizer, self.prompts = tokenizer, prompts
+        self.tokenizer, self.proxy_pairs = tokenizer, list(proxy_pairs)
         self.pairs = {"train": train_pairs, "eval": eval_pairs}
         self.layer, self.hook, self.every, self.beta = layer, hook, every, beta
         self.reference, self.use_chat_template = reference, use_chat_template
@@ -202,8 +202,9 @@ class CurveCallback(TrainerCallback):
             if pol is None:  # step 0: the policy is the reference (fresh LoRA has B = 0; full FT copies)
                 self._ref = pol = {split: self._logps(self.reference or model, pairs)
                                    for split, pairs in self.pairs.items()}
-            z = collect_last_token(model, self.tokenizer, self.prompts, [self.layer], hook=self.hook,
-                                   use_chat_template=self.use_chat_template)[self.layer]
+            z = collect_last_token(model, self.tokenizer, [p.prompt for p in self.proxy_pairs], [self.layer],
+                                   hook=self.hook, use_chat_template=self.use_chat_template,
+                                   replies=[p.chosen for p in self.proxy_pairs])[self.layer]
         finally:
             model.train(was_training)
         row = self.rows.setdefault(step, {"step": step})

@@ -98,11 +98,18 @@ def input_weight_proxy(model, layer: int, hook: str = "mlp.up_proj") -> float | 
 @torch.no_grad()
 def collect_last_token(model, tokenizer, texts: Sequence[str], layers: Sequence[int], *,
                        hook: str = "mlp.up_proj", batch_size: int = 16, max_length: int = 256,
-                       use_chat_template: bool = True) -> dict[int, Tensor]:
+                       use_chat_template: bool = True,
+                       replies: Sequence[str] | None = None) -> dict[int, Tensor]:
     """Z per layer from one forward pass per batch: {layer: (N, d) float32 CPU tensor}.
 
-    Each text is chat-formatted like a prompt; the activation is taken at its last non-padding token.
+    Each text is formatted like a prompt (``format_prompt``); with ``replies``, reply i follows prompt
+    i directly, as in a DPO training sequence. The activation is taken at the last non-padding token,
+    so with replies it is the reply's last token: the position DecPO regularises (``bench/decpo.py``).
+    Without replies a chat prompt ends in the template's fixed assistant header, whose activation
+    barely depends on the prompt.
     """
+    if replies is not None and len(replies) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(replies)} replies")
     device = next(model.parameters()).device
     store: dict[int, list[Tensor]] = {l: [] for l in layers}
     current: dict[str, Tensor] = {}
@@ -113,17 +120,19 @@ def collect_last_token(model, tokenizer, texts: Sequence[str], layers: Sequence[
         return fn
 
     handles = [hook_module(model, l, hook).register_forward_hook(make_hook(l)) for l in layers]
-    old_side = tokenizer.padding_side
+    old_side, old_trunc = tokenizer.padding_side, tokenizer.truncation_side
     tokenizer.padding_side = "right"
+    tokenizer.truncation_side = "left"  # a text longer than max_length keeps its end (the measured token)
     try:
         for start in range(0, len(texts), batch_size):
-            batch = [format_prompt(tokenizer, t, use_chat_template) for t in texts[start:start + batch_size]]
+            batch = [format_prompt(tokenizer, t, use_chat_template) + (replies[start + i] if replies else "")
+                     for i, t in enumerate(texts[start:start + batch_size])]
             enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length,
                             add_special_tokens=False).to(device)
             current["last"] = last_token_index(enc["attention_mask"])
             model(**enc)
     finally:
-        tokenizer.padding_side = old_side
+        tokenizer.padding_side, tokenizer.truncation_side = old_side, old_trunc
         for h in handles:
             h.remove()
     return {l: torch.cat(v) for l, v in store.items()}
@@ -131,14 +140,14 @@ def collect_last_token(model, tokenizer, texts: Sequence[str], layers: Sequence[
 
 def model_proxies(model, tokenizer, texts: Sequence[str], *, hook: str = "mlp.up_proj", batch_size: int = 16,
                   max_length: int = 256, use_chat_template: bool = True,
-                  layers: Sequence[int] | None = None) -> list[dict[str, float]]:
+                  layers: Sequence[int] | None = None, replies: Sequence[str] | None = None) -> list[dict[str, float]]:
     """Proxies for every layer (or ``layers``): one row per layer with ``layer`` and ``rel_depth``."""
     from bench.lm import n_layers
 
     total = n_layers(model)
     layers = list(range(total)) if layers is None else list(layers)
     zs = collect_last_token(model, tokenizer, texts, layers, hook=hook, batch_size=batch_size,
-                            max_length=max_length, use_chat_template=use_chat_template)
+                            max_length=max_length, use_chat_template=use_chat_template, replies=replies)
     rows = []
     for l in layers:
         row = {"layer": l, "rel_depth": l / max(1, total - 1), **layer_proxies(zs[l])}

@@ -97,10 +97,10 @@ def plan_job(suite: SuiteConfig, store: Store, job: Job, n_model_layers: int) ->
         policy = "base-" + stable_hash(model)
     else:
         policy = add("train", {"method": job.method, "method_cfg": method_cfg, "data": data, "model": model,
-                               "hook": hook, "seed": job.seed})
+                               "hook": hook, "seed": job.seed, "curve_inputs": PROXY_INPUTS})
     add("eval", {"policy": policy, "data": data, "task_cfg": task_cfg, "eval": suite.eval.model_dump()})
     add("proxies", {"policy": policy, "data": data, "proxies": suite.proxies.model_dump(),
-                    "module": suite.hook.module})
+                    "module": suite.hook.module, "inputs": PROXY_INPUTS})
     if suite.sae is not None:
         sae_cfg = suite.sae.model_dump(mode="json")
         acts = add("acts", {"policy": policy, "data": data, "hook": hook, "sae": sae_cfg, "seed": job.seed})
@@ -236,7 +236,7 @@ class Runner:
                            data.eval_pairs, work / "trainer", plan.job.seed,
                            use_chat_template=self._chat(plan), layer=plan.hook_layer,
                            hook=self.suite.hook.module, eval_beta=self.suite.eval.beta,
-                           proxy_prompts=data.eval_prompts[: self.suite.proxies.n_texts], progress=self.progress)
+                           proxy_pairs=proxy_pairs(data, self.suite.proxies.n_texts), progress=self.progress)
         shutil.rmtree(work / "trainer", ignore_errors=True)
         save_policy(res.policy, work / "policy")
         pd.DataFrame(res.curves).to_csv(work / "curves.csv", index=False)
@@ -262,9 +262,10 @@ class Runner:
         data = self._data(plan)
         pol, tok = self.policy(plan)
         cfg = self.suite.proxies
-        rows = model_proxies(pol, tok, data.eval_prompts[: cfg.n_texts], hook=self.suite.hook.module,
+        pairs = proxy_pairs(data, cfg.n_texts)
+        rows = model_proxies(pol, tok, [p.prompt for p in pairs], hook=self.suite.hook.module,
                              batch_size=cfg.batch_size, max_length=cfg.max_length,
-                             use_chat_template=self._chat(plan))
+                             use_chat_template=self._chat(plan), replies=[p.chosen for p in pairs])
         recs = []
         for row in rows:
             layer = row.pop("layer")
@@ -309,6 +310,18 @@ class Runner:
                             embed_cache_dir=self.store.out / "cache" / "context-embeddings")
         write_json(work / "metrics.json", records(metrics, layer=plan.hook_layer,
                                                   sae=self.suite.sae.architecture))
+
+
+PROXY_INPUTS = "heldout-prompt+chosen/last-token"
+"""What the neuron proxies read (part of the proxies and train stage keys, so changing it recomputes)."""
+
+
+def proxy_pairs(data, n: int) -> list:
+    """The proxies' N held-out texts (SPEC §4): the first ``n`` held-out pairs, each read as its prompt
+    (formatted as in training) followed by its chosen reply; z_i is taken at the reply's last token,
+    the position DecPO regularises in training sequences. Never trained on (held-out split).
+    """
+    return list(data.eval_pairs[:n])
 
 
 def sae_token_texts(data) -> list[str]:

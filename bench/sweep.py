@@ -69,6 +69,7 @@ def run_sweep(suite, *, tasks: list[str] | None = None, lambdas: list[float], la
     """Run the sweep; writes ``out/sweep.csv`` (after every run, so a cut-off sweep keeps its rows) and
     ``out/curves.csv`` (every curve row of every run); returns the table."""
     from bench.align import METHODS, train_policy
+    from bench.runner import proxy_pairs
 
     tasks = tasks or list(suite.tasks)
     unknown = [t for t in tasks if t not in suite.tasks]
@@ -94,7 +95,7 @@ def run_sweep(suite, *, tasks: list[str] | None = None, lambdas: list[float], la
                                    out / "tmp" / f"{task}_lam{lam:g}_layer{layer}", seed,
                                    use_chat_template=suite.tasks[task].use_chat_template,
                                    layer=plan.hook_layer, hook=suite.hook.module, eval_beta=suite.eval.beta,
-                                   proxy_prompts=data.eval_prompts[: suite.proxies.n_texts])
+                                   proxy_pairs=proxy_pairs(data, suite.proxies.n_texts))
                 row = _row(res, task, lam)
                 base = next(r for r in rows + [row] if r["task"] == task and r["layer"] == row["layer"]
                             and r["lambda"] == 0)
