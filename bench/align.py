@@ -211,9 +211,17 @@ def _peft_config(cfg: TrainConfig, model: nn.Module):
 
 
 def _common_args(cfg: TrainConfig, out_dir: Path, seed: int, device: torch.device, progress: bool) -> dict:
+    """TRL/transformers arguments shared by every method. ``cfg.batch_size`` is the global batch: under a
+    multi-process launcher (``bench/dist.py``) each process takes ``batch_size / world_size`` of it."""
+    from bench import dist
+
+    if cfg.batch_size % dist.world_size():
+        raise ValueError(f"batch_size = {cfg.batch_size} is not divisible by the {dist.world_size()} processes; "
+                         "choose a batch size that is a multiple of --nproc_per_node")
     sched = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.scheduler]
     return dict(output_dir=str(out_dir / "trainer"), learning_rate=cfg.lr, max_steps=cfg.max_steps or -1,
-                num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
+                num_train_epochs=cfg.epochs,
+                per_device_train_batch_size=cfg.batch_size // dist.world_size(),
                 gradient_accumulation_steps=cfg.grad_accum, warmup_steps=cfg.warmup, lr_scheduler_type=sched,
                 seed=seed, data_seed=seed, dataloader_num_workers=0, report_to=[], save_strategy="no",
                 eval_strategy="no", logging_strategy="steps", logging_steps=cfg.eval_every,

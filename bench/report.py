@@ -280,6 +280,7 @@ def leaderboard_section(res: Results) -> list[Block]:
     for title, cols in (("Alignment", ALIGN_COLS), ("Monosemanticity (hook layer) and SAE", MONO_COLS)):
         if (t := _metric_table(res, cols)) is not None:
             blocks += [Heading(3, title), t]
+    blocks += paired_section(res)
     ids = _id_cols(res) + ["seed"]
     rows = [[str(r[c]) for c in ids] + [f"`{r['config_hash']}`", str(r["monobench_version"])]
             for _, r in _sorted(res.board).iterrows()]
@@ -287,6 +288,29 @@ def leaderboard_section(res: Results) -> list[Block]:
                Para("Every metric of every row is in `leaderboard.csv`; per-layer values are in `metrics.csv`."),
                Table(ids + ["config_hash", "monobench_version"], rows)]
     return blocks
+
+
+PAIRED_COLS = ("align_score", "pref_acc", "reward_margin", "decorrelation", "decorrelation_mean",
+               "sae_explained_variance", "sae_frac_interpretable", "sae_frac_decorrelated", "sae_frac_interp_decor")
+
+
+def paired_section(res: Results) -> list[Block]:
+    """DecPO − DPO paired by seed (``bench.leaderboard.paired_differences``); nothing with < 2 seeds."""
+    from bench.leaderboard import paired_differences
+
+    diffs = paired_differences(res.board, list(PAIRED_COLS))
+    if diffs is None:
+        return []
+    rows = [([str(r["model"])] if res.board["model"].nunique() > 1 else []) +
+            [str(r["task"]), str(r["metric"]), str(r["n_seeds"]), f"{fmt(r['diff'])} ± {fmt(r['diff_ci95'])}",
+             "**yes**" if r["ci_excludes_0"] else "no"] for _, r in diffs.iterrows()]
+    head = (["model"] if res.board["model"].nunique() > 1 else []) + [
+        "task", "metric", "n_seeds", "DecPO − DPO (mean ± 95 % CI)", "CI excludes 0"]
+    return [Heading(3, "DecPO − DPO, paired by seed"),
+            Para("Per seed both methods train on the same data from the same initialisation, so their "
+                 "difference d_s is paired; shown is the mean of d_s ± the 95 % t half-width. Only rows "
+                 "whose interval excludes 0 are differences beyond seed noise (no multiple-comparison "
+                 "correction)."), Table(head, rows)]
 
 
 def figures_section(drawn: dict[str, str | None]) -> list[Block]:
