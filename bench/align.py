@@ -417,22 +417,3 @@ def load_policy(base_model: nn.Module, directory: Path) -> nn.Module:
     else:
         raise ValueError(f"{meta}: unknown policy kind {kind!r}; expected 'lora' or 'full'")
     return policy.eval()
-
-# ----------------------------------------------------------------------------------------------- sweep
-
-
-def sweep_decpo(model: nn.Module, tokenizer, train_pairs: list[Pair], eval_pairs: list[Pair], out_dir: Path,
-                lambdas: list[float], layers: list[int | float], seed: int = 0,
-                base_cfg: DecPOMethodConfig | None = None, **kw) -> list[dict[str, float]]:
-    """Train DecPO for every (λ, layer) and return one row per run with its last curve row (plus λ, layer)."""
-    base_cfg = base_cfg or DecPOMethodConfig()
-    rows = []
-    for lam in lambdas:
-        for lay in layers:
-            cfg = DecPOMethodConfig.model_validate(base_cfg.model_dump() | {"lam": lam, "layer": lay})
-            res = train_policy("decpo", cfg, model, tokenizer, train_pairs, eval_pairs,
-                               Path(out_dir) / f"lam{lam:g}_layer{lay}", seed, **kw)
-            rows.append({"lambda": lam, "layer": res.layer, **res.curves[-1],
-                         "start/eval_decpo_term": res.curves[0]["eval/decpo_term"]})
-    return rows
-

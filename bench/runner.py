@@ -28,6 +28,7 @@ import torch
 from bench import __version__, dist
 from bench.config import SuiteConfig
 from bench.store import Store, read_json, stable_hash, write_json
+from tasks._base import PROXY_INPUTS, proxy_pairs, sae_token_texts
 
 log = logging.getLogger(__name__)
 
@@ -330,30 +331,6 @@ class Runner:
                             embed_cache_dir=self.store.out / "cache" / "context-embeddings")
         write_json(work / "metrics.json", records(metrics, layer=plan.hook_layer,
                                                   sae=self.suite.sae.architecture))
-
-
-PROXY_INPUTS = "heldout-prompt+chosen/last-token"
-"""What the neuron proxies read (part of the proxies and train stage keys, so changing it recomputes)."""
-
-
-def proxy_pairs(data, n: int) -> list:
-    """The proxies' N held-out texts (SPEC §4): the first ``n`` held-out pairs, each read as its prompt
-    (formatted as in training) followed by its chosen reply; z_i is taken at the reply's last token,
-    the position DecPO regularises in training sequences. Never trained on (held-out split).
-    """
-    return list(data.eval_pairs[:n])
-
-
-def sae_token_texts(data) -> list[str]:
-    """The task's token set for SAEs, deduplicated in a fixed order: prompt+chosen and prompt+rejected of
-    the train pairs, the held-out prompts, then the concept texts.
-
-    The same texts for every method of a task, so SAEs differ only by the model that reads them.
-    """
-    texts = [f"{p.prompt}\n{p.chosen}" for p in data.train_pairs]
-    texts += [f"{p.prompt}\n{p.rejected}" for p in data.train_pairs]
-    texts += list(data.eval_prompts) + list(data.concept_texts)
-    return list(dict.fromkeys(t for t in texts if t.strip()))
 
 
 @dataclass
