@@ -211,9 +211,17 @@ def _peft_config(cfg: TrainConfig, model: nn.Module):
 
 
 def _common_args(cfg: TrainConfig, out_dir: Path, seed: int, device: torch.device, progress: bool) -> dict:
+    """TRL/transformers arguments shared by every method. ``cfg.batch_size`` is the global batch: under a
+    multi-process launcher (``bench/dist.py``) each process takes ``batch_size / world_size`` of it."""
+    from bench import dist
+
+    if cfg.batch_size % dist.world_size():
+        raise ValueError(f"batch_size = {cfg.batch_size} is not divisible by the {dist.world_size()} processes; "
+                         "choose a batch size that is a multiple of --nproc_per_node")
     sched = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.scheduler]
     return dict(output_dir=str(out_dir / "trainer"), learning_rate=cfg.lr, max_steps=cfg.max_steps or -1,
-                num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
+                num_train_epochs=cfg.epochs,
+                per_device_train_batch_size=cfg.batch_size // dist.world_size(),
                 gradient_accumulation_steps=cfg.grad_accum, warmup_steps=cfg.warmup, lr_scheduler_type=sched,
                 seed=seed, data_seed=seed, dataloader_num_workers=0, report_to=[], save_strategy="no",
                 eval_strategy="no", logging_strategy="steps", logging_steps=cfg.eval_every,
@@ -409,22 +417,3 @@ def load_policy(base_model: nn.Module, directory: Path) -> nn.Module:
     else:
         raise ValueError(f"{meta}: unknown policy kind {kind!r}; expected 'lora' or 'full'")
     return policy.eval()
-
-# ----------------------------------------------------------------------------------------------- sweep
-
-
-def sweep_decpo(model: nn.Module, tokenizer, train_pairs: list[Pair], eval_pairs: list[Pair], out_dir: Path,
-                lambdas: list[float], layers: list[int | float], seed: int = 0,
-                base_cfg: DecPOMethodConfig | None = None, **kw) -> list[dict[str, float]]:
-    """Train DecPO for every (λ, layer) and return one row per run with its last curve row (plus λ, layer)."""
-    base_cfg = base_cfg or DecPOMethodConfig()
-    rows = []
-    for lam in lambdas:
-        for lay in layers:
-            cfg = DecPOMethodConfig.model_validate(base_cfg.model_dump() | {"lam": lam, "layer": lay})
-            res = train_policy("decpo", cfg, model, tokenizer, train_pairs, eval_pairs,
-                               Path(out_dir) / f"lam{lam:g}_layer{lay}", seed, **kw)
-            rows.append({"lambda": lam, "layer": res.layer, **res.curves[-1],
-                         "start/eval_decpo_term": res.curves[0]["eval/decpo_term"]})
-    return rows
-

@@ -121,7 +121,9 @@ def cmd_run(args) -> int:
         os.environ.setdefault("TQDM_DISABLE", "1")
     summary = run_suite(suite, out, seeds=args.seed, device=args.device, force=args.force, shard=args.shard,
                         dry_run=args.dry_run, suite_file=path, progress=progress)
-    if not args.dry_run:
+    from bench import dist
+
+    if not args.dry_run and dist.is_main():
         print(f"suite {suite.name}: {len(summary.jobs)} job(s) in {summary.seconds:.1f}s → {out}/leaderboard.csv")
     return 0
 

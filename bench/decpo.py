@@ -163,7 +163,8 @@ class CurveCallback(TrainerCallback):
     pairs, defined exactly as ``tasks._base.preference_metrics`` (β = ``beta``; reference = ``reference``
     or the adapter-disabled policy; its log-probs are computed once, at step 0, where policy = reference);
     ``eval/decpo_term`` (‖Ẑ Ẑᵀ − I‖²_F, rows normalised, on the last-token activations at ``layer`` of the
-    held-out ``proxy_pairs``, each read as prompt + chosen reply like a training sequence); ``proxy/*`` (``bench.proxies.layer_proxies`` of the same activations); and
+    held-out ``proxy_pairs``, each read as prompt + chosen reply like a training sequence); ``proxy/*``
+    (``bench.proxies.layer_proxies`` of the same activations); and
     ``trainer/*``, the trainer's own averages over the last window (loss, reward_margin, pref_acc,
     reg/decor or reg/l1).
     """

@@ -322,8 +322,8 @@ class FigureSpec:
 
 FIGURES = (
     FigureSpec("decorrelation_by_depth", "Decorrelation by depth",
-               "Decorrelation (1 − mean pairwise cosine of last-token MLP input-projection activations on "
-               "held-out prompts) per layer, against relative depth; higher means less correlated, a proxy "
+               "Decorrelation (1 − mean pairwise cosine of MLP input-projection activations at the last "
+               "token of held-out prompt + chosen reply texts) per layer, against relative depth; higher means less correlated, a proxy "
                "for more monosemantic features. Dashed: the regularised (hook) layer. Cf. Yan et al. 2024, "
                "Fig. 3.", lambda r: decorrelation_by_depth(r.tidy, r.board)),
     FigureSpec("training_curves", "Training curves",

@@ -84,6 +84,34 @@ def seed_summary(board: pd.DataFrame) -> pd.DataFrame | None:
     return pd.DataFrame(out)
 
 
+def paired_differences(board: pd.DataFrame, metrics: list[str], treatment: str = "decpo",
+                       control: str = "dpo") -> pd.DataFrame | None:
+    """treatment − control per (model, task, metric), paired by seed (both share that seed's data).
+
+    d_s = x_treatment,s − x_control,s; returns n (seeds with both values), mean d̄ and the 95 % CI
+    half-width t_{0.975, n−1} · sd(d) / √n, plus whether that interval excludes 0. Pairing removes the
+    seed-to-seed variation both methods share (data, LoRA init). None when no (model, task) has both
+    methods on at least 2 common seeds.
+    """
+    from scipy import stats
+
+    rows = []
+    for (model, task), g in board.groupby(["model", "task"], sort=False):
+        t = g[g["method"] == treatment].set_index("seed")
+        c = g[g["method"] == control].set_index("seed")
+        for m in metrics:
+            if m not in g:
+                continue
+            d = (t[m] - c[m]).dropna().to_numpy(float)
+            if len(d) < 2:
+                continue
+            half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+            mean = float(d.mean())
+            rows.append({"model": model, "task": task, "metric": m, "n_seeds": len(d), "diff": mean,
+                         "diff_ci95": half, "ci_excludes_0": bool(abs(mean) > half)})
+    return pd.DataFrame(rows) if rows else None
+
+
 def write_leaderboard(out: Path, sources: list[Path] | None = None) -> pd.DataFrame:
     """Write the CSVs into ``out`` from the runs of ``sources`` (default: ``out`` itself)."""
     sources = sources or [out]

@@ -20,13 +20,14 @@ PACKAGES = ("torch", "transformers", "trl", "peft", "sae-lens", "datasets", "ggu
 
 
 def git_commit() -> str | None:
-    """Commit of the monobench checkout (``-dirty`` when it has uncommitted changes), or None."""
+    """Commit of the monobench checkout (``-dirty`` when code, not ``results/``, has uncommitted changes), or None."""
     root = Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        # results/ holds outputs (the committed reference runs), not code: it does not make a run dirty
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return sha + ("-dirty" if dirty else "")

@@ -38,7 +38,8 @@ IDENTITY = {
 }
 
 _PROXY_ROWS = [
-    ("decorrelation", "1 − mean_{i≠j} cos(z_i, z_j) of last-token MLP-input activations on held-out prompts",
+    ("decorrelation", "1 − mean_{i≠j} cos(z_i, z_j) of MLP-input activations at the last token of held-out "
+     "prompt + chosen reply texts",
      "higher", "ratio [0, 2]"),
     ("act_variance", "mean_i Var_k(z_ik): variance across hidden units per input, averaged", "none", "activation²"),
     ("mono_scale", "mean_k Var_i(z_ik) / mean_k E_i[z_ik²]", "higher", "ratio [0, 1]"),

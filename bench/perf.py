@@ -34,152 +34,27 @@ machine load hits both. Rows of ``<out>/perf.csv`` (``ratio_def`` says which way
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
-import itertools
-import json
 import logging
-import math
 import os
-import platform
-import shutil
-import signal
-import statistics
 import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, Field
 from torch import nn
+
+from bench.perf_sae import (  # noqa: F401  (the rest re-exported: bench.perf.* is the public surface)
+    bench_sae_pipeline, hooked_transformer, tl_hook_error, token_rows)
+from bench.perf_timing import (  # noqa: F401
+    COLUMNS, FULL, QUICK, PerfRow, PerfSizes, RatioDef, _row, _sync, _timed, alternate, device_label)
 
 log = logging.getLogger(__name__)
 
-RatioDef = Literal["ours/peer", "peer/ours"]
-COLUMNS = ("benchmark", "status", "ours", "peer", "unit", "ratio", "ratio_def", "goal", "met", "reps",
-           "ours_min", "ours_max", "peer_min", "peer_max", "device", "notes")
-
-
-class PerfSizes(BaseModel, extra="forbid", frozen=True, use_attribute_docstrings=True):
-    """Input sizes and repetition counts of one perf run."""
-
-    reps: int = Field(3, ge=1)
-    """Timed repetitions per side; the figure is their median."""
-    warmup: int = Field(1, ge=1)
-    """Untimed repetitions (DPO: real trainer steps) before timing."""
-    layer: int | float = 0.5
-    """Hooked layer (index or fraction of depth) for the SAE and DecPO benchmarks."""
-    sae_texts: int = Field(64, ge=4)
-    """Texts collected for the SAE pipeline; the token budget is their train split, once."""
-    sae_context: int = Field(64, ge=4)
-    """Tokens per text (ours) and per packed window (SAELens)."""
-    sae_batch: int = Field(256, ge=1)
-    """SAE training batch (activations per step), both sides."""
-    sae_expansion: int = Field(2, ge=1)
-    """d_sae = expansion × d_in (topk), both sides."""
-    sae_k: int = Field(32, ge=1)
-    """Active latents per token (topk)."""
-    collect_batch: int = Field(16, ge=1)
-    """Texts per LLM forward while collecting (SAELens gets windows holding as many tokens)."""
-    dpo_pairs: int = Field(2, ge=1)
-    """Preference pairs in the fixed DPO/DecPO batch (2 rows each)."""
-    dpo_max_length: int = Field(128, ge=16)
-    """Max prompt + reply tokens of the DPO batch."""
-    dpo_max_prompt: int = Field(64, ge=8)
-    """Max prompt tokens of the DPO batch."""
-    proxy_texts: int = Field(2, ge=2)
-    """Texts whose last-token activations the proxy benchmark collects (chat-formatted)."""
-    matmul_n: int | None = None
-    """Side of the peak matmul; None = 2048 on CPU, 8192 on CUDA."""
-
-
-QUICK = PerfSizes()
-FULL = PerfSizes(reps=5, sae_texts=512, sae_batch=1024, sae_expansion=4, dpo_pairs=8, dpo_max_length=256,
-                 dpo_max_prompt=128, proxy_texts=16)
-
-
-@dataclass(frozen=True)
-class PerfRow:
-    """One line of perf.csv. ``status`` is ``ok`` or ``not run: <reason>`` (then the numbers are None)."""
-
-    benchmark: str
-    status: str
-    unit: str = ""
-    ratio_def: RatioDef | Literal[""] = ""
-    goal: str = ""
-    """``>=x`` or ``<=x`` on the ratio, or empty when the figure is reported without a goal."""
-    ours: float | None = None
-    peer: float | None = None
-    ratio: float | None = None
-    met: bool | None = None
-    reps: int = 0
-    ours_min: float | None = None
-    ours_max: float | None = None
-    peer_min: float | None = None
-    peer_max: float | None = None
-    device: str = ""
-    notes: str = ""
-
-
-def _row(benchmark: str, ours: list[float], peer: list[float], *, unit: str, ratio_def: RatioDef, goal: str,
-         notes: str) -> PerfRow:
-    """Medians, min/max of both sides; ratio from the medians as ``ratio_def`` says; ``met`` from ``goal``."""
-    if ratio_def not in ("ours/peer", "peer/ours") or (goal and goal[:2] not in (">=", "<=")):
-        raise ValueError(f"ratio_def {ratio_def!r} / goal {goal!r}: allowed 'ours/peer' or 'peer/ours', '>=x', '<=x', ''")
-    o, p = statistics.median(ours), statistics.median(peer)
-    ratio = o / p if ratio_def == "ours/peer" else p / o
-    met = None if not goal else (ratio >= float(goal[2:]) if goal.startswith(">=") else ratio <= float(goal[2:]))
-    return PerfRow(benchmark, "ok", unit, ratio_def, goal, o, p, ratio, met, len(ours), min(ours), max(ours),
-                   min(peer), max(peer), "", notes)
-
-# ----------------------------------------------------------------------------------------------- timing
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn: Callable[[], object], device: torch.device) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t0
-
-
-def alternate(sides: dict[str, Callable[[], float]], reps: int, warmup: int) -> dict[str, list[float]]:
-    """Run every side ``warmup`` times untimed, then ``reps`` times each, interleaved with a rotating order.
-
-    Each side returns the seconds it measured itself (so per-run setup stays outside the timer).
-    """
-    names = list(sides)
-    for _ in range(warmup):
-        for n in names:
-            sides[n]()
-    out: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(reps):
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            out[n].append(sides[n]())
-    return out
-
-
-def device_label(device: torch.device) -> str:
-    """``cuda:<GPU name>`` or ``cpu:<model name> (<torch threads> threads)``."""
-    if device.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device)}"
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"cpu:{cpu} ({torch.get_num_threads()} threads)"
 
 # ----------------------------------------------------------------------------------------------- inputs
 
@@ -204,191 +79,8 @@ def perf_pairs(texts: Sequence[str], n: int):
     return [Pair(prompt=t[5 * i], chosen=f"{t[5 * i + 1]} {t[5 * i + 2]}", rejected=f"{t[5 * i + 3]} {t[5 * i + 4]}")
             for i in range(n)]
 
-# ----------------------------------------------------------------------------------------------- SAELens peers
-
-
-def hooked_transformer(model: nn.Module, tokenizer):
-    """A TransformerLens ``HookedTransformer`` with ``model``'s weights, built offline, unprocessed.
-
-    This is ``HookedTransformer.from_pretrained_no_processing(hf_model=model)`` minus its check of the
-    name against TransformerLens's list of official models (SmolLM2 is not on it). TransformerLens reads
-    the architecture from a config.json; the GGUF-converted config has no ``architectures`` entry, so a
-    copy of the config naming the loaded class is written to a temporary folder.
-    """
-    from transformer_lens import HookedTransformer
-    from transformer_lens import loading_from_pretrained as loading
-
-    dtype = next(model.parameters()).dtype
-    hf_cfg = json.loads(model.config.to_json_string()) | {"architectures": [type(model).__name__]}
-    with tempfile.TemporaryDirectory(prefix="monobench-tl-") as folder:
-        (Path(folder) / "config.json").write_text(json.dumps(hf_cfg))
-        cfg = loading.get_pretrained_model_config(folder, hf_cfg=hf_cfg, fold_ln=False, dtype=dtype,
-                                                  device=str(next(model.parameters()).device))
-        state = loading.get_pretrained_state_dict(folder, cfg, model, dtype=dtype)
-    ht = HookedTransformer(cfg, tokenizer, move_to_device=False)
-    ht.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False, center_unembed=False,
-                                   fold_value_biases=False)
-    ht.move_model_modules_to_device()
-    return ht.eval()
-
-
-@torch.no_grad()
-def tl_hook_error(model: nn.Module, ht, input_ids: torch.Tensor, layer: int, tl_hook: str) -> float:
-    """‖TL hook − HF ``mlp.up_proj`` output‖ / ‖HF output‖ on ``input_ids`` (full forward of both)."""
-    from saes.activations import hooked_activations
-
-    hf = hooked_activations(model, input_ids, torch.ones_like(input_ids), layer=layer, hook="mlp.up_proj").float()
-    _, cache = ht.run_with_cache(input_ids, names_filter=[tl_hook], stop_at_layer=layer + 1)
-    return float((cache[tl_hook].float() - hf).norm() / hf.norm().clamp_min(1e-12))
-
-
-def token_rows(docs: list[list[int]], context: int) -> list[list[int]]:
-    """Documents concatenated and cut into rows of ``context`` tokens (SAELens's pretokenized layout)."""
-    flat = [t for d in docs for t in d]
-    return [flat[i:i + context] for i in range(0, len(flat) - context + 1, context)]
-
-
-def saelens_runner_config(cfg, sae_cfg, *, hook_name: str, model_class: str, device: str, out: Path,
-                          special_ids: list[int], store_prompts: int):
-    """SAELens runner config matching ``train_sae``'s trainer settings; no wandb, checkpoints or compile.
-
-    ``store_prompts`` context windows per LLM forward should hold as many tokens as one of our
-    collection batches. The mixing buffer is the smallest that holds one training batch (SAELens's
-    default of 20 windows would make it forward more tokens than it trains on); both favour the peer.
-    """
-    from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
-
-    return LanguageModelSAERunnerConfig(
-        sae=sae_cfg, model_name="monobench-perf", model_class_name=model_class, hook_name=hook_name,
-        dataset_path="", is_dataset_tokenized=True, streaming=False, context_size=cfg.context_length,
-        prepend_bos=False, exclude_special_tokens=special_ids, training_tokens=cfg.n_steps * cfg.batch_size,
-        train_batch_size_tokens=cfg.batch_size, store_batch_size_prompts=store_prompts,
-        n_batches_in_buffer=math.ceil(cfg.batch_size / cfg.context_length), device=device,
-        dtype="float32", lr=cfg.lr, lr_end=cfg.lr, lr_scheduler_name="constant",
-        lr_warm_up_steps=cfg.lr_warm_up_steps, lr_decay_steps=cfg.lr_decay_steps,
-        dead_feature_window=cfg.dead_feature_window, feature_sampling_window=max(cfg.n_steps + 1, 2),
-        n_batches_for_norm_estimate=cfg.n_batches_for_norm_estimate, logger=LoggingConfig(log_to_wandb=False),
-        n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False, output_path=str(out),
-        compile_llm=False, compile_sae=False, verbose=False, seed=0)
-
-
-def run_saelens(runner_cfg, model, rows: list[list[int]], device: torch.device) -> float:
-    """Seconds to construct and run SAELens's ``LanguageModelSAETrainingRunner`` (signal handlers restored)."""
-    from datasets import Dataset
-    from sae_lens import LanguageModelSAETrainingRunner
-
-    dataset = Dataset.from_dict({"tokens": rows})
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with warnings.catch_warnings():  # it compares dataset rows with tokens and copies tensors; both harmless
-            warnings.filterwarnings("ignore", message="The training dataset contains fewer samples")
-            warnings.filterwarnings("ignore", message="To copy construct from a tensor")
-            return _timed(lambda: LanguageModelSAETrainingRunner(runner_cfg, override_dataset=dataset,
-                                                                 override_model=model).run(), device)
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
 
 # ----------------------------------------------------------------------------------------------- benchmarks
-
-
-def _sae_config(sizes: PerfSizes, training_tokens: int | None):
-    from saes.config import SAEConfig
-
-    return SAEConfig(architecture="topk", expansion=sizes.sae_expansion, k=sizes.sae_k, batch_size=sizes.sae_batch,
-                     training_tokens=training_tokens or sizes.sae_batch, normalize_activations="none",
-                     max_texts=sizes.sae_texts, context_length=sizes.sae_context,
-                     collect_batch_size=sizes.collect_batch)
-
-
-def _sae_budget(model, tokenizer, texts: list[str], layer: int, sizes: PerfSizes, work: Path):
-    """SAEConfig whose token budget is every train token of ``texts`` once (floored to whole batches), and d_in."""
-    from saes.activations import ActivationStore, collect_activations
-
-    store = ActivationStore(collect_activations(model, tokenizer, texts, layer=layer, out_dir=work / "probe",
-                                                cfg=_sae_config(sizes, None)))
-    n_train, d_in = store.n_train, store.d_in
-    shutil.rmtree(work / "probe")
-    if n_train < sizes.sae_batch:
-        raise ValueError(f"{n_train} train tokens from {len(texts)} texts is less than one SAE batch "
-                         f"({sizes.sae_batch}); raise sae_texts or lower sae_batch")
-    return _sae_config(sizes, n_train // sizes.sae_batch * sizes.sae_batch), d_in
-
-
-def _saelens_peers(model, tokenizer, layer: int, probe_ids: torch.Tensor) -> dict[str, tuple]:
-    """{row name: (wrapped model, hook name, model_class_name, note)}; a failed peer maps to (note,) only."""
-    from sae_lens.load_model import HookedProxyLM
-
-    from bench.lm import hook_module
-    from saes.activations import module_path
-
-    peers: dict[str, tuple] = {}
-    tl_hook = f"blocks.{layer}.mlp.hook_pre_linear"
-    try:
-        ht = hooked_transformer(model, tokenizer)
-        err = tl_hook_error(model, ht, probe_ids, layer, tl_hook)
-        if err > (1e-3 if next(model.parameters()).dtype == torch.float32 else 3e-2):
-            raise RuntimeError(f"TransformerLens {tl_hook} differs from HF mlp.up_proj (relative error {err:.2g})")
-        peers["sae_pipeline"] = (ht, tl_hook, "HookedTransformer",
-                                 f"peer=SAELens runner on HookedTransformer {tl_hook} (rel. err vs up_proj {err:.1e})")
-    except Exception as e:  # reported as a 'not run' row, never as a number
-        log.warning("SAELens HookedTransformer peer unavailable", exc_info=True)
-        peers["sae_pipeline"] = (f"not run: TransformerLens conversion failed: {type(e).__name__}: {e}",)
-    hf_hook = module_path(model, hook_module(model, layer))
-    peers["sae_pipeline_hf"] = (HookedProxyLM(copy.deepcopy(model), tokenizer, hook_names=[hf_hook]), hf_hook,
-                                "AutoModelForCausalLM", f"peer=SAELens runner on AutoModelForCausalLM "
-                                f"(HookedProxyLM around a copy of the HF model) {hf_hook}")
-    return peers
-
-
-def bench_sae_pipeline(model, tokenizer, texts: list[str], layer: int, sizes: PerfSizes, device: torch.device,
-                       work: Path) -> list[PerfRow]:
-    """``sae_pipeline`` (peer: HookedTransformer) and ``sae_pipeline_hf`` (peer: HookedProxyLM) rows."""
-    from saes.activations import collect_activations, tokenize_docs
-    from saes.config import to_sae_lens_config
-    from saes.train import train_sae
-
-    cfg, d_in = _sae_budget(model, tokenizer, texts, layer, sizes, work)
-    docs = tokenize_docs(tokenizer, texts, max_length=cfg.context_length, use_chat_template=False)
-    rows = token_rows([ids for ids, _ in docs], cfg.context_length)   # the same token stream, packed
-    mean_len = sum(len(ids) for ids, _ in docs) / len(docs)
-    store_prompts = max(1, round(cfg.collect_batch_size * mean_len / cfg.context_length))
-    peers = _saelens_peers(model, tokenizer, layer, torch.tensor(rows[:2], device=device))
-    runs = itertools.count()
-    collect_s: list[float] = []
-
-    def ours() -> float:
-        d = work / f"ours-{next(runs)}"
-        collect_s.append(_timed(lambda: collect_activations(model, tokenizer, texts, layer=layer,
-                                                            out_dir=d / "store", cfg=cfg), device))
-        t = collect_s[-1] + _timed(lambda: train_sae(d / "store", cfg, d / "sae", device=device), device)
-        shutil.rmtree(d)
-        return t
-
-    def peer(name: str) -> Callable[[], float]:
-        wrapped, hook, cls, _ = peers[name]
-
-        def run() -> float:
-            d = work / f"{name}-{next(runs)}"
-            runner_cfg = saelens_runner_config(cfg, to_sae_lens_config(cfg, d_in, device=str(device)), hook_name=hook,
-                                               model_class=cls, device=str(device), out=d,
-                                               special_ids=sorted(tokenizer.all_special_ids),
-                                               store_prompts=store_prompts)
-            t = run_saelens(runner_cfg, wrapped, rows, device)
-            shutil.rmtree(d, ignore_errors=True)
-            return t
-        return run
-
-    times = alternate({"ours": ours} | {n: peer(n) for n, p in peers.items() if len(p) == 4}, sizes.reps,
-                      sizes.warmup)
-    tok = cfg.n_steps * cfg.batch_size
-    common = (f"layer {layer} mlp.up_proj, topk k={cfg.k}, d_sae={cfg.d_sae(d_in)}, batch {cfg.batch_size}, "
-              f"{tok} training tokens ({len(texts)} texts, mean {mean_len:.0f} tokens); LLM batch: ours "
-              f"{cfg.collect_batch_size} texts, peer {store_prompts} windows of {cfg.context_length}; ours spends "
-              f"{statistics.median(collect_s[-sizes.reps:]) / statistics.median(times['ours']):.0%} collecting; ")
-    return [_row(n, [tok / t for t in times["ours"]], [tok / t for t in times[n]], unit="tokens/s",
-                 ratio_def="ours/peer", goal=">=2", notes=common + p[-1]) if n in times else
-            PerfRow(n, p[0], unit="tokens/s", ratio_def="ours/peer", goal=">=2") for n, p in peers.items()]
 
 
 def _optimizer_step(trainer, batch) -> None:

@@ -14,12 +14,10 @@ self-contained apart from the PNGs, which both reference relatively (``figures/<
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import numbers
 import os
-import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from bench import figures as F
+from bench.render import Block, Bullets, Heading, Image, Para, Table, to_html, to_markdown
 from bench.store import read_json
 
 log = logging.getLogger(__name__)
@@ -141,90 +140,6 @@ def render_figures(res: Results) -> dict[str, str | None]:
     return out
 
 
-# ----- document model: one list of blocks, rendered to Markdown and to HTML ------------------------
-@dataclass(frozen=True)
-class Heading:
-    level: int
-    text: str
-
-
-@dataclass(frozen=True)
-class Para:
-    text: str
-    """Inline markup: `code` and **bold** only."""
-
-
-@dataclass(frozen=True)
-class Bullets:
-    items: list[str]
-
-
-@dataclass(frozen=True)
-class Table:
-    header: list[str]
-    rows: list[list[str]]
-
-
-@dataclass(frozen=True)
-class Image:
-    src: str
-    alt: str
-
-
-Block = Heading | Para | Bullets | Table | Image
-
-
-def to_markdown(blocks: list[Block]) -> str:
-    out = []
-    for b in blocks:
-        match b:
-            case Heading(level, text):
-                out.append(f"{'#' * level} {text}")
-            case Para(text):
-                out.append(text)
-            case Bullets(items):
-                out.append("\n".join(f"- {i}" for i in items))
-            case Table(header, rows):
-                cell = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-                lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
-                out.append("\n".join(lines + ["| " + " | ".join(map(cell, r)) + " |" for r in rows]))
-            case Image(src, alt):
-                out.append(f"![{alt}]({src})")
-    return "\n\n".join(out) + "\n"
-
-
-def _inline(text: str) -> str:
-    s = html.escape(text)
-    s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", s)
-
-
-_CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ccc;"
-        "padding:.25em .6em;text-align:left}th{background:#f3f3f3}img{max-width:100%;height:auto}"
-        "code{background:#f3f3f3;padding:0 .2em}")
-
-
-def to_html(blocks: list[Block], title: str) -> str:
-    body = []
-    for b in blocks:
-        match b:
-            case Heading(level, text):
-                body.append(f"<h{level}>{_inline(text)}</h{level}>")
-            case Para(text):
-                body.append(f"<p>{_inline(text)}</p>")
-            case Bullets(items):
-                body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in items) + "</ul>")
-            case Table(header, rows):
-                head = "".join(f"<th>{_inline(str(h))}</th>" for h in header)
-                trs = "".join("<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>")
-            case Image(src, alt):
-                body.append(f'<img src="{html.escape(src)}" alt="{html.escape(alt)}">')
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-
-
 # ----- sections -----------------------------------------------------------------------------------
 def fmt(v: Any) -> str:
     """A number rounded for reading (3 decimals, 1 from 100 up; integers as they are); '–' if missing."""
@@ -280,6 +195,7 @@ def leaderboard_section(res: Results) -> list[Block]:
     for title, cols in (("Alignment", ALIGN_COLS), ("Monosemanticity (hook layer) and SAE", MONO_COLS)):
         if (t := _metric_table(res, cols)) is not None:
             blocks += [Heading(3, title), t]
+    blocks += paired_section(res)
     ids = _id_cols(res) + ["seed"]
     rows = [[str(r[c]) for c in ids] + [f"`{r['config_hash']}`", str(r["monobench_version"])]
             for _, r in _sorted(res.board).iterrows()]
@@ -287,6 +203,29 @@ def leaderboard_section(res: Results) -> list[Block]:
                Para("Every metric of every row is in `leaderboard.csv`; per-layer values are in `metrics.csv`."),
                Table(ids + ["config_hash", "monobench_version"], rows)]
     return blocks
+
+
+PAIRED_COLS = ("align_score", "pref_acc", "reward_margin", "decorrelation", "decorrelation_mean",
+               "sae_explained_variance", "sae_frac_interpretable", "sae_frac_decorrelated", "sae_frac_interp_decor")
+
+
+def paired_section(res: Results) -> list[Block]:
+    """DecPO − DPO paired by seed (``bench.leaderboard.paired_differences``); nothing with < 2 seeds."""
+    from bench.leaderboard import paired_differences
+
+    diffs = paired_differences(res.board, list(PAIRED_COLS))
+    if diffs is None:
+        return []
+    rows = [([str(r["model"])] if res.board["model"].nunique() > 1 else []) +
+            [str(r["task"]), str(r["metric"]), str(r["n_seeds"]), f"{fmt(r['diff'])} ± {fmt(r['diff_ci95'])}",
+             "**yes**" if r["ci_excludes_0"] else "no"] for _, r in diffs.iterrows()]
+    head = (["model"] if res.board["model"].nunique() > 1 else []) + [
+        "task", "metric", "n_seeds", "DecPO − DPO (mean ± 95 % CI)", "CI excludes 0"]
+    return [Heading(3, "DecPO − DPO, paired by seed"),
+            Para("Per seed both methods train on the same data from the same initialisation, so their "
+                 "difference d_s is paired; shown is the mean of d_s ± the 95 % t half-width. Only rows "
+                 "whose interval excludes 0 are differences beyond seed noise (no multiple-comparison "
+                 "correction)."), Table(head, rows)]
 
 
 def figures_section(drawn: dict[str, str | None]) -> list[Block]:

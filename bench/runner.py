@@ -15,7 +15,9 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +25,10 @@ from typing import Any
 
 import torch
 
-from bench import __version__
+from bench import __version__, dist
 from bench.config import SuiteConfig
 from bench.store import Store, read_json, stable_hash, write_json
+from tasks._base import PROXY_INPUTS, proxy_pairs, sae_token_texts
 
 log = logging.getLogger(__name__)
 
@@ -174,14 +177,29 @@ class Runner:
 
     # ----- stages -------------------------------------------------------------------------------
     def run_job(self, plan: Plan) -> dict[str, bool]:
-        """Run the job's missing stages; returns stage → whether it was computed (False = reused)."""
+        """Run the job's missing stages; returns stage → whether it was computed (False = reused).
+
+        Under a multi-process launcher (``bench/dist.py``) rank 0 decides which stages are missing; every
+        rank trains, and only rank 0 computes the other stages and writes to the store.
+        """
         computed: dict[str, bool] = {}
         for name, (key, spec) in plan.stages.items():
-            if self._complete(name, key) and not (self.force and key not in self.store.built):
+            needed = not (self._complete(name, key) and not (self.force and key not in self.store.built))
+            if not dist.main_decides(needed):
                 self.store.reused.append(key)
                 computed[name] = False
                 continue
             if key in self.store.built:  # shared stage (e.g. data) already rebuilt in this run
+                computed[name] = False
+                continue
+            if not dist.is_main():  # rank > 0: take part in training, write nothing
+                if name == "train":
+                    self.store.tmp.mkdir(parents=True, exist_ok=True)
+                    scratch = Path(tempfile.mkdtemp(prefix=f"{key}.{os.getpid()}.", dir=self.store.tmp))
+                    try:
+                        self._stage_train(plan, scratch)
+                    finally:
+                        shutil.rmtree(scratch, ignore_errors=True)
                 computed[name] = False
                 continue
             t0 = time.time()
@@ -239,6 +257,9 @@ class Runner:
                            proxy_pairs=proxy_pairs(data, self.suite.proxies.n_texts), progress=self.progress)
         shutil.rmtree(work / "trainer", ignore_errors=True)
         save_policy(res.policy, work / "policy")
+        cfg = self.suite.methods[plan.job.method]
+        write_json(work / "train.json", {"processes": dist.world_size(), "global_batch_size": cfg.batch_size,
+                                         "per_process_batch_size": cfg.batch_size // dist.world_size()})
         pd.DataFrame(res.curves).to_csv(work / "curves.csv", index=False)
         write_json(work / "metrics.json", records({"train_steps": res.steps, "train_seconds": res.seconds}))
         self._policy_cache = None
@@ -312,30 +333,6 @@ class Runner:
                                                   sae=self.suite.sae.architecture))
 
 
-PROXY_INPUTS = "heldout-prompt+chosen/last-token"
-"""What the neuron proxies read (part of the proxies and train stage keys, so changing it recomputes)."""
-
-
-def proxy_pairs(data, n: int) -> list:
-    """The proxies' N held-out texts (SPEC §4): the first ``n`` held-out pairs, each read as its prompt
-    (formatted as in training) followed by its chosen reply; z_i is taken at the reply's last token,
-    the position DecPO regularises in training sequences. Never trained on (held-out split).
-    """
-    return list(data.eval_pairs[:n])
-
-
-def sae_token_texts(data) -> list[str]:
-    """The task's token set for SAEs, deduplicated in a fixed order: prompt+chosen and prompt+rejected of
-    the train pairs, the held-out prompts, then the concept texts.
-
-    The same texts for every method of a task, so SAEs differ only by the model that reads them.
-    """
-    texts = [f"{p.prompt}\n{p.chosen}" for p in data.train_pairs]
-    texts += [f"{p.prompt}\n{p.rejected}" for p in data.train_pairs]
-    texts += list(data.eval_prompts) + list(data.concept_texts)
-    return list(dict.fromkeys(t for t in texts if t.strip()))
-
-
 @dataclass
 class RunSummary:
     out: Path
@@ -361,6 +358,10 @@ def run_suite(suite: SuiteConfig, out: Path, *, seeds: list[int] | None = None, 
     from bench.manifest import write_manifest
 
     start = time.time()
+    if not dry_run:
+        dist.init(device)
+    main = dist.is_main()
+    echo = echo if main else (lambda *_: None)
     store = Store(out)
     runner = Runner(suite, store, device=device, force=force, progress=progress)
     jobs = select_shard(expand_jobs(suite, seeds), shard)
@@ -369,13 +370,16 @@ def run_suite(suite: SuiteConfig, out: Path, *, seeds: list[int] | None = None, 
         for line in dry_run_lines(suite, store, plans):
             echo(line)
         return RunSummary(out, plans, {}, 0.0)
-    store.clean_tmp()
+    if main:
+        store.clean_tmp()
     computed: dict[str, dict[str, bool]] = {}
     from tqdm.auto import tqdm
 
-    for plan in tqdm(plans, desc=f"suite {suite.name}", disable=not progress, unit="job"):
+    for plan in tqdm(plans, desc=f"suite {suite.name}", disable=not (progress and main), unit="job"):
         t0 = time.time()
         computed[plan.job.id] = runner.run_job(plan)
+        if not main:
+            continue
         store.write_job(plan.job.id, {
             "job": plan.job.id, "suite": suite.name, "model": suite.model.id, "task": plan.job.task,
             "method": plan.job.method, "seed": plan.job.seed, "hook_layer": plan.hook_layer,
@@ -387,6 +391,8 @@ def run_suite(suite: SuiteConfig, out: Path, *, seeds: list[int] | None = None, 
         built = [n for n, c in computed[plan.job.id].items() if c]
         echo(f"{plan.job.id}: {len(built)} stage(s) built{' (' + ', '.join(built) + ')' if built else ''}, "
              f"{len(plan.stages) - len(built)} reused, {time.time() - t0:.1f}s")
+    if not main:
+        return RunSummary(out, plans, computed, time.time() - start)
     write_manifest(out, suite, suite_file, device=device, seeds=seeds or suite.seeds, shard=shard,
                    runner=runner)
     write_leaderboard(out)

@@ -69,7 +69,7 @@ def run_sweep(suite, *, tasks: list[str] | None = None, lambdas: list[float], la
     """Run the sweep; writes ``out/sweep.csv`` (after every run, so a cut-off sweep keeps its rows) and
     ``out/curves.csv`` (every curve row of every run); returns the table."""
     from bench.align import METHODS, train_policy
-    from bench.runner import proxy_pairs
+    from tasks._base import proxy_pairs
 
     tasks = tasks or list(suite.tasks)
     unknown = [t for t in tasks if t not in suite.tasks]
@@ -121,3 +121,22 @@ def format_table(df: pd.DataFrame) -> str:
     cols = ["task", "lambda", "layer", "end_pref_acc", "end_reward_margin", "start_decorrelation",
             "end_decorrelation", "decorrelation_vs_dpo", "start_decor_loss", "end_decor_loss", "decor_loss_vs_dpo"]
     return df[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
+def sweep_decpo(model: torch.nn.Module, tokenizer, train_pairs: list, eval_pairs: list, out_dir: Path,
+                lambdas: list[float], layers: list[int | float], seed: int = 0, base_cfg=None,
+                **kw) -> list[dict[str, float]]:
+    """Train DecPO for every (λ, layer) on given pairs (no suite, no store) and return one row per run:
+    its last curve row plus λ, layer and the step-0 DecPO term. ``base_cfg``: a ``DecPOMethodConfig``."""
+    from bench.align import DecPOMethodConfig, train_policy
+
+    base_cfg = base_cfg or DecPOMethodConfig()
+    rows = []
+    for lam in lambdas:
+        for lay in layers:
+            cfg = DecPOMethodConfig.model_validate(base_cfg.model_dump() | {"lam": lam, "layer": lay})
+            res = train_policy("decpo", cfg, model, tokenizer, train_pairs, eval_pairs,
+                               Path(out_dir) / f"lam{lam:g}_layer{lay}", seed, **kw)
+            rows.append({"lambda": lam, "layer": res.layer, **res.curves[-1],
+                         "start/eval_decpo_term": res.curves[0]["eval/decpo_term"]})
+    return rows

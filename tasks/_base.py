@@ -136,3 +136,27 @@ def preference_metrics(policy, tokenizer, pairs: list[Pair], *, beta: float = 0.
     lens_l = torch.tensor([max(1, len(tokenizer(p.rejected, add_special_tokens=False)["input_ids"])) for p in pairs])
     return {"pref_acc": float(acc.mean()), "reward_margin": float(margin.mean()),
             "logp_chosen": float((pol_w / lens_w).mean()), "logp_rejected": float((pol_l / lens_l).mean())}
+
+
+PROXY_INPUTS = "heldout-prompt+chosen/last-token"
+"""What the neuron proxies read (part of the proxies and train stage keys, so changing it recomputes)."""
+
+
+def proxy_pairs(data: TaskData, n: int) -> list[Pair]:
+    """The proxies' N held-out texts (SPEC §4): the first ``n`` held-out pairs, each read as its prompt
+    (formatted as in training) followed by its chosen reply; z_i is taken at the reply's last token,
+    the position DecPO regularises in training sequences. Never trained on (held-out split).
+    """
+    return list(data.eval_pairs[:n])
+
+
+def sae_token_texts(data: TaskData) -> list[str]:
+    """The task's token set for SAEs, deduplicated in a fixed order: prompt+chosen and prompt+rejected of
+    the train pairs, the held-out prompts, then the concept texts.
+
+    The same texts for every method of a task, so SAEs differ only by the model that reads them.
+    """
+    texts = [f"{p.prompt}\n{p.chosen}" for p in data.train_pairs]
+    texts += [f"{p.prompt}\n{p.rejected}" for p in data.train_pairs]
+    texts += list(data.eval_prompts) + list(data.concept_texts)
+    return list(dict.fromkeys(t for t in texts if t.strip()))

@@ -7,8 +7,9 @@ import torch
 from pydantic import ValidationError
 
 from bench.align import (METHODS, DecPOMethodConfig, fit_prompt, load_policy, lora_targets, make_trainer,
-                         save_policy, sweep_decpo, train_policy)
+                         save_policy, train_policy)
 from bench.lm import format_prompt
+from bench.sweep import sweep_decpo
 from tasks._base import Pair, preference_metrics
 
 @pytest.fixture(autouse=True, scope="module")

@@ -165,3 +165,25 @@ def test_markdown_and_html_escape_cells():
     assert "a\\|b" in to_markdown(blocks) and "1 \\| 2" in to_markdown(blocks)
     page = to_html(blocks, "t")
     assert "&lt;c&gt;" in page and "<code>x</code>" in page and "1 | 2" in page
+
+
+def test_paired_differences_by_seed_against_hand_values():
+    from bench.leaderboard import paired_differences
+
+    # d = decpo − dpo per seed = [0.2, 0.25, 0.3]: mean 0.25, sd 0.05, half-width t(0.975, 2) · 0.05 / √3 = 0.124
+    board = pd.DataFrame({"model": "m", "task": "t", "seed": [0, 1, 2] * 2,
+                          "method": ["dpo"] * 3 + ["decpo"] * 3,
+                          "x": [1.0, 5.0, 9.0, 1.2, 5.25, 9.3], "y": [0.0, 1.0, 2.0, 1.0, 0.0, 2.0]})
+    d = paired_differences(board, ["x", "y", "missing"]).set_index("metric")
+    assert d.loc["x", "diff"] == pytest.approx(0.25) and d.loc["x", "n_seeds"] == 3
+    assert d.loc["x", "diff_ci95"] == pytest.approx(4.302653 * 0.05 / 3 ** 0.5, rel=1e-5)
+    assert bool(d.loc["x", "ci_excludes_0"])   # unpaired, the seed spread (sd 4) would swamp 0.25
+    assert d.loc["y", "diff"] == pytest.approx(0.0) and not d.loc["y", "ci_excludes_0"]
+    assert "missing" not in d.index
+    assert paired_differences(board[board.seed == 0], ["x"]) is None  # one seed: no interval
+
+
+def test_report_has_the_paired_table_with_several_seeds(tmp_path):
+    make_results(tmp_path, top_tokens=False)
+    md = write_report(tmp_path).read_text()
+    assert "DecPO − DPO, paired by seed" in md and "CI excludes 0" in md
