@@ -184,7 +184,7 @@ class Runner:
         """
         computed: dict[str, bool] = {}
         for name, (key, spec) in plan.stages.items():
-            needed = not (self._complete(name, key) and not (self.force and key not in self.store.built))
+            needed = not self._complete(name, key) or (self.force and key not in self.store.built)
             if not dist.main_decides(needed):
                 self.store.reused.append(key)
                 computed[name] = False
@@ -195,11 +195,8 @@ class Runner:
             if not dist.is_main():  # rank > 0: take part in training, write nothing
                 if name == "train":
                     self.store.tmp.mkdir(parents=True, exist_ok=True)
-                    scratch = Path(tempfile.mkdtemp(prefix=f"{key}.{os.getpid()}.", dir=self.store.tmp))
-                    try:
-                        self._stage_train(plan, scratch)
-                    finally:
-                        shutil.rmtree(scratch, ignore_errors=True)
+                    with tempfile.TemporaryDirectory(prefix=f"{key}.{os.getpid()}.", dir=self.store.tmp) as scratch:
+                        self._stage_train(plan, Path(scratch))
                 computed[name] = False
                 continue
             t0 = time.time()
