@@ -16,6 +16,10 @@ import torch
 from torch import nn
 
 
+class StopForward(Exception):
+    """Raised by a forward hook once everything a caller reads has been computed, to skip the rest."""
+
+
 def format_prompt(tokenizer, prompt: str, use_chat_template: bool = True) -> str:
     """The text the model sees before its reply: chat template (with generation prompt) if available."""
     if use_chat_template and getattr(tokenizer, "chat_template", None):
@@ -139,7 +143,7 @@ def response_logprobs(model, tokenizer, prompts: Sequence[str], responses: Seque
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(prompts), batch_size):
-        ids, labels = [], []
+        ids, labels, n_resps = [], [], []
         for p, r in zip(prompts[start:start + batch_size], responses[start:start + batch_size]):
             p_ids = tokenizer(format_prompt(tokenizer, p, use_chat_template), add_special_tokens=False)["input_ids"]
             r_ids = tokenizer(r, add_special_tokens=False)["input_ids"]
@@ -148,14 +152,19 @@ def response_logprobs(model, tokenizer, prompts: Sequence[str], responses: Seque
             seq = (p_ids + r_ids)[-max_length:]
             n_resp = min(len(r_ids), len(seq) - 1)
             ids.append(seq)
+            n_resps.append(n_resp)
             labels.append([-100] * (len(seq) - n_resp) + seq[len(seq) - n_resp:])
-        width = max(map(len, ids))
-        pad = tokenizer.pad_token_id
-        input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in ids], device=device)
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in ids], device=device)
-        lab = torch.tensor([s + [-100] * (width - len(s)) for s in labels], device=device)
-        logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
-        tgt = lab[:, 1:]
+        # Left padding puts every response at the right edge, so the LM head runs only on the last K
+        # positions (K = longest response + 1) instead of on the whole prompt: the same sums, without
+        # the (batch, seq, vocab) logits of the prompt tokens.
+        width, pad = max(map(len, ids)), tokenizer.pad_token_id
+        keep = max(n_resps) + 1
+        input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in ids], device=device)
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in ids], device=device)
+        lab = torch.tensor([[-100] * (width - len(s)) + s for s in labels], device=device)
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                       logits_to_keep=keep).logits[:, :-1].float()
+        tgt = lab[:, width - keep + 1:]
         valid = tgt != -100
         lp = torch.log_softmax(logits, -1).gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         tot = (lp * valid).sum(1)

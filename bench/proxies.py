@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from bench.lm import format_prompt, hook_module, last_token_index
+from bench.lm import StopForward, format_prompt, hook_module, last_token_index
 
 PROXY_NAMES = ("decorrelation", "act_variance", "mono_scale", "decor_loss")
 
@@ -114,9 +114,13 @@ def collect_last_token(model, tokenizer, texts: Sequence[str], layers: Sequence[
     store: dict[int, list[Tensor]] = {l: [] for l in layers}
     current: dict[str, Tensor] = {}
 
+    last_layer = max(layers)
+
     def make_hook(layer: int):
         def fn(_mod, _inp, out):
             store[layer].append(out[torch.arange(out.shape[0]), current["last"]].float().cpu())
+            if layer == last_layer:  # nothing later is read: skip the rest of the model and its LM head
+                raise StopForward
         return fn
 
     handles = [hook_module(model, l, hook).register_forward_hook(make_hook(l)) for l in layers]
@@ -130,7 +134,10 @@ def collect_last_token(model, tokenizer, texts: Sequence[str], layers: Sequence[
             enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length,
                             add_special_tokens=False).to(device)
             current["last"] = last_token_index(enc["attention_mask"])
-            model(**enc)
+            try:
+                model(**enc, use_cache=False)
+            except StopForward:
+                pass
     finally:
         tokenizer.padding_side, tokenizer.truncation_side = old_side, old_trunc
         for h in handles:

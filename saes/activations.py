@@ -41,15 +41,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.lm import _unwrap, format_prompt, hook_module
+from bench.lm import StopForward, _unwrap, format_prompt, hook_module
 
 log = logging.getLogger(__name__)
 
 STORE_VERSION = 1
-
-
-class _StopForward(Exception):
-    """Raised by the capture hook once the hooked module has produced its output."""
 
 
 class NonFiniteActivationsError(ValueError):
@@ -78,12 +74,12 @@ def hooked_activations(model: nn.Module, input_ids: torch.Tensor, attention_mask
 
     def capture(_mod, _inp, out):
         box["out"] = _first_tensor(out)
-        raise _StopForward
+        raise StopForward
 
     handle = module.register_forward_hook(capture)
     try:
         model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    except _StopForward:
+    except StopForward:
         pass
     finally:
         handle.remove()

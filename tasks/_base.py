@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
+from torch import Tensor
 
 from bench.lm import response_logprobs
 
@@ -105,29 +106,41 @@ def register(name: str) -> Callable[[type[Task]], type[Task]]:
     return add
 
 
+def pair_logprobs(model, tokenizer, pairs: list[Pair], *, batch_size: int = 16,
+                  use_chat_template: bool = True) -> tuple[Tensor, Tensor]:
+    """(log π(y_w | x), log π(y_l | x)) per pair, in nats (``bench.lm.response_logprobs``)."""
+    prompts = [p.prompt for p in pairs]
+    kw = dict(batch_size=batch_size, use_chat_template=use_chat_template)
+    return (response_logprobs(model, tokenizer, prompts, [p.chosen for p in pairs], **kw),
+            response_logprobs(model, tokenizer, prompts, [p.rejected for p in pairs], **kw))
+
+
 def preference_metrics(policy, tokenizer, pairs: list[Pair], *, beta: float = 0.1, reference=None,
-                       batch_size: int = 16, use_chat_template: bool = True) -> dict[str, float]:
+                       reference_logps: tuple[Tensor, Tensor] | None = None, batch_size: int = 16,
+                       use_chat_template: bool = True) -> dict[str, float]:
     """Held-out DPO implicit-reward metrics of ``policy`` against ``reference``.
 
     r(x, y) = β · (log π(y|x) − log π_ref(y|x)); m_i = r(x_i, y_w,i) − r(x_i, y_l,i).
     ``reward_margin`` = mean_i m_i (nats × β); ``pref_acc`` = mean_i [1{m_i > 0} + ½·1{m_i = 0}],
     so a policy identical to its reference (the ``base`` row) scores 0.5 and margin 0.
-    ``reference=None`` means: the PEFT adapter-disabled policy if it has adapters, else the policy
-    itself. Also reports ``logp_chosen``/``logp_rejected`` (mean per-token log-prob under the policy).
+    The reference's log-probs are ``reference_logps`` (``pair_logprobs`` of the reference, computed
+    once and shared by the methods of a task) if given, else those of ``reference``, else of the PEFT
+    adapter-disabled policy if it has adapters, else the policy itself. Also reports
+    ``logp_chosen``/``logp_rejected`` (mean per-token log-prob under the policy).
     """
     if not pairs:
         raise ValueError("preference_metrics needs at least one held-out pair")
-    prompts = [p.prompt for p in pairs]
     kw = dict(batch_size=batch_size, use_chat_template=use_chat_template)
-    pol_w = response_logprobs(policy, tokenizer, prompts, [p.chosen for p in pairs], **kw)
-    pol_l = response_logprobs(policy, tokenizer, prompts, [p.rejected for p in pairs], **kw)
-    if reference is not None:
-        ref_w = response_logprobs(reference, tokenizer, prompts, [p.chosen for p in pairs], **kw)
-        ref_l = response_logprobs(reference, tokenizer, prompts, [p.rejected for p in pairs], **kw)
+    pol_w, pol_l = pair_logprobs(policy, tokenizer, pairs, **kw)
+    if reference_logps is not None:
+        ref_w, ref_l = reference_logps
+        if len(ref_w) != len(pairs) or len(ref_l) != len(pairs):
+            raise ValueError(f"reference_logps hold {len(ref_w)}/{len(ref_l)} values for {len(pairs)} pairs")
+    elif reference is not None:
+        ref_w, ref_l = pair_logprobs(reference, tokenizer, pairs, **kw)
     elif hasattr(policy, "disable_adapter"):
         with policy.disable_adapter():
-            ref_w = response_logprobs(policy, tokenizer, prompts, [p.chosen for p in pairs], **kw)
-            ref_l = response_logprobs(policy, tokenizer, prompts, [p.rejected for p in pairs], **kw)
+            ref_w, ref_l = pair_logprobs(policy, tokenizer, pairs, **kw)
     else:
         ref_w, ref_l = pol_w, pol_l
     margin = beta * ((pol_w - ref_w) - (pol_l - ref_l))

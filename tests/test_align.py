@@ -10,7 +10,7 @@ from bench.align import (METHODS, DecPOMethodConfig, fit_prompt, load_policy, lo
                          save_policy, train_policy)
 from bench.lm import format_prompt
 from bench.sweep import sweep_decpo
-from tasks._base import Pair, preference_metrics
+from tasks._base import Pair, pair_logprobs, preference_metrics
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -137,6 +137,15 @@ def test_dpo_learns_the_easy_preference_and_is_deterministic(tiny_lm, tmp_path):
     assert all(torch.equal(s0[n], s1[n]) for n in s0), "same seed must give the same adapter"
     assert runs[0].curves == runs[1].curves
     assert not hasattr(model, "peft_config"), "copy_model=True must leave the input model unwrapped"
+    # what the runner evaluates: the adapter merged into the weights, against the base model's shared
+    # log-probs, gives the adapter-disabled numbers up to float rounding
+    merged = copy.deepcopy(runs[0].policy).merge_and_unload()
+    ref = pair_logprobs(model, tok, HELD_OUT, use_chat_template=False)
+    fast = preference_metrics(merged, tok, HELD_OUT, reference_logps=ref, use_chat_template=False)
+    assert not hasattr(merged, "disable_adapter")
+    assert fast == pytest.approx(after, abs=1e-5)
+    with pytest.raises(ValueError, match="for 3 pairs"):
+        preference_metrics(merged, tok, HELD_OUT[:3], reference_logps=ref, use_chat_template=False)
 
 
 @pytest.mark.parametrize("method", [m for m in TRAINED if m != "dpo"])

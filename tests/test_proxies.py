@@ -123,3 +123,15 @@ def test_effective_weight_includes_lora(tiny_lm):
     layer = peft.base_model.model.model.layers[0].mlp.up_proj
     expected = base_w + layer.get_delta_weight("default")
     torch.testing.assert_close(P.effective_weight(layer), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_collection_stops_before_the_lm_head(tiny_lm):
+    """Only hooked layers are read, so the forward stops after the last one: the LM head never runs."""
+    model, tok = tiny_lm
+    calls = []
+    handle = model.lm_head.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        zs = P.collect_last_token(model, tok, ["hello there", "x"], [0, 1], batch_size=2)
+    finally:
+        handle.remove()
+    assert calls == [] and zs[1].shape == (2, model.config.intermediate_size)
