@@ -29,9 +29,9 @@ from torch import Tensor, nn
 from transformers import TrainerCallback
 from trl import DPOTrainer
 
-from bench.lm import hook_module, last_token_index, response_logprobs
+from bench.lm import hook_module, last_token_index
 from bench.proxies import collect_last_token, layer_proxies
-from tasks._base import Pair
+from tasks._base import Pair, pair_logprobs
 
 
 @jaxtyped(typechecker=beartype)
@@ -183,9 +183,7 @@ class CurveCallback(TrainerCallback):
         return [self.rows[s] for s in sorted(self.rows)]
 
     def _logps(self, model: nn.Module, pairs: list[Pair]) -> tuple[Tensor, Tensor]:
-        prompts, kw = [p.prompt for p in pairs], dict(use_chat_template=self.use_chat_template)
-        return (response_logprobs(model, self.tokenizer, prompts, [p.chosen for p in pairs], **kw),
-                response_logprobs(model, self.tokenizer, prompts, [p.rejected for p in pairs], **kw))
+        return pair_logprobs(model, self.tokenizer, pairs, use_chat_template=self.use_chat_template)
 
     def _pref(self, split: str, pol: tuple[Tensor, Tensor]) -> dict[str, float]:
         (w, l), (w_ref, l_ref), pairs = pol, self._ref[split], self.pairs[split]
