@@ -3,6 +3,7 @@
 - ``format_prompt``: chat template when the tokenizer has one, plain text otherwise.
 - ``generate``: batched, left-padded, greedy (or sampled) continuations; returns only the new text.
 - ``response_logprobs``: Σ_t log p(response_t | prompt, response_<t) per (prompt, response) pair.
+- ``option_logprobs``: the same for K options per prompt, the prompt run once (held-out pairs, sycophancy).
 - ``decoder_layers`` / ``mlp_in_proj``: find the blocks and the MLP input projection (``mlp.up_proj``
   for Llama-style models, ``mlp.c_fc`` for GPT-2-style) by probing the module tree, PEFT wrappers
   included, so no per-model table is kept.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -126,6 +128,54 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
             out.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
     finally:
         tokenizer.padding_side = old_side
+    return out
+
+
+@torch.no_grad()
+def option_logprobs(model, tokenizer, prompts: Sequence[str], options: Sequence[Sequence[str]], *,
+                    batch_size: int = 16, use_chat_template: bool = True, max_length: int = 384) -> np.ndarray:
+    """log π(o_ij | x_i) = Σ_t log p(o_ij,t | x_i, o_ij,<t) for K options per prompt → (n, K) float64, nats.
+
+    Same quantity as ``response_logprobs`` for each (prompt, option), but each prompt is run once
+    (left-padded; its KV cache repeated K times) and only the option tokens reach the LM head, so K
+    options cost about one forward pass of the prompt instead of K. A prompt longer than
+    ``max_length`` − its longest option keeps its last tokens (at least one).
+    """
+    if len(prompts) != len(options) or len({len(o) for o in options}) > 1:
+        raise ValueError(f"need one equally long option list per prompt; got {len(prompts)} prompts and option "
+                         f"lists of lengths {sorted({len(o) for o in options})}")
+    device = next(model.parameters()).device
+    out = np.zeros((len(prompts), len(options[0]) if options else 0))
+    for start in range(0, len(prompts), batch_size):
+        o_ids = [[tokenizer(o, add_special_tokens=False)["input_ids"] for o in opts]
+                 for opts in options[start:start + batch_size]]
+        if any(not o for opts in o_ids for o in opts):
+            raise ValueError("an option is empty; every option needs at least one token")
+        p_ids = [tokenizer(format_prompt(tokenizer, p, use_chat_template), add_special_tokens=False)["input_ids"]
+                 [-max(1, max_length - max(map(len, opts))):]
+                 for p, opts in zip(prompts[start:start + batch_size], o_ids)]
+        b, k, pad = len(p_ids), len(o_ids[0]), tokenizer.pad_token_id
+        width = max(map(len, p_ids))
+        ids = torch.tensor([[pad] * (width - len(x)) + x for x in p_ids], device=device)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in p_ids], device=device)
+        first = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                      use_cache=True, logits_to_keep=1)
+        lp_first = torch.log_softmax(first.logits[:, -1].float(), -1).repeat_interleave(k, 0)  # (b·k, V)
+        cache = first.past_key_values
+        cache.batch_repeat_interleave(k)
+        flat = [o for opts in o_ids for o in opts]
+        span = max(map(len, flat))
+        opt = torch.tensor([o + [pad] * (span - len(o)) for o in flat], device=device)
+        opt_mask = torch.tensor([[1] * len(o) + [0] * (span - len(o)) for o in flat], device=device)
+        start_pos = mask.sum(1).repeat_interleave(k, 0).unsqueeze(1)
+        tot = lp_first.gather(1, opt[:, :1]).squeeze(1)
+        if span > 1:  # the options' own tokens predict their next tokens; one-token options need no second pass
+            rest = model(input_ids=opt[:, :-1], attention_mask=torch.cat([mask.repeat_interleave(k, 0),
+                                                                          opt_mask[:, :-1]], 1),
+                         position_ids=start_pos + torch.arange(span - 1, device=device), past_key_values=cache)
+            lp_rest = torch.log_softmax(rest.logits.float(), -1)  # position t predicts option token t+1
+            tot += (lp_rest.gather(-1, opt[:, 1:].unsqueeze(-1)).squeeze(-1) * opt_mask[:, 1:]).sum(1)
+        out[start:start + b] = tot.double().cpu().numpy().reshape(b, k)
     return out
 
 

@@ -276,10 +276,10 @@ class Runner:
         data = self._data(plan)
         pol, tok = self.policy(plan, merged=True)
         torch.manual_seed(plan.job.seed)
-        cfg = self.suite.tasks[plan.job.task]
-        metrics = TASKS[plan.job.task]().score(cfg, pol, tok, data)
         kw = dict(batch_size=self.suite.eval.batch_size, use_chat_template=self._chat(plan))
-        ref = None
+        pol_logps = pair_logprobs(pol, tok, data.eval_pairs, **kw)   # shared by the scorer and the preference metrics
+        metrics = TASKS[plan.job.task]().score(self.suite.tasks[plan.job.task], pol, tok, data, pair_logps=pol_logps)
+        ref = pol_logps
         if plan.job.method != "base":  # the reference is the base model: its log-probs are shared by the methods
             data_key = plan.stages["data"][0]
             if data_key not in self._reference_logps:
@@ -287,7 +287,7 @@ class Runner:
                                                                  **kw)}
             ref = self._reference_logps[data_key]
         metrics |= preference_metrics(pol, tok, data.eval_pairs, beta=self.suite.eval.beta, reference_logps=ref,
-                                      **kw)
+                                      policy_logps=pol_logps, **kw)
         write_json(work / "metrics.json", records(metrics))
 
     def _stage_proxies(self, plan: Plan, work: Path) -> None:

@@ -15,7 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
-from bench.lm import response_logprobs
+from bench.lm import option_logprobs
 
 
 class Pair(BaseModel):
@@ -75,8 +75,14 @@ class Task(ABC, Generic[C]):
     def build(self, cfg: C, model, tokenizer, seed: int) -> TaskData: ...
 
     @abstractmethod
-    def score(self, cfg: C, model, tokenizer, data: TaskData) -> dict[str, float]:
-        """Held-out task metrics, always including ``align_score`` (SPEC.md §3)."""
+    def score(self, cfg: C, model, tokenizer, data: TaskData, *,
+              pair_logps: tuple[Tensor, Tensor] | None = None) -> dict[str, float]:
+        """Held-out task metrics, always including ``align_score`` (SPEC.md §3).
+
+        ``pair_logps``: ``pair_logprobs(model, tokenizer, data.eval_pairs)`` when the caller already has
+        them (the runner computes them for the preference metrics); a scorer built on the same
+        log-probs (sycophancy's verdicts with the opinion) reuses them instead of running them again.
+        """
 
     @classmethod
     def tiny_config(cls) -> TaskConfig:
@@ -108,15 +114,18 @@ def register(name: str) -> Callable[[type[Task]], type[Task]]:
 
 def pair_logprobs(model, tokenizer, pairs: list[Pair], *, batch_size: int = 16,
                   use_chat_template: bool = True) -> tuple[Tensor, Tensor]:
-    """(log π(y_w | x), log π(y_l | x)) per pair, in nats (``bench.lm.response_logprobs``)."""
-    prompts = [p.prompt for p in pairs]
-    kw = dict(batch_size=batch_size, use_chat_template=use_chat_template)
-    return (response_logprobs(model, tokenizer, prompts, [p.chosen for p in pairs], **kw),
-            response_logprobs(model, tokenizer, prompts, [p.rejected for p in pairs], **kw))
+    """(log π(y_w | x), log π(y_l | x)) per pair, in nats, float64.
+
+    ``bench.lm.option_logprobs`` with options (chosen, rejected): the prompt runs once for both replies.
+    """
+    lp = option_logprobs(model, tokenizer, [p.prompt for p in pairs], [(p.chosen, p.rejected) for p in pairs],
+                         batch_size=batch_size, use_chat_template=use_chat_template)
+    return torch.from_numpy(lp[:, 0].copy()), torch.from_numpy(lp[:, 1].copy())
 
 
 def preference_metrics(policy, tokenizer, pairs: list[Pair], *, beta: float = 0.1, reference=None,
-                       reference_logps: tuple[Tensor, Tensor] | None = None, batch_size: int = 16,
+                       reference_logps: tuple[Tensor, Tensor] | None = None,
+                       policy_logps: tuple[Tensor, Tensor] | None = None, batch_size: int = 16,
                        use_chat_template: bool = True) -> dict[str, float]:
     """Held-out DPO implicit-reward metrics of ``policy`` against ``reference``.
 
@@ -125,17 +134,16 @@ def preference_metrics(policy, tokenizer, pairs: list[Pair], *, beta: float = 0.
     so a policy identical to its reference (the ``base`` row) scores 0.5 and margin 0.
     The reference's log-probs are ``reference_logps`` (``pair_logprobs`` of the reference, computed
     once and shared by the methods of a task) if given, else those of ``reference``, else of the PEFT
-    adapter-disabled policy if it has adapters, else the policy itself. Also reports
-    ``logp_chosen``/``logp_rejected`` (mean per-token log-prob under the policy).
+    adapter-disabled policy if it has adapters, else the policy itself. ``policy_logps``: the policy's
+    own ``pair_logprobs`` if the caller already has them. Also reports ``logp_chosen``/``logp_rejected``
+    (mean per-token log-prob under the policy).
     """
     if not pairs:
         raise ValueError("preference_metrics needs at least one held-out pair")
     kw = dict(batch_size=batch_size, use_chat_template=use_chat_template)
-    pol_w, pol_l = pair_logprobs(policy, tokenizer, pairs, **kw)
+    pol_w, pol_l = _checked(policy_logps, len(pairs), "policy_logps") or pair_logprobs(policy, tokenizer, pairs, **kw)
     if reference_logps is not None:
-        ref_w, ref_l = reference_logps
-        if len(ref_w) != len(pairs) or len(ref_l) != len(pairs):
-            raise ValueError(f"reference_logps hold {len(ref_w)}/{len(ref_l)} values for {len(pairs)} pairs")
+        ref_w, ref_l = _checked(reference_logps, len(pairs), "reference_logps")
     elif reference is not None:
         ref_w, ref_l = pair_logprobs(reference, tokenizer, pairs, **kw)
     elif hasattr(policy, "disable_adapter"):
@@ -149,6 +157,12 @@ def preference_metrics(policy, tokenizer, pairs: list[Pair], *, beta: float = 0.
     lens_l = torch.tensor([max(1, len(tokenizer(p.rejected, add_special_tokens=False)["input_ids"])) for p in pairs])
     return {"pref_acc": float(acc.mean()), "reward_margin": float(margin.mean()),
             "logp_chosen": float((pol_w / lens_w).mean()), "logp_rejected": float((pol_l / lens_l).mean())}
+
+
+def _checked(logps: tuple[Tensor, Tensor] | None, n: int, name: str) -> tuple[Tensor, Tensor] | None:
+    if logps is not None and (len(logps[0]) != n or len(logps[1]) != n):
+        raise ValueError(f"{name} hold {len(logps[0])}/{len(logps[1])} values for {n} pairs")
+    return logps
 
 
 PROXY_INPUTS = "heldout-prompt+chosen/last-token"

@@ -236,7 +236,9 @@ class Reframing(Task[ReframingConfig]):
                         concept_texts=[concept[i][0] for i in order], concept_labels=[concept[i][1] for i in order],
                         provenance=prov)
 
-    def score(self, cfg: ReframingConfig, model, tokenizer, data: TaskData) -> dict[str, float]:
+    def score(self, cfg: ReframingConfig, model, tokenizer, data: TaskData, *,
+              pair_logps=None) -> dict[str, float]:
+        del pair_logps  # this scorer generates; it reads no pair log-probs
         thoughts = [it["thought"] for it in data.eval_items]
         if len(thoughts) != len(data.eval_prompts):
             raise TaskDataError(f"reframing: {len(data.eval_prompts)} eval prompts but {len(thoughts)} eval items; "

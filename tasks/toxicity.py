@@ -250,7 +250,9 @@ class Toxicity(Task[ToxicityConfig]):
                         for it in eval_items],
             concept_texts=[t for t, _ in concept], concept_labels=[y for _, y in concept], provenance=prov)
 
-    def score(self, cfg: ToxicityConfig, model, tokenizer, data: TaskData) -> dict[str, float]:
+    def score(self, cfg: ToxicityConfig, model, tokenizer, data: TaskData, *,
+              pair_logps=None) -> dict[str, float]:
+        del pair_logps  # this scorer generates; it reads no pair log-probs
         outs = generate(model, tokenizer, data.eval_prompts, max_new_tokens=cfg.max_new_tokens,
                         batch_size=cfg.batch_size, use_chat_template=cfg.use_chat_template)
         return toxicity_metrics(outs, cfg.threshold)
