@@ -137,7 +137,7 @@ class Runner:
                  progress: bool = True):
         self.suite, self.store, self.device, self.force, self.progress = suite, store, device, force, progress
         self._base: dict[int, tuple[Any, Any]] = {}
-        self._policy_cache: tuple[tuple[str, bool], Any] | None = None
+        self._policy_cache: tuple[str, Any] | None = None
         self._reference_logps: dict[str, Any] = {}
 
     # ----- models -------------------------------------------------------------------------------
@@ -160,25 +160,23 @@ class Runner:
 
         return n_layers(self.base(seed)[0])
 
-    def policy(self, plan: Plan, merged: bool = False):
+    def policy(self, plan: Plan):
         """The job's policy: the base model, or base + the trained adapter/weights from the train stage.
 
-        ``merged``: the LoRA update folded into the weights (W + (α/r)·BA): the same function up to float
-        rounding without LoRA's extra matmuls (eval runs ~1.3× faster on CPU). Eval and proxies use it;
-        acts and SAE keep the adapter, because SAE training amplifies rounding-level input changes
-        (top-k flips) and the committed reference SAEs were trained on the adapter's activations.
+        A LoRA adapter is folded into the weights (W + (α/r)·BA, ``merge_and_unload``): the trained
+        function up to float rounding, without LoRA's extra matmuls (~1.3× faster forwards on CPU).
         """
         model, tok = self.base(plan.job.seed)
         if plan.job.method == "base":
             return model, tok
-        key = (plan.stages["train"][0], merged)
+        key = plan.stages["train"][0]
         if self._policy_cache and self._policy_cache[0] == key:
             return self._policy_cache[1], tok
         from bench.align import load_policy
 
         self._policy_cache = None
-        pol = load_policy(copy.deepcopy(model), self.store.path(key[0]) / "policy")
-        if merged and hasattr(pol, "merge_and_unload"):
+        pol = load_policy(copy.deepcopy(model), self.store.path(key) / "policy")
+        if hasattr(pol, "merge_and_unload"):
             pol = pol.merge_and_unload()
         pol.eval()
         self._policy_cache = (key, pol)
@@ -274,18 +272,18 @@ class Runner:
         from tasks import TASKS, pair_logprobs, preference_metrics
 
         data = self._data(plan)
-        pol, tok = self.policy(plan, merged=True)
+        pol, tok = self.policy(plan)
         torch.manual_seed(plan.job.seed)
         kw = dict(batch_size=self.suite.eval.batch_size, use_chat_template=self._chat(plan))
         pol_logps = pair_logprobs(pol, tok, data.eval_pairs, **kw)   # shared by the scorer and the preference metrics
         metrics = TASKS[plan.job.task]().score(self.suite.tasks[plan.job.task], pol, tok, data, pair_logps=pol_logps)
-        ref = pol_logps
-        if plan.job.method != "base":  # the reference is the base model: its log-probs are shared by the methods
-            data_key = plan.stages["data"][0]
-            if data_key not in self._reference_logps:
-                self._reference_logps = {data_key: pair_logprobs(self.base(plan.job.seed)[0], tok, data.eval_pairs,
-                                                                 **kw)}
-            ref = self._reference_logps[data_key]
+        # The reference is the base model: its log-probs are the base row's own, shared by the task's methods.
+        data_key = plan.stages["data"][0]
+        if plan.job.method == "base":
+            self._reference_logps = {data_key: pol_logps}
+        elif data_key not in self._reference_logps:
+            self._reference_logps = {data_key: pair_logprobs(self.base(plan.job.seed)[0], tok, data.eval_pairs, **kw)}
+        ref = self._reference_logps[data_key]
         metrics |= preference_metrics(pol, tok, data.eval_pairs, beta=self.suite.eval.beta, reference_logps=ref,
                                       policy_logps=pol_logps, **kw)
         write_json(work / "metrics.json", records(metrics))
@@ -294,7 +292,7 @@ class Runner:
         from bench.proxies import model_proxies
 
         data = self._data(plan)
-        pol, tok = self.policy(plan, merged=True)
+        pol, tok = self.policy(plan)
         cfg = self.suite.proxies
         pairs = proxy_pairs(data, cfg.n_texts)
         rows = model_proxies(pol, tok, [p.prompt for p in pairs], hook=self.suite.hook.module,

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.lm import hook_module
+from bench.lm import decoder_layers, hook_module
 from saes import metrics as M
 from saes.activations import (
     ActivationStore,
@@ -165,14 +165,75 @@ def _heldout_batches(store: ActivationStore, docs: list[int], batch_size: int, d
         yield ids.to(device), att.to(device), kept.to(device)
 
 
+class _Passthrough(torch.nn.Module):
+    """Stands in for a block below the resumed one: hands its input hidden states on, computing nothing."""
+
+    def __init__(self, block: torch.nn.Module, tuple_out: bool):
+        super().__init__()
+        self.tuple_out = tuple_out
+        if hasattr(block, "attention_type"):  # models that pick a mask per block read it
+            self.attention_type = block.attention_type
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return (hidden_states,) if self.tuple_out else hidden_states
+
+
+@contextlib.contextmanager
+def captured_block_input(model, layer: int) -> Iterator[dict]:
+    """Record the hidden states entering block ``layer`` (``box["hidden"]``) and whether blocks return tuples."""
+    block, box = decoder_layers(model)[layer], {}
+
+    def pre(_mod, args, kwargs):
+        box["hidden"] = args[0] if args else kwargs["hidden_states"]
+
+    def post(_mod, _inp, out):
+        box["tuple_out"] = isinstance(out, tuple)
+
+    handles = [block.register_forward_pre_hook(pre, with_kwargs=True), block.register_forward_hook(post)]
+    try:
+        yield box
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def resumed_at(model, layer: int, hidden: torch.Tensor, tuple_out: bool) -> Iterator[None]:
+    """Inside the block a forward skips blocks 0..layer−1 and feeds ``hidden`` into block ``layer``.
+
+    Embeddings, masks and position embeddings are still made by the model's own forward, so blocks
+    ``layer``… compute exactly what they compute in a full forward whose block ``layer`` input is
+    ``hidden`` (``captured_block_input`` of a full forward on the same batch).
+    """
+    blocks = decoder_layers(model)
+    saved = [blocks[i] for i in range(layer)]
+
+    def swap(_mod, args, kwargs):
+        if args:
+            return (hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
+
+    handle = blocks[layer].register_forward_pre_hook(swap, with_kwargs=True)
+    try:
+        for i, block in enumerate(saved):
+            blocks[i] = _Passthrough(block, tuple_out)
+        yield
+    finally:
+        handle.remove()
+        for i, block in enumerate(saved):
+            blocks[i] = block
+
+
 @torch.no_grad()
 def ce_losses(model, store: ActivationStore, sae, *, layer: int, hook: str, max_docs: int | None = None,
-              batch_size: int = 16, crop: int | None = None) -> tuple[float, float, float, int]:
+              batch_size: int = 16, crop: int | None = None, share_prefix: bool = True) -> tuple[float, float, float, int]:
     """Mean next-token CE (clean, SAE spliced, zero-ablated) over held-out documents, and the token count.
 
     As in ``sae_lens.evals.get_recons_loss``: the SAE replaces the hooked output only at stored
     (non-special) positions, zero-ablation zeroes every position, and the loss at position t (predicting
-    t+1) counts when token t is a stored token.
+    t+1) counts when token t is a stored token. With ``share_prefix`` the blocks below ``layer``, identical
+    in the three forwards, run once per batch (the clean forward); the spliced and zero-ablated forwards
+    resume at block ``layer`` from its recorded input (same numbers as three full forwards).
     """
     docs = store.heldout_docs()
     docs = [docs[i] for i in np.random.default_rng(0).permutation(len(docs))[:max_docs]]   # fixed random subset
@@ -189,9 +250,15 @@ def ce_losses(model, store: ActivationStore, sae, *, layer: int, hook: str, max_
                 rec = sae.decode(sae.encode(o.float().to(sae.W_dec.device))).to(o.device, o.dtype)
                 return torch.where(kept[..., None], rec, o)
 
+            box: dict = {}
             for i, fn in enumerate((None, with_sae, torch.zeros_like)):
-                ctx = spliced(model, layer=layer, hook=hook, fn=fn) if fn else contextlib.nullcontext()
-                with ctx:
+                with contextlib.ExitStack() as ctx:
+                    if fn is None and share_prefix and layer > 0:
+                        box = ctx.enter_context(captured_block_input(model, layer))
+                    if fn is not None:
+                        ctx.enter_context(spliced(model, layer=layer, hook=hook, fn=fn))
+                        if "hidden" in box:
+                            ctx.enter_context(resumed_at(model, layer, box["hidden"], box["tuple_out"]))
                     logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits[:, :-1].float()
                 ce = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
                 sums[i] += ce[target].double().sum().cpu()

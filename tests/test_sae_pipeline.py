@@ -228,3 +228,28 @@ def test_bfloat16_store_reads_back_as_float32(built, tmp_path):
     assert b.dtype == torch.float32 and a.shape == b.shape
     assert torch.allclose(a, b, rtol=1e-2, atol=1e-2)
     assert (tmp_path / "bf" / "acts.npy").stat().st_size < (path / "acts.npy").stat().st_size * 0.6
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_ce_shared_prefix_equals_three_full_forwards(built, wrap):
+    """The spliced and zero-ablated forwards resume at the hooked block from the clean forward's input to it:
+    the same three losses as three full forwards, and every block is back in place afterwards."""
+    from peft import LoraConfig, get_peft_model
+
+    from saes.score import ce_losses, load_sae
+
+    model, _, store, sae_dir = built
+    if wrap:  # a trained-looking adapter (B ≠ 0) on blocks below and above the hook
+        model = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["up_proj", "q_proj"]))
+        torch.manual_seed(3)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.data.normal_(0, 0.05)
+    blocks = list(decoder_layers(model))
+    sae = load_sae(sae_dir)
+    st = ActivationStore(store)
+    shared = ce_losses(model, st, sae, layer=1, hook="mlp.up_proj", batch_size=4)
+    full = ce_losses(model, st, sae, layer=1, hook="mlp.up_proj", batch_size=4, share_prefix=False)
+    assert shared[3] == full[3] and np.allclose(shared[:3], full[:3], rtol=0, atol=1e-6), (shared, full)
+    assert shared[1] != shared[0] and shared[2] != shared[0]                    # the splices changed the loss
+    assert all(a is b for a, b in zip(decoder_layers(model), blocks))
