@@ -141,7 +141,7 @@ def cmd_list(args) -> int:
         for name, cls in sorted(TASKS.items()):
             print(cls.describe(cls.config_cls()) if hasattr(cls, "describe") else name)
     elif args.what == "methods":
-        from bench.align import METHODS
+        from bench.methods import METHODS
 
         for name, cls in METHODS.items():
             print(f"{name:<7} {(cls.__doc__ or '').strip().partition(chr(10))[0]}")
@@ -167,7 +167,8 @@ def cmd_leaderboard(args) -> int:
 
 def cmd_data_show(args) -> int:
     from bench.config import load_suite
-    from bench.runner import Job, Runner, plan_job
+    from bench.plan import Job, plan_job
+    from bench.runner import Runner
     from bench.store import Store, read_json
 
     suite, _ = load_suite(args.suite)

@@ -94,7 +94,7 @@ class SuiteConfig(_Strict):
     def _typed_tables(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        from bench.align import METHODS
+        from bench.methods import METHODS
         from tasks import TASKS
 
         data = dict(data)

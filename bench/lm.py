@@ -103,10 +103,12 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 20, greedy: bool = True,
              temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 16, num_return_sequences: int = 1,
              use_chat_template: bool = True, max_prompt_tokens: int = 256, seed: int | None = None,
-             progress: bool = False) -> list[str]:
-    """Continuations of ``prompts`` (new text only, special tokens removed), in order.
+             progress: bool = False, lstrip: bool = True) -> list[str]:
+    """Continuations of ``prompts`` (new text only, special tokens removed, whitespace stripped), in order.
 
     With ``num_return_sequences`` = K > 1 the result has K entries per prompt, consecutively.
+    ``lstrip=False`` keeps the leading whitespace the model wrote: a raw-text continuation then joins
+    its prompt exactly as generated (" next words", or "s" when it continues the prompt's last word).
     """
     from tqdm.auto import tqdm
 
@@ -125,7 +127,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=num_return_sequences,
                                  pad_token_id=tokenizer.pad_token_id, **kw)
             new = gen[:, enc["input_ids"].shape[1]:]
-            out.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
+            out.extend(t.strip() if lstrip else t.rstrip()
+                       for t in tokenizer.batch_decode(new, skip_special_tokens=True))
     finally:
         tokenizer.padding_side = old_side
     return out

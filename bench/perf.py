@@ -100,7 +100,8 @@ def bench_decpo_step(model, tokenizer, pairs, layer: int, sizes: PerfSizes, devi
     Each trainer (own deep copy of ``model``) first runs ``warmup`` real ``train()`` steps, which also
     builds its optimizer and scheduler; then both step alternately on the same collated batch.
     """
-    from bench.align import DecPOMethodConfig, DPOMethodConfig, make_trainer
+    from bench.align import make_trainer
+    from bench.methods import DecPOMethodConfig, DPOMethodConfig
 
     common = dict(batch_size=len(pairs), max_steps=sizes.warmup, max_length=sizes.dpo_max_length,
                   max_prompt_length=sizes.dpo_max_prompt, warmup=0.0, eval_every=10**6)

@@ -42,7 +42,8 @@ def parse_layers(text: str) -> list[int | float]:
 
 def task_data(suite, store_dir: Path, task: str, seed: int, device: str):
     """(runner, data) for ``task``: the suite's data stage from ``store_dir``, built there when missing."""
-    from bench.runner import Job, Runner, plan_job
+    from bench.plan import Job, plan_job
+    from bench.runner import Runner
     from bench.store import Store, read_json
     from tasks import TaskData
 
@@ -68,7 +69,8 @@ def run_sweep(suite, *, tasks: list[str] | None = None, lambdas: list[float], la
               echo=print) -> pd.DataFrame:
     """Run the sweep; writes ``out/sweep.csv`` (after every run, so a cut-off sweep keeps its rows) and
     ``out/curves.csv`` (every curve row of every run); returns the table."""
-    from bench.align import METHODS, train_policy
+    from bench.align import train_policy
+    from bench.methods import METHODS
     from tasks._base import proxy_pairs
 
     tasks = tasks or list(suite.tasks)
@@ -128,7 +130,8 @@ def sweep_decpo(model: torch.nn.Module, tokenizer, train_pairs: list, eval_pairs
                 **kw) -> list[dict[str, float]]:
     """Train DecPO for every (λ, layer) on given pairs (no suite, no store) and return one row per run:
     its last curve row plus λ, layer and the step-0 DecPO term. ``base_cfg``: a ``DecPOMethodConfig``."""
-    from bench.align import DecPOMethodConfig, train_policy
+    from bench.align import train_policy
+    from bench.methods import DecPOMethodConfig
 
     base_cfg = base_cfg or DecPOMethodConfig()
     rows = []

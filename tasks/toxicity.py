@@ -10,6 +10,9 @@ Embedded build (offline, real text; Lee et al. 2024 layout as used by Yan et al.
 - chosen = the base model's greedy continuation of the prompt (a model generation), kept only when
   non-empty, non-toxic and not degenerate; if too few survive, non-toxic degenerate ones top the set up
   (counted in ``provenance["n_relaxed_*"]``); zero pairs is an error;
+- a pair's replies follow the prompt as text does (TRL and ``bench.lm`` join prompt and reply
+  directly): the remainder with its separating space, the generation as the model wrote it (leading
+  space kept, none where it continues the last word);
 - held-out: the first ``n_eval`` texts of the seeded order are eval, the rest train, so no eval text
   (or prompt) is used for training. Eval prompts are *not* filtered on the base model's output, so
   the base model's ``tox_rate`` is measured on an unbiased set; eval pairs are the subset with a
@@ -174,9 +177,21 @@ def _custom_items(cfg: ToxicityConfig, seed: int) -> tuple[list[dict], dict]:
     return items, prov
 
 
+def _reply(cfg: ToxicityConfig, text: str, generated: bool) -> str:
+    """A reply as it follows its prompt in a pair (``bench.lm`` and TRL join prompt and reply directly).
+
+    A raw-text prompt (no chat template) ends at a word boundary, so a remainder taken from the source
+    text is joined with one space; a generated reply is kept as the model wrote it (its own leading
+    space, or none where it continues the prompt's last word). After a chat template no space is added.
+    """
+    if cfg.use_chat_template or generated or text[:1].isspace():
+        return text
+    return " " + text
+
+
 def _select(items: list[dict], probs: np.ndarray, n: int, threshold: float) -> tuple[list[dict], int]:
     """First n items whose chosen is non-empty, non-toxic and not degenerate, topped up with degenerate ones."""
-    ok = [it for it, p in zip(items, probs) if it["chosen"] and p <= threshold]
+    ok = [it for it, p in zip(items, probs) if it["chosen"] and it["chosen"].strip() and p <= threshold]
     strict = [it for it in ok if not is_degenerate(it["chosen"])]
     relaxed = [it for it in ok if is_degenerate(it["chosen"])]
     picked = strict[:n] + relaxed[: max(0, n - len(strict))]
@@ -213,9 +228,9 @@ class Toxicity(Task[ToxicityConfig]):
         todo = [it for it in eval_items + train_items if it["chosen"] is None]
         gens = generate(model, tokenizer, [cfg.prompt_template.format(prefix=it["prefix"]) for it in todo],
                         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                        use_chat_template=cfg.use_chat_template)
+                        use_chat_template=cfg.use_chat_template, lstrip=False)
         for it, g in zip(todo, gens):
-            it["chosen"] = g
+            it["chosen"], it["generated"] = g, True
         p_eval = toxicity_probs([it["chosen"] for it in eval_items])
         p_train = toxicity_probs([it["chosen"] for it in train_items])
         train_sel, n_relax_train = _select(train_items, p_train, cfg.n_train, cfg.threshold)
@@ -230,8 +245,9 @@ class Toxicity(Task[ToxicityConfig]):
                         len(train_sel), cfg.n_train)
 
         def pair(it: dict) -> Pair:
-            return Pair(prompt=cfg.prompt_template.format(prefix=it["prefix"]), chosen=it["chosen"],
-                        rejected=it["rejected"])
+            return Pair(prompt=cfg.prompt_template.format(prefix=it["prefix"]),
+                        chosen=_reply(cfg, it["chosen"], it.get("generated", False)),
+                        rejected=_reply(cfg, it["rejected"], False))
 
         concept, concept_how = _concepts(cfg, items, clean, train_sel + eval_sel, seed)
         prov |= {"source": source_label(cfg.source), "generated_fields": ["chosen"] if todo else [],
@@ -274,7 +290,7 @@ def _concepts(cfg: ToxicityConfig, items: list[dict], clean: list[str], pairs: l
         how = (f"label 1: offensive tweets (full text, p>{cfg.threshold}); label 0: non-toxic tweets "
                f"(p<{CLEAN_MAX_PROB})")
     else:
-        concept = [(f"{it['prefix']} {it['rejected']}", 1) for it in pairs[:n]] + \
-                  [(f"{it['prefix']} {it['chosen']}", 0) for it in pairs[:n]]
+        concept = [(it["prefix"] + _reply(cfg, it["rejected"], False), 1) for it in pairs[:n]] + \
+                  [(it["prefix"] + _reply(cfg, it["chosen"], it.get("generated", False)), 0) for it in pairs[:n]]
         how = "label 1: prompt + rejected; label 0: prompt + chosen (train and eval pairs)"
     return [concept[i] for i in seeded_order(len(concept), seed + 2)], how

@@ -6,9 +6,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from bench.align import (METHODS, DecPOMethodConfig, fit_prompt, load_policy, lora_targets, make_trainer,
-                         save_policy, train_policy)
+from bench.align import fit_prompt, load_policy, lora_targets, make_trainer, save_policy, train_policy
 from bench.lm import format_prompt
+from bench.methods import METHODS, DecPOMethodConfig
 from bench.sweep import sweep_decpo
 from tasks._base import Pair, pair_logprobs, preference_metrics
 

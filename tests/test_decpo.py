@@ -5,7 +5,8 @@ import copy
 import pytest
 import torch
 
-from bench.align import METHODS, make_trainer
+from bench.align import make_trainer
+from bench.methods import METHODS
 from bench.decpo import LastTokenCapture, decorrelation_penalty, l1_penalty
 from bench.lm import hook_module
 from tasks._base import Pair

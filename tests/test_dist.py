@@ -81,7 +81,8 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
 
 
 def test_batch_size_must_split_over_processes(monkeypatch):
-    from bench.align import DPOMethodConfig, _common_args
+    from bench.align import _common_args
+    from bench.methods import DPOMethodConfig
 
     monkeypatch.setenv("WORLD_SIZE", "3")
     import torch

@@ -13,7 +13,7 @@ import pytest
 
 from bench.cli import main
 from bench.config import load_suite
-from bench.runner import expand_jobs, select_shard
+from bench.plan import expand_jobs, select_shard
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -120,9 +120,21 @@ def test_sycophancy_from_a_claims_file(tmp_path, tiny_lm):
 def test_toxicity_rejected_is_toxic_and_eval_texts_unseen(tiny_lm):
     _, data = _built("toxicity", tiny_lm)
     assert (toxicity_probs([p.rejected for p in data.train_pairs + data.eval_pairs]) > 0.5).all()
-    train_texts = {f"{p.prompt} {p.rejected}" for p in data.train_pairs}
+    # the real remainder follows the raw prompt with its separating space, as in the source text
+    assert all(p.rejected[:1] == " " and p.rejected[1:2] != " " for p in data.train_pairs + data.eval_pairs)
+    train_texts = {p.prompt + p.rejected for p in data.train_pairs}
     assert not train_texts & {f"{it['prefix']} {it['rejected']}" for it in data.eval_items}
     assert all(len(p.prompt.split()) >= 3 for p in data.train_pairs)
+
+
+def test_toxicity_reply_joins_the_prompt_like_text():
+    from tasks.toxicity import _reply
+
+    raw, chat = TASKS["toxicity"].config_cls(), TASKS["toxicity"].config_cls(use_chat_template=True)
+    assert _reply(raw, "rest of the tweet", generated=False) == " rest of the tweet"   # source remainder
+    assert _reply(raw, " already spaced", generated=False) == " already spaced"
+    assert _reply(raw, "s the word goes on", generated=True) == "s the word goes on"   # model continued the word
+    assert _reply(chat, "a reply", generated=False) == "a reply"                       # after the template header
 
 
 def test_reframing_on_human_reframes(tiny_lm):
@@ -150,4 +162,6 @@ def test_toxicity_on_smollm(smollm):
     data = cls().build(cfg, model, tok, seed=0)
     assert len(data.train_pairs) == 3 and data.provenance["n_relaxed_train"] == 0
     assert (toxicity_probs([p.chosen for p in data.train_pairs]) <= 0.5).all()
+    # generations keep the leading space the model wrote, so prompt + chosen is the text it produced
+    assert any(p.chosen[:1] == " " for p in data.train_pairs)
     assert 0.0 <= cls().score(cfg, model, tok, data)["tox_rate"] <= 1.0
