@@ -202,6 +202,7 @@ def _select(items: list[dict], probs: np.ndarray, n: int, threshold: float) -> t
 @register("toxicity")
 class Toxicity(Task[ToxicityConfig]):
     config_cls = ToxicityConfig
+    version = "2"  # 2: replies join the raw prompt with their separating space (``_reply``)
     headline = ("tox_rate", "align_score")
 
     @classmethod
