@@ -2,8 +2,8 @@
 
 - ``format_prompt``: chat template when the tokenizer has one, plain text otherwise.
 - ``generate``: batched, left-padded, greedy (or sampled) continuations; returns only the new text.
-- ``response_logprobs``: Σ_t log p(response_t | prompt, response_<t) per (prompt, response) pair.
-- ``option_logprobs``: the same for K options per prompt, the prompt run once (held-out pairs, sycophancy).
+- ``option_logprobs``: Σ_t log p(option_t | prompt, option_<t) for K options per prompt, the prompt
+  run once (held-out preference pairs, sycophancy's options).
 - ``decoder_layers`` / ``mlp_in_proj``: find the blocks and the MLP input projection (``mlp.up_proj``
   for Llama-style models, ``mlp.c_fc`` for GPT-2-style) by probing the module tree, PEFT wrappers
   included, so no per-model table is kept.
@@ -139,9 +139,9 @@ def option_logprobs(model, tokenizer, prompts: Sequence[str], options: Sequence[
                     batch_size: int = 16, use_chat_template: bool = True, max_length: int = 384) -> np.ndarray:
     """log π(o_ij | x_i) = Σ_t log p(o_ij,t | x_i, o_ij,<t) for K options per prompt → (n, K) float64, nats.
 
-    Same quantity as ``response_logprobs`` for each (prompt, option), but each prompt is run once
-    (left-padded; its KV cache repeated K times) and only the option tokens reach the LM head, so K
-    options cost about one forward pass of the prompt instead of K. A prompt longer than
+    The option follows the chat-formatted prompt directly, as in TRL's DPO data layout. Each prompt is
+    run once (left-padded; its KV cache repeated K times) and only the option tokens reach the LM head,
+    so K options cost about one forward pass of the prompt instead of K. A prompt longer than
     ``max_length`` − its longest option keeps its last tokens (at least one).
     """
     if len(prompts) != len(options) or len({len(o) for o in options}) > 1:
@@ -180,48 +180,3 @@ def option_logprobs(model, tokenizer, prompts: Sequence[str], options: Sequence[
             tot += (lp_rest.gather(-1, opt[:, 1:].unsqueeze(-1)).squeeze(-1) * opt_mask[:, 1:]).sum(1)
         out[start:start + b] = tot.double().cpu().numpy().reshape(b, k)
     return out
-
-
-@torch.no_grad()
-def response_logprobs(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], *,
-                      batch_size: int = 16, use_chat_template: bool = True, max_length: int = 384,
-                      average: bool = False) -> torch.Tensor:
-    """log π(y | x) = Σ_t log p(y_t | x, y_<t) for each (x, y), in nats; ``average`` divides by |y|.
-
-    The prompt is chat-formatted; the response follows it directly, as in TRL's DPO data layout.
-    Returns a float64 CPU tensor of shape (len(prompts),).
-    """
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(prompts), batch_size):
-        ids, labels, n_resps = [], [], []
-        for p, r in zip(prompts[start:start + batch_size], responses[start:start + batch_size]):
-            p_ids = tokenizer(format_prompt(tokenizer, p, use_chat_template), add_special_tokens=False)["input_ids"]
-            r_ids = tokenizer(r, add_special_tokens=False)["input_ids"]
-            if not r_ids:
-                raise ValueError(f"empty response for prompt {p[:60]!r}")
-            seq = (p_ids + r_ids)[-max_length:]
-            n_resp = min(len(r_ids), len(seq) - 1)
-            ids.append(seq)
-            n_resps.append(n_resp)
-            labels.append([-100] * (len(seq) - n_resp) + seq[len(seq) - n_resp:])
-        # Left padding puts every response at the right edge, so the LM head runs only on the last K
-        # positions (K = longest response + 1) instead of on the whole prompt: the same sums, without
-        # the (batch, seq, vocab) logits of the prompt tokens.
-        width, pad = max(map(len, ids)), tokenizer.pad_token_id
-        keep = max(n_resps) + 1
-        input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in ids], device=device)
-        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in ids], device=device)
-        lab = torch.tensor([[-100] * (width - len(s)) + s for s in labels], device=device)
-        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
-                       logits_to_keep=keep).logits[:, :-1].float()
-        tgt = lab[:, width - keep + 1:]
-        valid = tgt != -100
-        lp = torch.log_softmax(logits, -1).gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        tot = (lp * valid).sum(1)
-        if average:
-            tot = tot / valid.sum(1)
-        out.append(tot.double().cpu())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)

@@ -85,32 +85,23 @@ def test_sycophancy_metrics_known_numbers():
     assert m["syco_shift"] == pytest.approx(shift)
 
 
-def test_option_logprobs_matches_response_logprobs(tiny_lm):
-    from bench.lm import response_logprobs
-
-    model, tok = tiny_lm
-    prompts = ["Claim: 2 + 2 = 5.\n(A) true\n(B) false", "Is water wet?"]
-    opts = [("(A) true", "(B) false"), ("yes", "no, it is not")]
-    fast = option_logprobs(model, tok, prompts, opts, batch_size=2)
-    ref = response_logprobs(model, tok, [p for p in prompts for _ in range(2)], [o for os in opts for o in os])
-    np.testing.assert_allclose(fast, ref.numpy().reshape(2, 2), atol=1e-3)
-
-
-def test_response_logprobs_equals_per_token_sum_of_each_unpadded_sequence(tiny_lm):
-    """Left-padded batch with logits only at the response positions = Σ_t log p(y_t | …) computed from the
-    full logits of each sequence alone."""
+def test_option_logprobs_equals_per_token_sum_of_each_unpadded_sequence(tiny_lm):
+    """Prompts run once (left-padded) with options of different lengths continued from the KV cache =
+    Σ_t log p(o_t | …) computed from the full logits of each (prompt, option) sequence alone."""
     import torch
 
-    from bench.lm import format_prompt, response_logprobs
+    from bench.lm import format_prompt
 
     model, tok = tiny_lm
     prompts = ["A much longer prompt about the weather in the mountains today", "Hi"]
-    responses = ["ok", "a longer reply with several more tokens"]
-    got = response_logprobs(model, tok, prompts, responses, batch_size=2)
-    for i, (p, r) in enumerate(zip(prompts, responses)):
+    opts = [("ok", "a longer reply with several more tokens"), ("(A) true", "no")]
+    got = option_logprobs(model, tok, prompts, opts, batch_size=2)
+    assert got.shape == (2, 2)
+    for i, p in enumerate(prompts):
         p_ids = tok(format_prompt(tok, p), add_special_tokens=False)["input_ids"]
-        r_ids = tok(r, add_special_tokens=False)["input_ids"]
-        with torch.no_grad():
-            logp = torch.log_softmax(model(input_ids=torch.tensor([p_ids + r_ids])).logits[0].double(), -1)
-        want = sum(float(logp[len(p_ids) + j - 1, t]) for j, t in enumerate(r_ids))
-        assert float(got[i]) == pytest.approx(want, abs=1e-4)
+        for k, r in enumerate(opts[i]):
+            r_ids = tok(r, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=torch.tensor([p_ids + r_ids])).logits[0].double(), -1)
+            want = sum(float(logp[len(p_ids) + j - 1, t]) for j, t in enumerate(r_ids))
+            assert float(got[i, k]) == pytest.approx(want, abs=1e-4)
