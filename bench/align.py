@@ -176,7 +176,33 @@ class TrainResult:
 
 
 @contextlib.contextmanager
-def _quiet_libs():
+def labelled_positions_only():
+    """Make TRL's fused LM head project only the labelled (completion) positions on CPU too.
+
+    TRL 1.16 (``trl.trainer.utils.add_fused_lm_head``) scores only positions whose label is not −100
+    on Triton devices, but every position (prompt and padding included) elsewhere, so that compiled
+    backends such as Neuron keep fixed tile shapes. In eager CPU training that fixed shape buys
+    nothing and costs the most: the 49152 × 576 head then runs on every prompt token, forward and
+    backward — 40 % of a SmolLM2 DPO step. The masked positions' log-probs are zeroed either way, so
+    the loss and gradients are the same function (float rounding aside); see tests/test_align.py.
+    TRL decides per call through its module-level ``_use_triton``; we widen it to CPU for the duration
+    of the ``with`` block (a no-op on TRL versions without that switch).
+    """
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:
+        yield
+        return
+    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
+@contextlib.contextmanager
+def quiet_libs():
     """No ``datasets`` progress bars, and no warning for the deprecated name TRL 1.16 reads each step."""
     from datasets.utils import logging as ds_logging
 
@@ -225,7 +251,7 @@ def train_policy(method: str, cfg: MethodConfig, model: nn.Module, tokenizer, tr
     trainer = make_trainer(method, cfg, policy_init, tokenizer, train_pairs, out_dir, seed, use_chat_template,
                            layer=layer_idx, hook=hook, reference=reference, callbacks=[recorder], progress=progress)
     try:
-        with _quiet_libs():
+        with quiet_libs(), labelled_positions_only():
             trainer.train()
     finally:  # leave no hook or patched forward behind, and hand the caller's model back as it came
         if hasattr(trainer, "_capture"):
@@ -262,7 +288,7 @@ def make_trainer(method: str, cfg: TrainConfig, model: nn.Module, tokenizer, tra
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
-    with _quiet_libs():
+    with quiet_libs():
         dataset = _datasets(method, cfg, tokenizer, train_pairs, use_chat_template)
         trainer = _build_trainer(method, cfg, model, reference if method in ("dpo", "decpo", "l1") else None,
                                  tokenizer, dataset, _common_args(cfg, out_dir, seed, device, progress),

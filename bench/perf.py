@@ -40,7 +40,6 @@ import logging
 import os
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -100,15 +99,14 @@ def bench_decpo_step(model, tokenizer, pairs, layer: int, sizes: PerfSizes, devi
     Each trainer (own deep copy of ``model``) first runs ``warmup`` real ``train()`` steps, which also
     builds its optimizer and scheduler; then both step alternately on the same collated batch.
     """
-    from bench.align import make_trainer
+    from bench.align import labelled_positions_only, make_trainer, quiet_libs
     from bench.methods import DecPOMethodConfig, DPOMethodConfig
 
     common = dict(batch_size=len(pairs), max_steps=sizes.warmup, max_length=sizes.dpo_max_length,
                   max_prompt_length=sizes.dpo_max_prompt, warmup=0.0, eval_every=10**6)
     cfgs = {"dpo": DPOMethodConfig(**common), "decpo": DecPOMethodConfig(**common)}
     trainers = {}
-    with warnings.catch_warnings():  # TRL 1.16 reads a deprecated transformers attribute every step
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with quiet_libs(), labelled_positions_only():  # as train_policy runs them
         for name, cfg in cfgs.items():
             trainers[name] = make_trainer(name, cfg, copy.deepcopy(model), tokenizer, pairs, work / name, seed=0,
                                           layer=layer)

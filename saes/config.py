@@ -59,8 +59,9 @@ class SAEEvalConfig(BaseModel, extra="forbid", frozen=True, use_attribute_docstr
     differences, and 16 documents instead of 40 moved it from 0.45 to 0.16."""
     probe_test_frac: float = 0.3
     """Share of concept texts in the probe's test split (stratified, seeded)."""
-    probe_max_length: int = 64
-    """Concept texts are truncated to this many tokens before mean-pooling latents."""
+    probe_max_length: int | None = None
+    """Concept texts are truncated to this many tokens before mean-pooling latents; None = the store's
+    ``context_length``, so concept texts in the store are pooled from its activations (no forward)."""
     batch_size: int = 16
     """Texts per forward pass for the CE score and the probe activations."""
 

@@ -273,17 +273,28 @@ def ce_losses(model, store: ActivationStore, sae, *, layer: int, hook: str, max_
 
 @torch.no_grad()
 def pooled_latents(model, tokenizer, sae, texts: Sequence[str], *, layer: int, hook: str, max_length: int,
-                   batch_size: int, use_chat_template: bool, special_ids: Sequence[int]) -> torch.Tensor:
-    """(n_texts, d_sae) mean of SAE latents over each text's stored-kind tokens (SAEBench mean pooling)."""
+                   batch_size: int, use_chat_template: bool, special_ids: Sequence[int],
+                   store: ActivationStore | None = None) -> torch.Tensor:
+    """(n_texts, d_sae) mean of SAE latents over each text's stored-kind tokens (SAEBench mean pooling).
+
+    A text that ``store`` already holds as a document (the same token ids from the same content start,
+    e.g. a task's concept texts, which are part of its SAE token set) is pooled from the stored
+    activations: the same tokens and activations, without running ``model`` again. The other texts are
+    run through ``model`` up to the hook. ``store`` must be collected from ``model`` at ``layer``/``hook``.
+    """
     docs = tokenize_docs(tokenizer, texts, max_length=max_length, use_chat_template=use_chat_template)
-    order = sorted(range(len(docs)), key=lambda i: len(docs[i][0]))      # batches of similar length
+    out = torch.zeros(len(docs), sae.cfg.d_sae)
+    in_store = _stored_docs(store, docs) if store is not None else {}
+    if in_store:
+        out[list(in_store)] = _pooled_from_store(store, sae, list(in_store.values()))
+    todo = [i for i in range(len(docs)) if i not in in_store]
+    order = sorted(todo, key=lambda i: len(docs[i][0]))      # batches of similar length
     device = next(model.parameters()).device
     special = set(special_ids)
-    out = torch.zeros(len(docs), sae.cfg.d_sae)
     was_training = model.training
     model.eval()
     try:
-        for s in range(0, len(docs), batch_size):
+        for s in range(0, len(order), batch_size):
             rows = order[s:s + batch_size]
             batch = [docs[i] for i in rows]
             width = max(1, max(len(ids) for ids, _ in batch))
@@ -302,6 +313,49 @@ def pooled_latents(model, tokenizer, sae, texts: Sequence[str], *, layer: int, h
     finally:
         model.train(was_training)
     return out
+
+
+def check_probe_texts(tokenizer, texts: Sequence[str], labels: Sequence[int], *, max_length: int,
+                      use_chat_template: bool) -> None:
+    """Raise if truncation to ``max_length`` tokens leaves two concept texts with different labels the
+    same tokens: their pooled latents would be equal, and the probe could not tell their labels apart."""
+    seen: dict[tuple[int, ...], int] = {}
+    clashes = 0
+    for (ids, _), label in zip(tokenize_docs(tokenizer, texts, max_length=max_length,
+                                             use_chat_template=use_chat_template), labels):
+        clashes += seen.setdefault(tuple(ids), label) != label
+    if clashes:
+        longest = max(len(tokenizer(t)["input_ids"]) for t in texts)
+        raise ValueError(f"{clashes} concept texts have the same first {max_length} tokens as a text with the other "
+                         f"label, so the probe cannot separate them; raise sae.context_length (or "
+                         f"sae.eval.probe_max_length) to {longest}, the longest concept text's tokens")
+
+
+def _stored_docs(store: ActivationStore, docs: list[tuple[list[int], int]]) -> dict[int, int]:
+    """text index → store document holding exactly its tokens (same ids, same content start)."""
+    starts = store.manifest["content_start"]
+    index = {(tuple(store.doc(d)), starts[d]): d for d in range(len(starts))}
+    return {i: index[(tuple(ids), start)] for i, (ids, start) in enumerate(docs) if (tuple(ids), start) in index}
+
+
+@torch.no_grad()
+def _pooled_from_store(store: ActivationStore, sae, doc_ids: list[int], chunk: int = 4096) -> torch.Tensor:
+    """(len(doc_ids), d_sae) mean SAE latent over each store document's rows (0 for a document without
+    rows); a document listed twice gets the same row twice."""
+    unique, back = np.unique(np.asarray(doc_ids, dtype=np.int64), return_inverse=True)
+    slot = np.full(len(store.manifest["content_start"]), -1, dtype=np.int64)
+    slot[unique] = np.arange(len(unique))
+    doc_of_row = np.asarray(store.doc_index)
+    rows = np.flatnonzero(slot[doc_of_row] >= 0)
+    owner = torch.from_numpy(slot[doc_of_row[rows]])
+    sums = torch.zeros(len(unique), sae.cfg.d_sae)
+    for s in range(0, len(rows), chunk):
+        x = store.rows(rows[s:s + chunk])
+        check_finite(x, f"stored activations in {store.path}")
+        z = sae.encode(x.to(sae.W_dec.device))
+        sums.index_add_(0, owner[s:s + chunk], (z.to_dense() if z.is_sparse else z).float().cpu())
+    counts = torch.bincount(owner, minlength=len(unique)).clamp_min(1)
+    return (sums / counts[:, None])[torch.from_numpy(back)]
 
 
 def probe_scores(features: torch.Tensor, labels: Sequence[int], *, test_frac: float, seed: int) -> tuple[float, float]:
@@ -356,9 +410,13 @@ def score_sae(sae_dir: Path, store_dir: Path, model, tokenizer, *, layer: int, h
     with _timed(seconds, "ce"):
         ce = ce_losses(model, store, sae, layer=layer, hook=hook, max_docs=ev.ce_max_docs, batch_size=ev.batch_size)
     with _timed(seconds, "probe"):
+        probe_len = ev.probe_max_length or req["max_length"]
+        check_probe_texts(tokenizer, concept_texts, concept_labels, max_length=probe_len,
+                          use_chat_template=req["use_chat_template"])
         feats = pooled_latents(model, tokenizer, sae, concept_texts, layer=layer, hook=hook,
-                               max_length=ev.probe_max_length, batch_size=ev.batch_size,
-                               use_chat_template=req["use_chat_template"], special_ids=store.manifest["special_ids"])
+                               max_length=probe_len, batch_size=ev.batch_size,
+                               use_chat_template=req["use_chat_template"], special_ids=store.manifest["special_ids"],
+                               store=store)
         probe = probe_scores(feats, concept_labels, test_frac=ev.probe_test_frac, seed=seed)
     out = SAEEvalOutput(
         eval_config=dict(ev.model_dump(mode="json"), layer=layer, hook=hook, seed=seed,

@@ -1,5 +1,6 @@
 """Method configs, and short real training runs of every method on the tiny Llama (TRL + PEFT)."""
 
+import contextlib
 import copy
 
 import pytest
@@ -100,6 +101,42 @@ def test_training_data_matches_the_scoring_prompt(tiny_lm, tmp_path):
     row = first_row("sft")
     assert row["input_ids"] == prompt + reply
     assert row["labels"] == [-100] * len(prompt) + reply  # loss on the reply only
+
+
+@pytest.mark.parametrize("method", ["dpo", "decpo"])
+def test_cpu_lm_head_scores_labelled_positions_only(tiny_lm, tmp_path, method, monkeypatch):
+    """Under labelled_positions_only, TRL's chunked LM head sees the completion positions only, and the
+    loss and LoRA gradients are those of TRL's every-position CPU path (same dropout draws)."""
+    import trl.trainer.utils as trl_utils
+
+    from bench.align import labelled_positions_only
+
+    model, tok = tiny_lm
+    trainer = make_trainer(method, METHODS[method](**FAST), copy.deepcopy(model), tok, TRAIN[:4], tmp_path, 0,
+                           layer=1)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    trainer.model.train()
+    seen: list[int] = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply",
+                        lambda hidden, *a: seen.append(hidden.shape[0]) or apply(hidden, *a))
+
+    def loss_and_grads(compact: bool):
+        trainer.model.zero_grad()
+        torch.manual_seed(7)
+        with labelled_positions_only() if compact else contextlib.nullcontext():
+            loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in trainer.model.parameters() if p.requires_grad]
+
+    full, compact = loss_and_grads(False), loss_and_grads(True)
+    labelled = int(batch["completion_mask"][:, 1:].sum())     # next-token labels of the replies
+    rows, width = batch["input_ids"].shape
+    assert seen == [rows * (width - 1)] * 2 + [labelled] * 2   # policy + reference forward each time
+    assert labelled < rows * (width - 1) / 2
+    assert torch.allclose(compact[0], full[0], atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(compact[1], full[1]))
+    assert trl_utils._use_triton(torch.device("cpu")) is False, "the switch must be restored"
 
 
 def _lora_state(policy):

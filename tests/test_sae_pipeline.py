@@ -253,3 +253,50 @@ def test_ce_shared_prefix_equals_three_full_forwards(built, wrap):
     assert shared[3] == full[3] and np.allclose(shared[:3], full[:3], rtol=0, atol=1e-6), (shared, full)
     assert shared[1] != shared[0] and shared[2] != shared[0]                    # the splices changed the loss
     assert all(a is b for a, b in zip(decoder_layers(model), blocks))
+
+
+def test_probe_latents_of_stored_texts_come_from_the_store(built):
+    """Texts the store holds are pooled from its rows (no forward); the result is the forward's."""
+    from saes.score import load_sae, pooled_latents
+
+    model, tok, path, sae_dir = built
+    store, sae = ActivationStore(path), load_sae(sae_dir)
+    texts = _texts(24)[::3] + _texts(3, seed=9) + _texts(24)[:1]   # 8 stored texts, 3 new ones, a repeat
+    kw = dict(layer=1, hook="mlp.up_proj", max_length=CFG.context_length, batch_size=4,
+              use_chat_template=False, special_ids=store.manifest["special_ids"])
+    rows_run = []
+    handle = decoder_layers(model)[0].register_forward_hook(lambda m, i, o: rows_run.append(i[0].shape[0]))
+    try:
+        from_store = pooled_latents(model, tok, sae, texts, store=store, **kw)
+        assert sum(rows_run) == 3, "only the 3 texts the store lacks are run through the model"
+        rows_run.clear()
+        forward = pooled_latents(model, tok, sae, texts, **kw)
+        assert sum(rows_run) == len(texts)
+    finally:
+        handle.remove()
+    assert from_store.shape == (12, sae.cfg.d_sae) and (from_store[:8] != 0).any(1).all()
+    assert torch.allclose(from_store, forward, atol=1e-5) and torch.equal(from_store[0], from_store[-1])
+    # a different truncation gives different tokens, so nothing matches the store
+    rows_run.clear()
+    handle = decoder_layers(model)[0].register_forward_hook(lambda m, i, o: rows_run.append(i[0].shape[0]))
+    try:
+        pooled_latents(model, tok, sae, texts[:2], store=store, **{**kw, "max_length": 10})
+    finally:
+        handle.remove()
+    assert sum(rows_run) == 2
+
+
+def test_probe_refuses_labels_that_truncation_makes_identical(built, tmp_path):
+    """Texts that differ only after probe_max_length tokens would pool to the same features."""
+    from saes.score import check_probe_texts
+
+    model, tok, store, sae_dir = built
+    stem = " ".join(["word"] * 30)
+    texts, labels = [stem + " yes", stem + " no", "short one", "short two"], [1, 0, 1, 0]
+    check_probe_texts(tok, texts, labels, max_length=40, use_chat_template=False)
+    with pytest.raises(ValueError, match=r"1 concept texts have the same first 16 tokens.*to \d+"):
+        check_probe_texts(tok, texts, labels, max_length=16, use_chat_template=False)
+    with pytest.raises(ValueError, match="probe cannot separate them"):
+        score_sae(sae_dir, store, model, tok, layer=1, hook="mlp.up_proj", concept_texts=texts, concept_labels=labels,
+                  cfg=CFG.model_copy(update={"eval": CFG.eval.model_copy(update={"probe_max_length": 16})}),
+                  out_dir=tmp_path, embed_fn=CountingEmbed(), embed_cache_dir=tmp_path / "emb")
