@@ -202,15 +202,23 @@ def labelled_positions_only():
 
 
 @contextlib.contextmanager
+def _no_checkpointing_rename_warning():
+    """transformers 5 renamed ``is_gradient_checkpointing``; TRL 1.16 (each step) and PEFT (each
+    ``PeftModel``) still read the old name, which only warns."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
+@contextlib.contextmanager
 def quiet_libs():
-    """No ``datasets`` progress bars, and no warning for the deprecated name TRL 1.16 reads each step."""
+    """No ``datasets`` progress bars, and no warning for the deprecated name TRL and PEFT read."""
     from datasets.utils import logging as ds_logging
 
     was = ds_logging.is_progress_bar_enabled()
     ds_logging.disable_progress_bar()
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        with _no_checkpointing_rename_warning():
             yield
     finally:
         if was:
@@ -321,7 +329,8 @@ def load_policy(base_model: nn.Module, directory: Path) -> nn.Module:
     if kind == "lora":
         from peft import PeftModel
 
-        policy = PeftModel.from_pretrained(base_model, str(directory))
+        with _no_checkpointing_rename_warning():
+            policy = PeftModel.from_pretrained(base_model, str(directory))
     elif kind == "full":
         from transformers import AutoModelForCausalLM
 

@@ -2,6 +2,7 @@
 
 import contextlib
 import copy
+import warnings
 
 import pytest
 import torch
@@ -226,7 +227,10 @@ def test_full_finetuning_and_save_load_roundtrip(tiny_lm, tmp_path):
     save_policy(lora.policy, tmp_path / "lora_policy")
     files = {p.name for p in (tmp_path / "lora_policy").iterdir()}
     assert "adapter_model.safetensors" in files and "model.safetensors" not in files
-    loaded = load_policy(copy.deepcopy(model), tmp_path / "lora_policy")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = load_policy(copy.deepcopy(model), tmp_path / "lora_policy")
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
     with torch.no_grad():
         torch.testing.assert_close(loaded(**x).logits, lora.policy(**x).logits)
 
