@@ -249,6 +249,7 @@ class Runner:
     def _stage_sae(self, plan: Plan, work: Path) -> None:
         from saes.score import score_sae
         from saes.train import train_sae
+        from tasks import TASKS
 
         data = self._data(plan)
         pol, tok = self.policy(plan)
@@ -257,7 +258,7 @@ class Runner:
             next(pol.parameters()).device))
         metrics = score_sae(sae_dir, acts, pol, tok, layer=plan.hook_layer, hook=self.suite.hook.module,
                             concept_texts=data.concept_texts, concept_labels=data.concept_labels,
-                            cfg=self.suite.sae, out_dir=work, seed=plan.job.seed,
+                            concept_groups=TASKS[plan.job.task]().concept_groups(data), cfg=self.suite.sae, out_dir=work, seed=plan.job.seed,
                             embed_cache_dir=self.store.out / "cache" / "context-embeddings")
         write_json(work / "metrics.json", records(metrics, layer=plan.hook_layer,
                                                   sae=self.suite.sae.architecture))

@@ -58,7 +58,12 @@ class SAEEvalConfig(BaseModel, extra="forbid", frozen=True, use_attribute_docstr
     hook barely moves the loss (SmolLM2 layer 15 up_proj: ~0.06 nats) the score is a ratio of small
     differences, and 16 documents instead of 40 moved it from 0.45 to 0.16."""
     probe_test_frac: float = 0.3
-    """Share of concept texts in the probe's test split (stratified, seeded)."""
+    """Share of concept texts in the probe's test split (stratified by label, seeded)."""
+    probe_split: Literal["grouped", "stratified"] = "grouped"
+    """grouped: concept texts the task marks as one item (``Task.concept_groups``: a prompt with each
+    of its answers) stay on one side of the split; stratified: SAEBench's per-text split. Per-text
+    splits of paired texts put a near-copy with the opposite label in the train split, which pushes
+    accuracy below chance (sycophancy: 0.34–0.45 stratified, 0.47–0.55 grouped)."""
     probe_max_length: int | None = None
     """Concept texts are truncated to this many tokens before mean-pooling latents; None = the store's
     ``context_length``, so concept texts in the store are pooled from its activations (no forward)."""

@@ -358,9 +358,15 @@ def _pooled_from_store(store: ActivationStore, sae, doc_ids: list[int], chunk: i
     return (sums / counts[:, None])[torch.from_numpy(back)]
 
 
-def probe_scores(features: torch.Tensor, labels: Sequence[int], *, test_frac: float, seed: int) -> tuple[float, float]:
-    """(top-1, top-5) k-sparse probe accuracy; NaN (with a warning) without enough texts of both labels."""
-    from sklearn.model_selection import train_test_split
+def probe_scores(features: torch.Tensor, labels: Sequence[int], *, test_frac: float, seed: int,
+                 groups: Sequence[str] | None = None) -> tuple[float, float]:
+    """(top-1, top-5) k-sparse probe accuracy; NaN (with a warning) without enough texts of both labels.
+
+    The test split is ``test_frac`` of the texts, stratified by label and seeded. With ``groups`` it
+    is whole groups instead: the first fold of a seeded ``StratifiedGroupKFold`` with
+    round(1 / test_frac) folds (test_frac 0.3 → a third of the groups).
+    """
+    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
     y = np.asarray(labels, dtype=np.int64)
     counts = np.bincount(y, minlength=2) if y.size else np.zeros(2, dtype=int)
@@ -368,14 +374,20 @@ def probe_scores(features: torch.Tensor, labels: Sequence[int], *, test_frac: fl
         log.warning("SAE probe skipped: need binary concept labels with ≥ 2 texts per class, got counts %s",
                     counts.tolist())
         return math.nan, math.nan
-    tr, te = train_test_split(np.arange(len(y)), test_size=test_frac, stratify=y, random_state=seed)
+    if groups is None:
+        tr, te = train_test_split(np.arange(len(y)), test_size=test_frac, stratify=y, random_state=seed)
+    else:
+        if len(groups) != len(y):
+            raise ValueError(f"{len(groups)} concept groups for {len(y)} concept texts")
+        folds = StratifiedGroupKFold(n_splits=max(2, round(1 / test_frac)), shuffle=True, random_state=seed)
+        tr, te = next(folds.split(np.zeros(len(y)), y, groups))
     lab, tr_t, te_t = torch.from_numpy(y), torch.from_numpy(tr), torch.from_numpy(te)
     return tuple(M.k_sparse_probe_accuracy(features, lab, k, tr_t, te_t) for k in (1, 5))
 
 
 def score_sae(sae_dir: Path, store_dir: Path, model, tokenizer, *, layer: int, hook: str,
               concept_texts: Sequence[str] = (), concept_labels: Sequence[int] = (),
-              cfg: SAEConfig | SAEEvalConfig | None = None, out_dir: Path | None = None, seed: int = 0,
+              concept_groups: Sequence[str] | None = None, cfg: SAEConfig | SAEEvalConfig | None = None, out_dir: Path | None = None, seed: int = 0,
               embed_fn: EmbedFn | None = None, embed_cache_dir: Path | None = None) -> dict[str, float]:
     """All SPEC §5 scores of the SAE in ``sae_dir`` on ``store_dir``'s held-out tokens.
 
@@ -417,7 +429,8 @@ def score_sae(sae_dir: Path, store_dir: Path, model, tokenizer, *, layer: int, h
                                max_length=probe_len, batch_size=ev.batch_size,
                                use_chat_template=req["use_chat_template"], special_ids=store.manifest["special_ids"],
                                store=store)
-        probe = probe_scores(feats, concept_labels, test_frac=ev.probe_test_frac, seed=seed)
+        probe = probe_scores(feats, concept_labels, test_frac=ev.probe_test_frac, seed=seed,
+                             groups=concept_groups if ev.probe_split == "grouped" else None)
     out = SAEEvalOutput(
         eval_config=dict(ev.model_dump(mode="json"), layer=layer, hook=hook, seed=seed,
                          store=str(Path(store_dir).resolve()), store_request=req),

@@ -84,6 +84,12 @@ class Task(ABC, Generic[C]):
         log-probs (sycophancy's verdicts with the opinion) reuses them instead of running them again.
         """
 
+    def concept_groups(self, data: TaskData) -> list[str] | None:
+        """A group name per concept text: texts made from one item (a prompt with each of its answers)
+        share it, so the SAE probe keeps them on one side of its train/test split. None = every text
+        stands alone (the default)."""
+        return None
+
     @classmethod
     def tiny_config(cls) -> TaskConfig:
         """Small sizes for tests and the ``smoke`` suite (tiny random model); tasks may override."""

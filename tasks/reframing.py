@@ -236,6 +236,14 @@ class Reframing(Task[ReframingConfig]):
                         concept_texts=[concept[i][0] for i in order], concept_labels=[concept[i][1] for i in order],
                         provenance=prov)
 
+    def concept_groups(self, data: TaskData) -> list[str]:
+        """A thought (label 1) and its chosen reframe (label 0) form one group: the pair they came from."""
+        owner = {}
+        for i, p in enumerate(data.train_pairs + data.eval_pairs):
+            owner.setdefault(p.rejected, f"pair{i}")
+            owner.setdefault(p.chosen, f"pair{i}")
+        return [owner.get(t, t) for t in data.concept_texts]
+
     def score(self, cfg: ReframingConfig, model, tokenizer, data: TaskData, *,
               pair_logps=None) -> dict[str, float]:
         del pair_logps  # this scorer generates; it reads no pair log-probs

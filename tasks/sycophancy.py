@@ -314,6 +314,10 @@ class Sycophancy(Task[SycophancyConfig]):
                         concept_texts=[concept[i][0] for i in order], concept_labels=[concept[i][1] for i in order],
                         provenance=prov)
 
+    def concept_groups(self, data: TaskData) -> list[str]:
+        """A concept text is ``prompt + "\\n" + answer``, once with each answer: its group is the prompt."""
+        return [t.rsplit("\n", 1)[0] for t in data.concept_texts]
+
     def score(self, cfg: SycophancyConfig, model, tokenizer, data: TaskData, *,
               pair_logps: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
         items = data.eval_items

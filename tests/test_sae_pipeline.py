@@ -300,3 +300,20 @@ def test_probe_refuses_labels_that_truncation_makes_identical(built, tmp_path):
         score_sae(sae_dir, store, model, tok, layer=1, hook="mlp.up_proj", concept_texts=texts, concept_labels=labels,
                   cfg=CFG.model_copy(update={"eval": CFG.eval.model_copy(update={"probe_max_length": 16})}),
                   out_dir=tmp_path, embed_fn=CountingEmbed(), embed_cache_dir=tmp_path / "emb")
+
+
+def test_grouped_probe_split_keeps_groups_whole():
+    """Twins (same features, opposite labels) across a per-text split push the probe below chance;
+    split by group, each test twin pair is predicted alike, so accuracy is exactly 0.5."""
+    from saes.score import probe_scores
+
+    rng = np.random.default_rng(0)
+    twins = torch.from_numpy(rng.normal(size=(30, 8))).float()
+    feats = twins.repeat_interleave(2, 0)                       # text 2g and 2g+1 share group g's features
+    labels = [1, 0] * 30
+    groups = [f"g{i // 2}" for i in range(60)]
+    grouped = probe_scores(feats, labels, test_frac=0.3, seed=0, groups=groups)
+    assert grouped == (0.5, 0.5)
+    assert all(acc < 0.5 for acc in probe_scores(feats, labels, test_frac=0.3, seed=0))
+    with pytest.raises(ValueError, match="59 concept groups for 60"):
+        probe_scores(feats, labels, test_frac=0.3, seed=0, groups=groups[:59])

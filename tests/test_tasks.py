@@ -49,6 +49,21 @@ def test_build_contract(name, tiny_lm):
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
+def test_concept_groups_pair_opposite_labels(name, tiny_lm):
+    """A task's concept groups hold the texts made from one item; paired tasks give one of each label."""
+    _, data = _built(name, tiny_lm)
+    groups = TASKS[name]().concept_groups(data)
+    if groups is None:                     # independent texts (toxicity)
+        assert name == "toxicity"
+        return
+    assert len(groups) == len(data.concept_texts)
+    members: dict[str, list[int]] = {}
+    for g, y in zip(groups, data.concept_labels):
+        members.setdefault(g, []).append(y)
+    assert all(sorted(ys) == [0, 1] for ys in members.values()), members
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
 def test_score_contract(name, tiny_lm):
     cfg, data = _built(name, tiny_lm)
     model, tok = tiny_lm
