@@ -258,8 +258,8 @@ class Runner:
             next(pol.parameters()).device))
         metrics = score_sae(sae_dir, acts, pol, tok, layer=plan.hook_layer, hook=self.suite.hook.module,
                             concept_texts=data.concept_texts, concept_labels=data.concept_labels,
-                            concept_groups=TASKS[plan.job.task]().concept_groups(data), cfg=self.suite.sae, out_dir=work, seed=plan.job.seed,
-                            embed_cache_dir=self.store.out / "cache" / "context-embeddings")
+                            concept_groups=TASKS[plan.job.task]().concept_groups(data), cfg=self.suite.sae,
+                            out_dir=work, seed=plan.job.seed, embed_cache_dir=self.store.out / "cache" / "context-embeddings")
         write_json(work / "metrics.json", records(metrics, layer=plan.hook_layer,
                                                   sae=self.suite.sae.architecture))
 

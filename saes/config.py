@@ -62,8 +62,8 @@ class SAEEvalConfig(BaseModel, extra="forbid", frozen=True, use_attribute_docstr
     probe_split: Literal["grouped", "stratified"] = "grouped"
     """grouped: concept texts the task marks as one item (``Task.concept_groups``: a prompt with each
     of its answers) stay on one side of the split; stratified: SAEBench's per-text split. Per-text
-    splits of paired texts put a near-copy with the opposite label in the train split, which pushes
-    accuracy below chance (sycophancy: 0.34–0.45 stratified, 0.47–0.55 grouped)."""
+    splits of paired texts put a near-copy with the opposite label in the train split, which pushed
+    sycophancy's probe below chance on every seed (0.34–0.45)."""
     probe_max_length: int | None = None
     """Concept texts are truncated to this many tokens before mean-pooling latents; None = the store's
     ``context_length``, so concept texts in the store are pooled from its activations (no forward)."""
@@ -80,6 +80,8 @@ class SAEEvalConfig(BaseModel, extra="forbid", frozen=True, use_attribute_docstr
         for name in ("ms_top_n", "ms_context_tokens", "ms_null_draws", "latent_max_tokens", "batch_size"):
             if getattr(self, name) < (2 if name == "ms_top_n" else 1):
                 raise ValueError(f"sae.eval.{name} = {getattr(self, name)} is too small")
+        if self.probe_max_length is not None and self.probe_max_length < 1:
+            raise ValueError(f"sae.eval.probe_max_length = {self.probe_max_length} is too small")
         return self
 
 

@@ -387,7 +387,8 @@ def probe_scores(features: torch.Tensor, labels: Sequence[int], *, test_frac: fl
 
 def score_sae(sae_dir: Path, store_dir: Path, model, tokenizer, *, layer: int, hook: str,
               concept_texts: Sequence[str] = (), concept_labels: Sequence[int] = (),
-              concept_groups: Sequence[str] | None = None, cfg: SAEConfig | SAEEvalConfig | None = None, out_dir: Path | None = None, seed: int = 0,
+              concept_groups: Sequence[str] | None = None, cfg: SAEConfig | SAEEvalConfig | None = None,
+              out_dir: Path | None = None, seed: int = 0,
               embed_fn: EmbedFn | None = None, embed_cache_dir: Path | None = None) -> dict[str, float]:
     """All SPEC §5 scores of the SAE in ``sae_dir`` on ``store_dir``'s held-out tokens.
 
@@ -422,7 +423,7 @@ def score_sae(sae_dir: Path, store_dir: Path, model, tokenizer, *, layer: int, h
     with _timed(seconds, "ce"):
         ce = ce_losses(model, store, sae, layer=layer, hook=hook, max_docs=ev.ce_max_docs, batch_size=ev.batch_size)
     with _timed(seconds, "probe"):
-        probe_len = ev.probe_max_length or req["max_length"]
+        probe_len = ev.probe_max_length if ev.probe_max_length is not None else req["max_length"]
         check_probe_texts(tokenizer, concept_texts, concept_labels, max_length=probe_len,
                           use_chat_template=req["use_chat_template"])
         feats = pooled_latents(model, tokenizer, sae, concept_texts, layer=layer, hook=hook,

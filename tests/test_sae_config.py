@@ -60,6 +60,10 @@ def test_cross_field_checks():
         to_sae_lens_config(SAEConfig(k=300, expansion=2), 64)
     with pytest.raises(ValidationError, match="heldout_frac"):
         SAEConfig(heldout_frac=1.0)
+    with pytest.raises(ValidationError, match="probe_max_length = 0 is too small"):
+        SAEConfig.model_validate({"eval": {"probe_max_length": 0}})
+    with pytest.raises(ValidationError, match="probe_split"):
+        SAEConfig.model_validate({"eval": {"probe_split": "random"}})
 
 
 def test_config_is_frozen_and_round_trips():
