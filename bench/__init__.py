@@ -1,3 +1,6 @@
 """monobench: preference optimisation vs monosemanticity, from preference data to SAE scores."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("monobench")
+"""The installed package's version (pyproject.toml is its one source)."""

@@ -1,6 +1,6 @@
 """Preference optimisation on TRL + PEFT: the ``sft``, ``dpo``, ``decpo``, ``simpo`` and ``l1`` methods (SPEC.md §2).
 
-Each method's config class is in ``bench.methods`` (``base`` = no training). ``train_policy`` trains
+Each method (``bench/methods/``) names its config class and how it builds its TRL trainer. ``train_policy`` trains
 one policy and records training curves every ``eval_every`` steps.
 
 Trainers: ``sft`` → ``trl.SFTTrainer`` (prompt–completion data, loss on the completion only);
@@ -14,54 +14,73 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
+from transformers import TrainerCallback
 
-from bench.lm import decoder_layers, format_prompt, resolve_layer
+from bench.lm import decoder_layers, resolve_layer, training_ids, training_prompt
 from bench.methods import METHODS, MethodConfig, TrainConfig
 from tasks._base import Pair
 
 # ----------------------------------------------------------------------------------------------- data
 
 
-def _strip_auto_bos(tokenizer, text: str) -> str:
-    """Drop a leading BOS from templated text when the tokenizer adds one itself (avoids a double BOS)."""
-    bos = tokenizer.bos_token
-    if bos and text.startswith(bos):
-        ids = tokenizer("x")["input_ids"]
-        if ids and ids[0] == tokenizer.bos_token_id:
-            return text[len(bos):]
-    return text
+def check_lengths(cfg: TrainConfig, tokenizer, pairs: list[Pair], use_chat_template: bool) -> None:
+    """Raise if a training prompt exceeds ``max_prompt_length`` or prompt + reply + EOS exceeds ``max_length``.
+
+    Nothing is ever cut: a cut prompt can lose what the pair is about (sycophancy's opinion sits at its
+    start), and a cut reply loses the EOS token the penalty reads. The message names the first pair
+    that does not fit, its item and its length.
+    """
+    for i, p in enumerate(pairs):
+        n_prompt = len(tokenizer(text=training_prompt(tokenizer, p.prompt, use_chat_template))["input_ids"])
+        n_seq = max(len(training_ids(tokenizer, p.prompt, r, use_chat_template)) for r in (p.chosen, p.rejected))
+        where = f"training pair {i}{f' (item {p.item})' if p.item else ''}, prompt {p.prompt[:40]!r}"
+        if n_prompt > cfg.max_prompt_length:
+            raise ValueError(f"{where}: the formatted prompt has {n_prompt} tokens > max_prompt_length = "
+                             f"{cfg.max_prompt_length}; raise max_prompt_length (prompts are never cut)")
+        if n_seq > cfg.max_length:
+            raise ValueError(f"{where}: prompt + reply + EOS has {n_seq} tokens > max_length = {cfg.max_length}; "
+                             "raise max_length (sequences are never cut)")
 
 
-def fit_prompt(tokenizer, prompt: str, max_tokens: int, use_chat_template: bool = True) -> str:
-    """``format_prompt`` text of at most ``max_tokens`` tokens; a longer prompt keeps its last tokens."""
-    text = format_prompt(tokenizer, prompt, use_chat_template)
-    n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    keep = len(ids) - (n - max_tokens)
-    while n > max_tokens:
-        if keep < 1:
-            raise ValueError(f"the chat template alone takes {n - len(ids)} tokens, more than max_prompt_length="
-                             f"{max_tokens}; raise max_prompt_length")
-        text = format_prompt(tokenizer, tokenizer.decode(ids[-keep:]), use_chat_template)
-        n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        keep -= 1
-    return text
+def training_order(strata: list[str], n_rows: int, seed: int) -> list[int]:
+    """Indices of ``n_rows`` training rows: epoch after epoch, each a fresh seeded shuffle that interleaves
+    the strata round-robin (one row of each stratum in turn, in a shuffled stratum order per round), so a
+    batch never leans on one stratum (e.g. one true answer). Without strata it is a plain seeded shuffle.
+    """
+    rng = np.random.default_rng([seed, 41])
+    names = sorted(set(strata))
+    out: list[int] = []
+    while len(out) < n_rows:
+        pools = {n: [i for i in rng.permutation(len(strata)).tolist() if strata[i] == n] for n in names}
+        while any(pools.values()):
+            for n in rng.permutation(names).tolist():
+                if pools[n]:
+                    out.append(pools[n].pop())
+    return out[:n_rows]
 
 
-def _datasets(method: str, cfg: TrainConfig, tokenizer, pairs: list[Pair], use_chat_template: bool):
+def _datasets(method: str, cfg: TrainConfig, tokenizer, pairs: list[Pair], use_chat_template: bool, seed: int):
+    """The training rows in monobench's own order (``training_order``; the trainer reads them sequentially):
+    exactly max_steps × batch_size × grad_accum rows, or ⌈epochs × len(pairs)⌉ without max_steps."""
     from datasets import Dataset
 
+    check_lengths(cfg, tokenizer, pairs, use_chat_template)
+    n_rows = (cfg.max_steps * cfg.batch_size * cfg.grad_accum if cfg.max_steps
+              else math.ceil(cfg.epochs * len(pairs)))
     rows = []
-    for p in pairs:
-        prompt = _strip_auto_bos(tokenizer, fit_prompt(tokenizer, p.prompt, cfg.max_prompt_length, use_chat_template))
-        if method == "sft":
+    for i in training_order([p.stratum for p in pairs], n_rows, seed + 1000 * cfg.noise_seed):
+        p = pairs[i]
+        prompt = training_prompt(tokenizer, p.prompt, use_chat_template)
+        if METHODS[method].data == "completion":
             rows.append({"prompt": prompt, "completion": p.chosen})
         else:
             rows.append({"prompt": prompt, "chosen": p.chosen, "rejected": p.rejected})
@@ -107,44 +126,13 @@ def _common_args(cfg: TrainConfig, out_dir: Path, seed: int, device: torch.devic
                          "choose a batch size that is a multiple of --nproc_per_node")
     sched = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.scheduler]
     return dict(output_dir=str(out_dir / "trainer"), learning_rate=cfg.lr, max_steps=cfg.max_steps or -1,
-                num_train_epochs=cfg.epochs,
+                num_train_epochs=1, train_sampling_strategy="sequential",  # rows come in training_order
                 per_device_train_batch_size=cfg.batch_size // dist.world_size(),
                 gradient_accumulation_steps=cfg.grad_accum, warmup_steps=cfg.warmup, lr_scheduler_type=sched,
                 seed=seed, data_seed=seed, dataloader_num_workers=0, report_to=[], save_strategy="no",
                 eval_strategy="no", logging_strategy="steps", logging_steps=cfg.eval_every,
                 disable_tqdm=not progress, bf16=device.type == "cuda", fp16=False, use_cpu=device.type == "cpu",
                 activation_checkpointing=cfg.gradient_checkpointing, max_length=cfg.max_length)
-
-
-def _build_trainer(method: str, cfg: TrainConfig, model, ref_model, tokenizer, dataset, common: dict, peft,
-                   layer: int, hook: str, callbacks: list):
-    kw = dict(train_dataset=dataset, processing_class=tokenizer, peft_config=peft, callbacks=callbacks)
-    if method == "sft":
-        from trl import SFTConfig, SFTTrainer
-
-        return SFTTrainer(model=model, args=SFTConfig(**common, completion_only_loss=True), **kw)
-    if method == "simpo":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "You are importing from 'trl.experimental'": pinned, tested here
-            from trl.experimental.cpo import CPOConfig, CPOTrainer
-        args = CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, beta=cfg.beta, simpo_gamma=cfg.gamma,
-                         disable_dropout=False, remove_unused_columns=False)  # its collator needs every column
-        return CPOTrainer(model=model, args=args, **kw)
-    from trl import DPOConfig, DPOTrainer
-
-    from bench.decpo import DecPOTrainer, L1DPOTrainer
-
-    # disable_dropout=False: TRL's default would also zero the LoRA dropout of the paper preset.
-    args = DPOConfig(**common, beta=cfg.beta, loss_type=["sigmoid"], disable_dropout=False)
-    kw["ref_model"] = ref_model
-    if method == "dpo":
-        return DPOTrainer(model=model, args=args, **kw)
-    if method == "decpo":
-        return DecPOTrainer(model=model, args=args, layer=layer, hook=hook, coef=cfg.lam,
-                            normalize=cfg.normalize, **kw)
-    if method == "l1":
-        return L1DPOTrainer(model=model, args=args, layer=layer, hook=hook, coef=cfg.lam, **kw)
-    raise ValueError(f"unknown method {method!r}; registered: {', '.join(sorted(METHODS))}")
 
 
 def _unpatch_forward(model: nn.Module | None) -> None:
@@ -156,6 +144,16 @@ def _unpatch_forward(model: nn.Module | None) -> None:
         code = getattr(getattr(fwd, "__func__", None), "__code__", None)  # functools.wraps renamed the function
         if code is not None and code.co_name == "_fused_forward":
             del m.__dict__["forward"]
+
+class NoiseSeed(TrainerCallback):
+    """Reseeds torch's RNG when training begins, after the trainer initialised the model (LoRA weights
+    keep the job seed), so the dropout draws follow ``seed`` (the job seed + 1000 × ``noise_seed``)."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_begin(self, args, state, control, **kw):
+        torch.manual_seed(self.seed)
 
 # ----------------------------------------------------------------------------------------------- entry point
 
@@ -237,7 +235,7 @@ def train_policy(method: str, cfg: MethodConfig, model: nn.Module, tokenizer, tr
     otherwise). Only ``out_dir`` is written to (the trainer's scratch folder; no checkpoints).
     """
     _check_method(method, cfg)
-    if method == "base":
+    if not METHODS[method].trains:
         return TrainResult(method, model, [], layer=resolve_layer(layer, len(decoder_layers(model))), steps=0,
                            seconds=0.0)
     if not train_pairs or not eval_pairs:
@@ -276,8 +274,8 @@ def train_policy(method: str, cfg: MethodConfig, model: nn.Module, tokenizer, tr
 def _check_method(method: str, cfg: MethodConfig) -> None:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; registered: {', '.join(sorted(METHODS))}")
-    if type(cfg) is not METHODS[method]:
-        raise TypeError(f"method {method!r} takes a {METHODS[method].__name__}, got {type(cfg).__name__}")
+    if type(cfg) is not METHODS[method].config_cls:
+        raise TypeError(f"method {method!r} takes a {METHODS[method].config_cls.__name__}, got {type(cfg).__name__}")
 
 
 def make_trainer(method: str, cfg: TrainConfig, model: nn.Module, tokenizer, train_pairs: list[Pair], out_dir: Path,
@@ -289,18 +287,21 @@ def make_trainer(method: str, cfg: TrainConfig, model: nn.Module, tokenizer, tra
     for full fine-tuning (ignored by sft/simpo, and None with LoRA: the adapter-disabled policy is used).
     """
     _check_method(method, cfg)
-    if method == "base":
-        raise ValueError("method 'base' is not trained; it has no trainer")
-    if not cfg.lora and method in ("dpo", "decpo", "l1") and reference is None:
+    spec = METHODS[method]
+    if not spec.trains:
+        raise ValueError(f"method {method!r} is not trained; it has no trainer")
+    if not cfg.lora and spec.uses_reference and reference is None:
         raise ValueError("full fine-tuning with a DPO-family method needs `reference` (a frozen copy of the model)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
+    noise = NoiseSeed(seed + 1000 * cfg.noise_seed)
     with quiet_libs():
-        dataset = _datasets(method, cfg, tokenizer, train_pairs, use_chat_template)
-        trainer = _build_trainer(method, cfg, model, reference if method in ("dpo", "decpo", "l1") else None,
-                                 tokenizer, dataset, _common_args(cfg, out_dir, seed, device, progress),
-                                 _peft_config(cfg, model) if cfg.lora else None, layer, hook, callbacks or [])
+        dataset = _datasets(method, cfg, tokenizer, train_pairs, use_chat_template, seed)
+        kw = dict(train_dataset=dataset, processing_class=tokenizer, callbacks=[noise, *(callbacks or [])],
+                  peft_config=_peft_config(cfg, model) if cfg.lora else None)
+        trainer = spec.build(cfg, model, reference if spec.uses_reference else None,
+                             _common_args(cfg, out_dir, seed, device, progress), kw, layer, hook)
     if not progress:
         from transformers import PrinterCallback
 

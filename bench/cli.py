@@ -9,6 +9,7 @@
     python -m bench show-feature results/smoke/runs/sae-… 12
     python -m bench report results/default       # figures + report.md from stored runs
     python -m bench perf --quick                 # side-by-side speed ratios
+    python -m bench validate --quick             # every metric's negative and positive controls
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="figures and an HTML/Markdown report from stored runs")
     rp.add_argument("dir", type=Path)
+
+    va = sub.add_parser("validate", help="run every metric's negative and positive controls → validation.csv")
+    va.add_argument("--quick", action="store_true", help="skip the controls that train models (< 3 min)")
+    va.add_argument("--out", type=Path, default=Path("results/validation"),
+                    help="folder for validation.csv (a results folder's report then includes it)")
+    va.add_argument("--seed", type=int, default=0)
 
     sc = sub.add_parser("schema", help="write docs/SCHEMA.md (every output column) from the metric registry")
     sc.add_argument("--out", type=Path, default=Path("docs/SCHEMA.md"))
@@ -141,10 +148,10 @@ def cmd_list(args) -> int:
         for name, cls in sorted(TASKS.items()):
             print(cls.describe(cls.config_cls()) if hasattr(cls, "describe") else name)
     elif args.what == "methods":
-        from bench.methods import METHODS
+        from bench.methods import METHODS, ordered
 
-        for name, cls in METHODS.items():
-            print(f"{name:<7} {(cls.__doc__ or '').strip().partition(chr(10))[0]}")
+        for name in ordered(METHODS):
+            print(f"{name:<12} {METHODS[name].summary}")
     else:
         from bench.models import MODELS_HELP
 
@@ -213,6 +220,17 @@ def cmd_schema(args) -> int:
     return 0
 
 
+def cmd_validate(args) -> int:
+    from bench.validate import run_controls, verdicts
+
+    table = run_controls(args.out, quick=args.quick, seed=args.seed)
+    for line in verdicts(table):
+        print(line)
+    n_fail = int((~table["pass"]).sum())
+    print(f"{len(table)} control(s), {n_fail} failing → {args.out}/validation.csv")
+    return 1 if n_fail else 0
+
+
 def cmd_perf(args) -> int:
     from bench.perf import run_perf
 
@@ -240,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     handlers = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "data": cmd_data_show,
                 "show-feature": cmd_show_feature, "report": cmd_report, "perf": cmd_perf,
-                "schema": cmd_schema, "sweep": cmd_sweep}
+                "schema": cmd_schema, "sweep": cmd_sweep, "validate": cmd_validate}
     try:
         return handlers[args.cmd](args)
     except KeyboardInterrupt:

@@ -61,9 +61,10 @@ class ProxyConfig(_Strict):
     """Neuron proxies (SPEC §4) on held-out task prompts."""
 
     n_texts: int = Field(256, ge=2)
-    """Held-out prompts per task (fewer if the task has fewer)."""
+    """Held-out pairs per task (fewer if the task has fewer), each read as prompt + chosen reply + EOS."""
     batch_size: int = Field(16, ge=1)
-    max_length: int = Field(256, ge=8)
+    max_length: int = Field(512, ge=8)
+    """Longest proxy input in tokens; a longer one is an error (inputs are never cut)."""
 
 
 class EvalConfig(_Strict):
@@ -99,7 +100,7 @@ class SuiteConfig(_Strict):
 
         data = dict(data)
         data["tasks"] = _resolve_tables("tasks", data.get("tasks"), {k: v.config_cls for k, v in TASKS.items()})
-        data["methods"] = _resolve_tables("methods", data.get("methods"), METHODS)
+        data["methods"] = _resolve_tables("methods", data.get("methods"), {k: v.config_cls for k, v in METHODS.items()})
         if data.get("sae") is not None and not isinstance(data["sae"], BaseModel):
             from saes.config import SAEConfig
 

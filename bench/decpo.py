@@ -1,8 +1,9 @@
 """DecPO and L1-regularised DPO as subclasses of TRL's ``DPOTrainer`` (SPEC.md §2).
 
 Both add a penalty on Z ∈ R^{B×d}: the output of one layer's MLP input projection (``mlp.up_proj``;
-``mlp.c_fc`` for GPT-2) at each sequence's last non-padding token, for every row of the batch (TRL's
-collator stacks the chosen rows first, then the rejected rows, so B = 2 × pairs).
+``mlp.c_fc`` for GPT-2) at each sequence's last non-padding token — the EOS token TRL appends after the
+reply (``bench.lm.READOUT``; the proxies and curves read the same token of the same sequence) — for every
+row of the batch (TRL's collator stacks the chosen rows first, then the rejected rows, so B = 2 × pairs).
 
 - DecPO (Yan et al. 2024, arXiv 2406.17969): L = L_DPO + λ·‖Z Zᵀ − I‖²_F, rows L2-normalised
   first by default (``normalize=True``). The paper's raw form is ``normalize=False``; its public code
@@ -59,10 +60,12 @@ def l1_penalty(z: Float[Tensor, "row d"]) -> Float[Tensor, ""]:
 class LastTokenCapture:
     """Forward hook on ``module`` that keeps ``output[b, i_b]``, i_b = last non-padding position of row b.
 
-    Call ``arm(attention_mask)`` before a forward; the first call of the module after that (with
-    gradients enabled, when ``only_with_grad``) is captured and the hook disarms itself, so a recomputation
-    under gradient checkpointing cannot overwrite it. ``take()`` returns the capture (or None) and disarms.
-    Works for right and left padding: the index comes from the mask, never from pad-token ids.
+    Call ``arm(attention_mask, input_ids, eos_id)`` before a forward; the first call of the module after
+    that (with gradients enabled, when ``only_with_grad``) is captured and the hook disarms itself, so a
+    recomputation under gradient checkpointing cannot overwrite it. ``take()`` returns the capture (or
+    None) and disarms. Works for right and left padding: the index comes from the mask, never from
+    pad-token ids. The read token must be ``eos_id`` (``bench.lm.READOUT``: TRL appends it after every
+    reply); a row that ends in anything else was cut, and is an error rather than a silent other position.
     """
 
     def __init__(self, module: nn.Module, only_with_grad: bool = True):
@@ -71,8 +74,14 @@ class LastTokenCapture:
         self._z: Tensor | None = None
         self._handle = module.register_forward_hook(self._hook)
 
-    def arm(self, attention_mask: Tensor) -> None:
+    def arm(self, attention_mask: Tensor, input_ids: Tensor | None = None, eos_id: int | None = None) -> None:
         self._mask, self._z = attention_mask, None
+        if input_ids is not None and eos_id is not None:
+            idx = last_token_index(attention_mask)
+            read = input_ids[torch.arange(input_ids.shape[0], device=input_ids.device), idx.to(input_ids.device)]
+            if bad := (read != eos_id).nonzero().flatten().tolist():
+                raise ValueError(f"batch rows {bad} do not end in the EOS token (id {eos_id}) the penalty reads: "
+                                 "they were cut by max_length; raise max_length")
 
     def take(self) -> Tensor | None:
         z, self._z, self._mask = self._z, None, None
@@ -113,7 +122,8 @@ class ActivationRegularisedDPOTrainer(DPOTrainer):
         raise NotImplementedError
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        self._capture.arm(inputs["attention_mask"])
+        tok = getattr(self, "_tokenizer", self.processing_class)
+        self._capture.arm(inputs["attention_mask"], inputs.get("input_ids"), tok.eos_token_id)
         try:
             out = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                        num_items_in_batch=num_items_in_batch)
@@ -202,7 +212,7 @@ class CurveCallback(TrainerCallback):
                 self._ref = pol = {split: self._logps(self.reference or model, pairs)
                                    for split, pairs in self.pairs.items()}
             z = collect_last_token(model, self.tokenizer, [p.prompt for p in self.proxy_pairs], [self.layer],
-                                   hook=self.hook, use_chat_template=self.use_chat_template,
+                                   hook=self.hook, use_chat_template=self.use_chat_template, max_length=1 << 20,
                                    replies=[p.chosen for p in self.proxy_pairs])[self.layer]
         finally:
             model.train(was_training)

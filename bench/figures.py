@@ -30,9 +30,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-METHOD_ORDER = ("base", "sft", "dpo", "simpo", "l1", "decpo")
-METHOD_LABELS = {"base": "base (no training)", "sft": "SFT", "dpo": "DPO", "simpo": "SimPO",
-                 "l1": "L1-Reg", "decpo": "DecPO"}
+from bench.stats import t_interval
+
 MARKERS = ("o", "v", "s", "^", "D", "P", "X", "*")
 # Column names a training run may use for the same curve; the first present wins.
 CURVE_STEP = ("step", "global_step", "train/global_step")
@@ -53,32 +52,26 @@ class MissingData(LookupError):
     """The stored tables lack what a figure needs; the message says what is missing."""
 
 
-def t_interval(values: Sequence[float]) -> tuple[float, float]:
-    """95 % t confidence interval of the mean, m ± t_{0.975, n−1}·s/√n; (m, m) with fewer than 2 values."""
-    from scipy import stats
-
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    if len(v) == 0:
-        return np.nan, np.nan
-    m = float(v.mean())
-    if len(v) < 2:
-        return m, m
-    h = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
-    return m - h, m + h
-
-
 def ordered_methods(methods) -> list[str]:
-    """Known methods in the paper's order, then any others alphabetically."""
-    present = set(methods)
-    return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
+    """The methods present, in the registry's display order (unregistered ones last, alphabetically)."""
+    from bench.methods import ordered
+
+    return ordered(set(methods))
+
+
+def method_label(method: str) -> str:
+    from bench.methods import METHODS
+
+    return METHODS[method].label if method in METHODS else method
 
 
 def method_style(methods: Sequence[str]) -> dict[str, tuple]:
     """method → (label, colour, marker); fixed per method so every figure uses the same colours."""
-    known = [m for m in METHOD_ORDER] + sorted(set(methods) - set(METHOD_ORDER))
+    from bench.methods import METHODS, ordered
+
+    known = ordered(set(METHODS) | set(methods))
     colours = sns.color_palette("colorblind", len(known))
-    return {m: (METHOD_LABELS.get(m, m), colours[known.index(m)], MARKERS[known.index(m) % len(MARKERS)])
+    return {m: (method_label(m), colours[known.index(m)], MARKERS[known.index(m) % len(MARKERS)])
             for m in methods}
 
 

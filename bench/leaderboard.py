@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.stats import holm, mde_paired, paired_test, t_half_width
 from bench.store import Store, read_json
 
 ID_COLS = ["suite", "model", "task", "method", "seed", "config_hash", "monobench_version", "hook_layer"]
@@ -59,16 +60,16 @@ def leaderboard(tidy: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     wide = head.pivot_table(index=["model", "task", "method", "seed"], columns="metric", values="value",
                             aggfunc="first").reset_index()
     board = table.merge(wide, on=["model", "task", "method", "seed"], how="left")
-    method_order = {m: i for i, m in enumerate(["base", "sft", "dpo", "simpo", "l1", "decpo"])}
-    board = board.assign(_m=board["method"].map(lambda m: method_order.get(m, 99))).sort_values(
+    from bench.methods import ordered
+
+    rank = {m: i for i, m in enumerate(ordered(set(board["method"])))}
+    board = board.assign(_m=board["method"].map(rank)).sort_values(
         ["model", "task", "_m", "seed"], kind="stable").drop(columns="_m")
     return board[ID_COLS + [c for c in order if c in board.columns]].reset_index(drop=True)
 
 
 def seed_summary(board: pd.DataFrame) -> pd.DataFrame | None:
     """Mean and 95 % CI half-width (t distribution, n−1 dof) across seeds; None with fewer than 2 seeds."""
-    from scipy import stats
-
     if board.empty or board["seed"].nunique() < 2:
         return None
     metrics = [c for c in board.columns if c not in ID_COLS]
@@ -78,8 +79,7 @@ def seed_summary(board: pd.DataFrame) -> pd.DataFrame | None:
         for m in metrics:
             v = g[m].dropna().to_numpy(float)
             row[m] = float(v.mean()) if len(v) else np.nan
-            row[f"{m}_ci95"] = (float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
-                                if len(v) > 1 else np.nan)
+            row[f"{m}_ci95"] = t_half_width(v)
         out.append(row)
     return pd.DataFrame(out)
 
@@ -88,13 +88,13 @@ def paired_differences(board: pd.DataFrame, metrics: list[str], treatment: str =
                        control: str = "dpo") -> pd.DataFrame | None:
     """treatment − control per (model, task, metric), paired by seed (both share that seed's data).
 
-    d_s = x_treatment,s − x_control,s; returns n (seeds with both values), mean d̄ and the 95 % CI
-    half-width t_{0.975, n−1} · sd(d) / √n, plus whether that interval excludes 0. Pairing removes the
-    seed-to-seed variation both methods share (data, LoRA init). None when no (model, task) has both
-    methods on at least 2 common seeds.
+    d_s = x_treatment,s − x_control,s. Per row: n (seeds with both values), the mean d̄ and its 95 % t
+    half-width, whether that interval excludes 0, the paired t-test's p and its Holm adjustment across
+    the rows of the comparison (``p_holm``; ``significant`` = p_holm ≤ 0.05), ``noisy`` when the per-seed
+    spread sd(d) exceeds |d̄|, and ``mde``, the smallest difference 80 % power would detect at these
+    seeds and this spread (``bench.stats.mde_paired``). None when no (model, task) has both methods on at
+    least 2 common seeds.
     """
-    from scipy import stats
-
     rows = []
     for (model, task), g in board.groupby(["model", "task"], sort=False):
         t = g[g["method"] == treatment].set_index("seed")
@@ -102,14 +102,19 @@ def paired_differences(board: pd.DataFrame, metrics: list[str], treatment: str =
         for m in metrics:
             if m not in g:
                 continue
-            d = (t[m] - c[m]).dropna().to_numpy(float)
-            if len(d) < 2:
+            r = paired_test((t[m] - c[m]).dropna().to_numpy(float))
+            if r["n"] < 2:
                 continue
-            half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
-            mean = float(d.mean())
-            rows.append({"model": model, "task": task, "metric": m, "n_seeds": len(d), "diff": mean,
-                         "diff_ci95": half, "ci_excludes_0": bool(abs(mean) > half)})
-    return pd.DataFrame(rows) if rows else None
+            rows.append({"model": model, "task": task, "metric": m, "n_seeds": r["n"], "diff": r["mean"],
+                         "diff_ci95": r["half"], "ci_excludes_0": bool(abs(r["mean"]) > r["half"]),
+                         "p": r["p"], "sd": r["sd"], "noisy": bool(r["sd"] > abs(r["mean"])),
+                         "mde": mde_paired(r["sd"], r["n"])})
+    if not rows:
+        return None
+    out = pd.DataFrame(rows)
+    out["p_holm"] = holm(out["p"].tolist())
+    out["significant"] = out["p_holm"] <= 0.05
+    return out
 
 
 def write_leaderboard(out: Path, sources: list[Path] | None = None) -> pd.DataFrame:

@@ -30,6 +30,35 @@ def format_prompt(tokenizer, prompt: str, use_chat_template: bool = True) -> str
     return prompt
 
 
+def training_prompt(tokenizer, prompt: str, use_chat_template: bool = True) -> str:
+    """The prompt text a trainer receives: ``format_prompt``, minus a leading BOS that the tokenizer adds
+    itself when it tokenizes (so the sequence holds one BOS, not two)."""
+    text = format_prompt(tokenizer, prompt, use_chat_template)
+    bos = tokenizer.bos_token
+    if bos and text.startswith(bos):
+        ids = tokenizer("x")["input_ids"]
+        if ids and ids[0] == tokenizer.bos_token_id:
+            return text[len(bos):]
+    return text
+
+
+def training_ids(tokenizer, prompt: str, reply: str, use_chat_template: bool = True) -> list[int]:
+    """Token ids of the training sequence of (prompt, reply): ``tokenizer(text=training_prompt + reply + eos)``.
+
+    This is what TRL 1.x's ``DPOTrainer`` (and ``CPOTrainer``/``SFTTrainer``) tokenizes for a
+    non-conversational example: the EOS token's text is appended to the reply and prompt + reply is
+    tokenized as one string (``tests/test_align.py`` compares it with TRL's own collator). Its last
+    id is the EOS token: the position the DecPO/L1 penalty reads and the proxies read (``readout``).
+    """
+    return list(tokenizer(text=training_prompt(tokenizer, prompt, use_chat_template) + reply
+                          + tokenizer.eos_token)["input_ids"])
+
+
+READOUT = "eos-after-reply"
+"""Where a sequence is read (penalty, proxies, curves): the EOS token TRL appends after the reply, i.e.
+the last non-padding token of a training sequence. Part of the train and proxies stage keys."""
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     """The underlying transformers model of a PEFT wrapper (or the model itself)."""
     if hasattr(model, "get_base_model"):
@@ -86,6 +115,17 @@ def hook_module(model: nn.Module, layer: int, hook: str = "mlp.up_proj") -> nn.M
 
 def mlp_in_proj(model: nn.Module, layer: int) -> nn.Module:
     return hook_module(model, layer, "mlp.up_proj")
+
+
+def right_padded(rows: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of token-id rows, right-padded with ``pad_id`` to the longest."""
+    width = max(1, max(map(len, rows)))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, :len(r)] = 1
+    return ids.to(device), mask.to(device)
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

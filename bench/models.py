@@ -79,7 +79,8 @@ def dtype_for(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def _embedded_gguf(name: str) -> tuple[Path, str]:
+def embedded_gguf(name: str) -> tuple[Path, str]:
+    """(folder, file name) of an embedded model's GGUF inside its installed package."""
     if name not in EMBEDDED:
         raise ModelLoadError(f"unknown embedded model {name!r}; known: {', '.join(sorted(EMBEDDED))}")
     module, filename, dist = EMBEDDED[name]
@@ -96,7 +97,7 @@ def _embedded_gguf(name: str) -> tuple[Path, str]:
 
 def embedded_folder(name: str) -> Path:
     """Safetensors copy of an embedded GGUF model, converted once (atomic rename) and cached."""
-    gguf_dir, filename = _embedded_gguf(name)
+    gguf_dir, filename = embedded_gguf(name)
     stamp = hashlib.sha256(f"{gguf_dir / filename}:{(gguf_dir / filename).stat().st_size}".encode()).hexdigest()[:10]
     target = cache_dir() / "models" / f"{name}-{stamp}"
     if (target / "config.json").is_file():
@@ -201,6 +202,20 @@ def load_model(spec: str, *, seed: int = 0, device: str = "cpu", tiny: TinySpec 
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
     return model, tok
+
+
+def random_init(model, seed: int):
+    """A freshly initialised copy of ``model``'s architecture (its config's own init, seeded), in eval mode on
+    the same device and dtype: the ``random_init`` control (a model that learned nothing)."""
+    from transformers import AutoModelForCausalLM
+
+    p = next(model.parameters())
+    with torch.random.fork_rng(devices=[p.device] if p.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        fresh = AutoModelForCausalLM.from_config(model.config)
+    fresh.to(p.device, dtype=p.dtype).eval()
+    fresh.generation_config = model.generation_config
+    return fresh
 
 
 MODELS_HELP = {

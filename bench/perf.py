@@ -69,12 +69,13 @@ def perf_texts(n: int, seed: int = 0) -> list[str]:
 
 
 def perf_pairs(texts: Sequence[str], n: int):
-    """``n`` preference pairs cut from ``texts``: prompt = one text, replies = two texts joined each."""
+    """``n`` preference pairs cut from ``texts``: prompt = one text, replies = two texts joined each, every
+    text cut to its first 10 words so the pairs fit the benchmark's lengths (training never cuts them)."""
     from tasks._base import Pair
 
     if len(texts) < 5 * n:
         raise ValueError(f"{n} pairs need {5 * n} texts, got {len(texts)}")
-    t = list(texts)
+    t = [" ".join(x.split()[:10]) for x in texts]
     return [Pair(prompt=t[5 * i], chosen=f"{t[5 * i + 1]} {t[5 * i + 2]}", rejected=f"{t[5 * i + 3]} {t[5 * i + 4]}")
             for i in range(n)]
 

@@ -1,7 +1,9 @@
 """Neuron-level monosemanticity proxies (SPEC.md §4), per layer.
 
-z_i ∈ R^d is the hooked module's output (default ``mlp.up_proj``) at the last non-padding token of
-input i; Z = [z_1 … z_N] ∈ R^{N×d}. All proxies are pure functions of Z (float64 inside):
+z_i ∈ R^d is the hooked module's output (default ``mlp.up_proj``) of input i at the token DecPO reads
+(``bench.lm.READOUT``: the EOS after the reply of a held-out prompt + chosen reply, built exactly as a
+training sequence), or — for ``*_prompt`` — at the last token of the prompt alone (the paper's read-out);
+Z = [z_1 … z_N] ∈ R^{N×d}. All proxies are pure functions of Z (float64 inside):
 
 - ``decorrelation``  = 1 − mean_{i≠j} cos(z_i, z_j)                       (Yan et al. 2024, Figs. 3–4)
 - ``act_variance``   = mean_i Var_k(z_ik), population variance over the d hidden dims (Fig. 5)
@@ -19,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from bench.lm import StopForward, format_prompt, hook_module, last_token_index
+from bench.lm import StopForward, hook_module, last_token_index, right_padded, training_ids, training_prompt
 
 PROXY_NAMES = ("decorrelation", "act_variance", "mono_scale", "decor_loss")
 
@@ -102,18 +104,25 @@ def collect_last_token(model, tokenizer, texts: Sequence[str], layers: Sequence[
                        replies: Sequence[str] | None = None) -> dict[int, Tensor]:
     """Z per layer from one forward pass per batch: {layer: (N, d) float32 CPU tensor}.
 
-    Each text is formatted like a prompt (``format_prompt``); with ``replies``, reply i follows prompt
-    i directly, as in a DPO training sequence. The activation is taken at the last non-padding token,
-    so with replies it is the reply's last token: the position DecPO regularises (``bench/decpo.py``).
-    Without replies a chat prompt ends in the template's fixed assistant header, whose activation
-    barely depends on the prompt.
+    With ``replies``, row i is the training sequence of (text i, reply i) exactly as the trainers build
+    it (``bench.lm.training_ids``: prompt + reply + EOS) and z_i is read at its EOS — the token the
+    DecPO/L1 penalty reads in training. Without replies, row i is the formatted prompt alone
+    (``bench.lm.training_prompt``) read at its last token: the paper's figure read-out (``decorrelation_prompt``;
+    a chat prompt ends in the template's fixed assistant header). A row longer than ``max_length`` is
+    an error (cutting it would change the prefix the read token sees); raise ``max_length``.
     """
     if replies is not None and len(replies) != len(texts):
         raise ValueError(f"{len(texts)} texts but {len(replies)} replies")
+    rows = [training_ids(tokenizer, t, replies[i], use_chat_template) if replies is not None else
+            tokenizer(text=training_prompt(tokenizer, t, use_chat_template))["input_ids"]
+            for i, t in enumerate(texts)]
+    if too_long := [i for i, r in enumerate(rows) if len(r) > max_length]:
+        raise ValueError(f"{len(too_long)} proxy input(s) exceed max_length = {max_length} tokens (the longest has "
+                         f"{max(len(rows[i]) for i in too_long)}, e.g. text {too_long[0]}: {texts[too_long[0]][:40]!r}); "
+                         "raise [proxies] max_length")
     device = next(model.parameters()).device
     store: dict[int, list[Tensor]] = {l: [] for l in layers}
     current: dict[str, Tensor] = {}
-
     last_layer = max(layers)
 
     def make_hook(layer: int):
@@ -124,22 +133,15 @@ def collect_last_token(model, tokenizer, texts: Sequence[str], layers: Sequence[
         return fn
 
     handles = [hook_module(model, l, hook).register_forward_hook(make_hook(l)) for l in layers]
-    old_side, old_trunc = tokenizer.padding_side, tokenizer.truncation_side
-    tokenizer.padding_side = "right"
-    tokenizer.truncation_side = "left"  # a text longer than max_length keeps its end (the measured token)
     try:
-        for start in range(0, len(texts), batch_size):
-            batch = [format_prompt(tokenizer, t, use_chat_template) + (replies[start + i] if replies else "")
-                     for i, t in enumerate(texts[start:start + batch_size])]
-            enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length,
-                            add_special_tokens=False).to(device)
-            current["last"] = last_token_index(enc["attention_mask"])
+        for start in range(0, len(rows), batch_size):
+            ids, mask = right_padded(rows[start:start + batch_size], tokenizer.pad_token_id, device)
+            current["last"] = last_token_index(mask)
             try:
-                model(**enc, use_cache=False)
+                model(input_ids=ids, attention_mask=mask, use_cache=False)
             except StopForward:
                 pass
     finally:
-        tokenizer.padding_side, tokenizer.truncation_side = old_side, old_trunc
         for h in handles:
             h.remove()
     return {l: torch.cat(v) for l, v in store.items()}
@@ -207,3 +209,31 @@ def most_changed_neurons(base, policy, tokenizer, layer: int, *, hook: str = "ml
         rows.append({"layer": layer, "neuron": k, "change": float(change[k]),
                      "tokens": [tokenizer.decode([t]) for t in tok_ids]})
     return rows
+
+
+# ----- controls (``python -m bench validate``) ---------------------------------------------------------
+def _gauss(ctx, n: int = 256, d: int = 1536) -> Tensor:
+    return torch.from_numpy(ctx.rng(41).standard_normal((n, d)))
+
+
+def _register_controls() -> None:
+    from bench.controls import control
+
+    control("decorrelation", "negative", "256 isotropic random directions (d = 1536)", expect="1 ± 0.01",
+            check=lambda v: abs(v - 1) <= 0.01)(lambda ctx: decorrelation(_gauss(ctx)))
+    control("decorrelation", "positive", "a shared direction with half of each row's energy",
+            expect="0.5 ± 0.02", check=lambda v: abs(v - 0.5) <= 0.02)(
+        lambda ctx: decorrelation(_gauss(ctx) + torch.from_numpy(ctx.rng(42).standard_normal(1536)) * 1.0))
+    control("decor_loss", "negative", "orthogonal rows", expect="= 0", check=lambda v: abs(v) < 1e-12)(
+        lambda ctx: decor_loss(torch.eye(64, dtype=torch.float64)))
+    control("decor_loss", "positive", "64 identical rows", expect="(N − 1)/N = 0.984",
+            check=lambda v: abs(v - 63 / 64) < 1e-9)(lambda ctx: decor_loss(torch.ones(64, 8)))
+    control("mono_scale", "negative", "every input has the same activation vector", expect="= 0",
+            check=lambda v: abs(v) < 1e-12)(lambda ctx: mono_scale(_gauss(ctx)[:1].expand(256, -1).contiguous()))
+    control("mono_scale", "positive", "zero-mean activations that vary across inputs", expect="1 ± 0.01",
+            check=lambda v: abs(v - 1) <= 0.01)(lambda ctx: mono_scale(_gauss(ctx)))
+    control("act_variance", "positive", "rows of N(0, 4) entries", expect="4 ± 0.05",
+            check=lambda v: abs(v - 4) <= 0.05)(lambda ctx: act_variance(2 * _gauss(ctx)))
+
+
+_register_controls()

@@ -28,15 +28,17 @@ import pandas as pd
 
 from bench import figures as F
 from bench.render import Block, Bullets, Heading, Image, Para, Table, to_html, to_markdown
+from bench.report_stats import paired_sections, validation_section
 from bench.store import read_json
 
 log = logging.getLogger(__name__)
 
-ALIGN_COLS = ("align_score", "tox_rate", "degenerate_rate", "positivity_gain", "relatedness", "syco_rate",
-              "no_opinion_acc", "pref_acc", "reward_margin")
-MONO_COLS = ("decorrelation", "decorrelation_mean", "act_variance", "mono_scale", "decor_loss",
-             "sae_explained_variance", "sae_l0", "sae_dead_frac", "sae_ce_score", "sae_frac_interpretable",
-             "sae_frac_decorrelated", "sae_frac_interp_decor", "sae_probe_top1")
+ALIGN_COLS = ("align_score", "tox_rate", "degenerate_rate", "positivity_gain", "relatedness", "syco_shift",
+              "syco_rate", "contrarian_rate", "no_opinion_acc", "pref_acc", "reward_margin")
+MONO_COLS = ("decorrelation", "decorrelation_prompt", "decorrelation_mean", "act_variance", "mono_scale",
+             "decor_loss", "sae_explained_variance", "sae_l0", "sae_dead_frac", "sae_ce_score", "sae_ce_delta",
+             "sae_frac_interpretable", "sae_frac_decorrelated", "sae_frac_decorrelated_null",
+             "sae_frac_interp_decor", "sae_probe_top1", "sae_n_heldout_tokens")
 TOP_TOKEN_GLOB = "top_tokens*.json"
 TOP_TOKEN_ROWS = 10
 
@@ -195,7 +197,10 @@ def leaderboard_section(res: Results) -> list[Block]:
     for title, cols in (("Alignment", ALIGN_COLS), ("Monosemanticity (hook layer) and SAE", MONO_COLS)):
         if (t := _metric_table(res, cols)) is not None:
             blocks += [Heading(3, title), t]
-    blocks += paired_section(res)
+    if "base" in set(res.board["method"]):
+        blocks.append(Para("`pref_acc` and `reward_margin` are not measured for **base** (shown –): it is its own "
+                           "reference, so they would be 0.5 and 0 by definition."))
+    blocks += paired_sections(res)
     ids = _id_cols(res) + ["seed"]
     rows = [[str(r[c]) for c in ids] + [f"`{r['config_hash']}`", str(r["monobench_version"])]
             for _, r in _sorted(res.board).iterrows()]
@@ -203,29 +208,6 @@ def leaderboard_section(res: Results) -> list[Block]:
                Para("Every metric of every row is in `leaderboard.csv`; per-layer values are in `metrics.csv`."),
                Table(ids + ["config_hash", "monobench_version"], rows)]
     return blocks
-
-
-PAIRED_COLS = ("align_score", "pref_acc", "reward_margin", "decorrelation", "decorrelation_mean",
-               "sae_explained_variance", "sae_frac_interpretable", "sae_frac_decorrelated", "sae_frac_interp_decor")
-
-
-def paired_section(res: Results) -> list[Block]:
-    """DecPO − DPO paired by seed (``bench.leaderboard.paired_differences``); nothing with < 2 seeds."""
-    from bench.leaderboard import paired_differences
-
-    diffs = paired_differences(res.board, list(PAIRED_COLS))
-    if diffs is None:
-        return []
-    rows = [([str(r["model"])] if res.board["model"].nunique() > 1 else []) +
-            [str(r["task"]), str(r["metric"]), str(r["n_seeds"]), f"{fmt(r['diff'])} ± {fmt(r['diff_ci95'])}",
-             "**yes**" if r["ci_excludes_0"] else "no"] for _, r in diffs.iterrows()]
-    head = (["model"] if res.board["model"].nunique() > 1 else []) + [
-        "task", "metric", "n_seeds", "DecPO − DPO (mean ± 95 % CI)", "CI excludes 0"]
-    return [Heading(3, "DecPO − DPO, paired by seed"),
-            Para("Per seed both methods train on the same data from the same initialisation, so their "
-                 "difference d_s is paired; shown is the mean of d_s ± the 95 % t half-width. Only rows "
-                 "whose interval excludes 0 are differences beyond seed noise (no multiple-comparison "
-                 "correction)."), Table(head, rows)]
 
 
 def figures_section(drawn: dict[str, str | None]) -> list[Block]:
@@ -269,7 +251,7 @@ def top_tokens_section(res: Results) -> list[Block]:
             continue
         seen.add(ident)
         cols = sorted(dict.fromkeys(k for r in recs for k in r), key=lambda k: isinstance(recs[0].get(k), list))
-        blocks += [Heading(3, f"{job['task']} · {F.METHOD_LABELS.get(job['method'], job['method'])} "
+        blocks += [Heading(3, f"{job['task']} · {F.method_label(job['method'])} "
                               f"(seed {job['seed']})"),
                    Para(f"From `{files[0].relative_to(res.dir)}`: {len(recs)} of {len(all_recs)} neurons."),
                    Table(cols, [[_token_cell(r.get(c)) for c in cols] for r in recs])]
@@ -320,8 +302,9 @@ def cite_section(res: Results) -> list[Block]:
     return [Heading(2, "How to cite a result"), Para(
         "Cite a number with the monobench version and the `config_hash` of its leaderboard row (both are "
         "columns of `leaderboard.csv`), and cite the software and the reference paper as given in "
-        "`CITATION.cff` in the monobench repository root. The config_hash covers the model, task, "
-        "method, hook, proxy, eval and SAE settings, the seed and the version."),
+        "`CITATION.cff` in the monobench repository root. The config_hash is a hash of the row's stage "
+        "keys, so it covers everything they cover: the model's content, the task and its version, the "
+        "method, hook, proxy, eval and SAE settings, the seed and each stage's code version."),
         Para(f"Example: align_score of {r['method']} on {r['task']} (seed {r['seed']}): monobench "
              f"{r['monobench_version']}, suite `{r['suite']}`, config_hash `{r['config_hash']}`.")]
 
@@ -335,8 +318,8 @@ def build_report(res: Results, drawn: dict[str, str | None]) -> list[Block]:
                  f"{', '.join(F.ordered_methods(b['method']))}; seeds "
                  f"{', '.join(map(str, sorted(b['seed'].unique())))}. Generated by `python -m bench report` "
                  "from stored runs only.")]
-    return (head + leaderboard_section(res) + figures_section(drawn) + top_tokens_section(res)
-            + provenance_section(res) + cite_section(res))
+    return (head + leaderboard_section(res) + validation_section(res.dir) + figures_section(drawn)
+            + top_tokens_section(res) + provenance_section(res) + cite_section(res))
 
 
 def write_report(dir: Path) -> Path:

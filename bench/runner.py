@@ -29,7 +29,8 @@ from bench import __version__, dist
 from bench.config import SuiteConfig
 from bench.plan import Plan, dry_run_lines, expand_jobs, plan_job, select_shard
 from bench.store import Store, read_json, write_json
-from tasks._base import proxy_pairs, sae_token_texts
+from bench.methods import METHODS
+from tasks._base import proxy_pairs, sae_documents
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,16 @@ def records(metrics: dict[str, float], **extra: Any) -> list[dict[str, Any]]:
             continue
         out.append({"metric": k, "value": float(v), **extra})
     return out
+
+
+def regulariser_share(curves: list[dict[str, float]], lam: float | None) -> float | None:
+    """Mean over logged training windows of λ·penalty / loss: the share of the DecPO/L1 loss that is the
+    regulariser (the logged loss includes it). None for methods without a penalty."""
+    rows = [(r[k], r["trainer/loss"]) for r in curves for k in ("trainer/reg/decor", "trainer/reg/l1")
+            if k in r and r.get("trainer/loss")]
+    if lam is None or not rows:
+        return None
+    return sum(lam * reg / loss for reg, loss in rows) / len(rows)
 
 
 class Runner:
@@ -86,10 +97,16 @@ class Runner:
         function up to float rounding, without LoRA's extra matmuls (~1.3× faster forwards on CPU).
         """
         model, tok = self.base(plan.job.seed)
-        if plan.job.method == "base":
+        kind = METHODS[plan.job.method].policy
+        if kind == "base":
             return model, tok
-        key = plan.stages["train"][0]
+        key = plan.stages["train"][0] if kind == "trained" else f"random_init-{plan.job.seed}"
         if self._policy_cache and self._policy_cache[0] == key:
+            return self._policy_cache[1], tok
+        if kind == "random_init":
+            from bench.models import random_init
+
+            self._policy_cache = (key, random_init(model, plan.job.seed))
             return self._policy_cache[1], tok
         from bench.align import load_policy
 
@@ -184,7 +201,10 @@ class Runner:
         write_json(work / "train.json", {"processes": dist.world_size(), "global_batch_size": cfg.batch_size,
                                          "per_process_batch_size": cfg.batch_size // dist.world_size()})
         pd.DataFrame(res.curves).to_csv(work / "curves.csv", index=False)
-        write_json(work / "metrics.json", records({"train_steps": res.steps, "train_seconds": res.seconds}))
+        metrics = {"train_steps": res.steps, "train_seconds": res.seconds}
+        if (share := regulariser_share(res.curves, getattr(cfg, "lam", None))) is not None:
+            metrics["train_reg_share"] = share
+        write_json(work / "metrics.json", records(metrics))
         self._policy_cache = None
 
     def _stage_eval(self, plan: Plan, work: Path) -> None:
@@ -197,14 +217,16 @@ class Runner:
         pol_logps = pair_logprobs(pol, tok, data.eval_pairs, **kw)   # shared by the scorer and the preference metrics
         metrics = TASKS[plan.job.task]().score(self.suite.tasks[plan.job.task], pol, tok, data, pair_logps=pol_logps)
         # The reference is the base model: its log-probs are the base row's own, shared by the task's methods.
+        # The base row itself has no preference metrics: against itself they are 0.5 and 0 by definition.
         data_key = plan.stages["data"][0]
-        if plan.job.method == "base":
+        if METHODS[plan.job.method].policy == "base":
             self._reference_logps = {data_key: pol_logps}
-        elif data_key not in self._reference_logps:
-            self._reference_logps = {data_key: pair_logprobs(self.base(plan.job.seed)[0], tok, data.eval_pairs, **kw)}
-        ref = self._reference_logps[data_key]
-        metrics |= preference_metrics(pol, tok, data.eval_pairs, beta=self.suite.eval.beta, reference_logps=ref,
-                                      policy_logps=pol_logps, **kw)
+        else:
+            if data_key not in self._reference_logps:
+                self._reference_logps = {data_key: pair_logprobs(self.base(plan.job.seed)[0], tok, data.eval_pairs,
+                                                                 **kw)}
+            metrics |= preference_metrics(pol, tok, data.eval_pairs, beta=self.suite.eval.beta, policy_logps=pol_logps,
+                                          reference_logps=self._reference_logps[data_key], **kw)
         write_json(work / "metrics.json", records(metrics))
 
     def _stage_proxies(self, plan: Plan, work: Path) -> None:
@@ -214,18 +236,20 @@ class Runner:
         pol, tok = self.policy(plan)
         cfg = self.suite.proxies
         pairs = proxy_pairs(data, cfg.n_texts)
-        rows = model_proxies(pol, tok, [p.prompt for p in pairs], hook=self.suite.hook.module,
-                             batch_size=cfg.batch_size, max_length=cfg.max_length,
-                             use_chat_template=self._chat(plan), replies=[p.chosen for p in pairs])
+        kw = dict(hook=self.suite.hook.module, batch_size=cfg.batch_size, max_length=cfg.max_length,
+                  use_chat_template=self._chat(plan))
+        rows = model_proxies(pol, tok, [p.prompt for p in pairs], replies=[p.chosen for p in pairs], **kw)
+        prompt_only = model_proxies(pol, tok, [p.prompt for p in pairs], **kw)  # the paper's read-out
         recs = []
-        for row in rows:
+        for row, prow in zip(rows, prompt_only):
             layer = row.pop("layer")
             row.pop("rel_depth")
-            recs += records(row, layer=layer)
+            recs += records(row | {"decorrelation_prompt": prow["decorrelation"]}, layer=layer)
         for name in ("decorrelation", "act_variance", "mono_scale", "decor_loss"):
             recs += records({f"{name}_mean": sum(r[name] for r in rows) / len(rows)})
+        recs += records({"decorrelation_prompt_mean": sum(r["decorrelation"] for r in prompt_only) / len(rows)})
         write_json(work / "metrics.json", recs)
-        if plan.job.method != "base":  # the paper's Table 1: most changed neurons at the hook layer
+        if METHODS[plan.job.method].trains:  # the paper's Table 1: most changed neurons at the hook layer
             from bench.proxies import most_changed_neurons
 
             try:
@@ -242,9 +266,22 @@ class Runner:
         data = self._data(plan)
         pol, tok = self.policy(plan)
         cfg = self.suite.sae
-        collect_activations(pol, tok, sae_token_texts(data), layer=plan.hook_layer, hook=self.suite.hook.module,
+        texts, groups = sae_documents(data)
+        collect_activations(pol, tok, texts, groups=groups, layer=plan.hook_layer, hook=self.suite.hook.module,
                             out_dir=work, cfg=cfg, seed=plan.job.seed)
-        write_json(work / "metrics.json", [])
+        from saes.activations import ActivationStore
+        from saes.heldout import audit_store
+
+        store = ActivationStore(work)
+        audit = audit_store(store)
+        if audit["leaks"] or audit["twins"]:
+            raise RuntimeError(f"activation store {work.name}: {audit['leaks']} held-out tokens share a 4+-token "
+                               f"prefix with training and {audit['twins']} are twins; this is a bug")
+        m = store.manifest
+        write_json(work / "metrics.json", records({
+            "acts_n_train_tokens": m["n_train_tokens"], "acts_n_heldout_tokens": m["n_heldout_tokens"],
+            "acts_n_duplicate_tokens": m["n_duplicate_tokens"], "acts_heldout_leaks": audit["leaks"],
+            "acts_heldout_twins": audit["twins"]}))
 
     def _stage_sae(self, plan: Plan, work: Path) -> None:
         from saes.score import score_sae

@@ -2,7 +2,8 @@
 
 ``<out>/runs/<stage>-<hash>/`` holds one stage's artifacts plus ``stage.json`` (its spec, timings and
 provenance). The hash covers everything that determines the stage — its config, upstream stage keys,
-seed and the monobench version — and nothing else (SPEC §1, STYLE §4). A stage is built in
+seed, the content identity of its inputs and the version of the code that computes it — and nothing
+else (SPEC §1, STYLE §4). A stage is built in
 ``<out>/tmp/`` and renamed into place only when it finished, so a killed run never leaves a half
 artifact under ``runs/``; a re-run skips stages whose folder exists; ``force`` rebuilds them.
 Per-job records (``<out>/jobs/<job>.json``) name the stage keys of each job's latest run, so several
@@ -66,8 +67,9 @@ class Store:
         self.built: list[str] = []
         self.reused: list[str] = []
 
-    def key(self, stage: str, spec: dict[str, Any]) -> str:
-        return f"{stage}-{stable_hash({'stage': stage, 'version': __version__, **spec})}"
+    def key(self, stage: str, spec: dict[str, Any], version: str) -> str:
+        """``<stage>-<hash>``: a hash of the stage's name, code version and spec (upstream keys included)."""
+        return f"{stage}-{stable_hash({'stage': stage, 'stage_version': version, **spec})}"
 
     def path(self, key: str) -> Path:
         return self.runs / key

@@ -78,7 +78,7 @@ def run_sweep(suite, *, tasks: list[str] | None = None, lambdas: list[float], la
     if unknown:
         raise ValueError(f"task(s) {', '.join(unknown)} not in suite {suite.name} (has: {', '.join(suite.tasks)})")
     lambdas = [0.0] + [lam for lam in lambdas if lam != 0]  # the DPO baseline first, always
-    base_cfg = suite.methods.get("decpo") or METHODS["decpo"]()
+    base_cfg = suite.methods.get("decpo") or METHODS["decpo"].config_cls()
     seed = suite.seeds[0] if seed is None else seed
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

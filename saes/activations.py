@@ -3,19 +3,25 @@
 ``collect_activations`` runs the model once over the tokenized texts, **stopping the forward pass
 right after the hooked module** (a forward hook stores the output and raises a private exception, so
 no layer above it is computed), and writes per-token activations into a preallocated ``.npy`` memmap
-batch by batch. The train/held-out split is by *document* (seeded), never by token. Padding is always
+batch by batch. The train/held-out split is by *item group* (``saes.heldout.split_groups``: every text
+made from one item on one side; without groups, by document), never by token, and every stored token
+has a role (``saes.heldout.token_roles``): a training token, a held-out token whose prefix occurs
+nowhere in training and only once in the held-out split, or a duplicate of an earlier prefix (the same
+activation; stored so whole documents can be pooled, never trained on or scored). Padding is always
 dropped; special tokens (BOS/EOS/chat markers) are dropped when ``drop_special_tokens``.
 
 Store folder::
 
     manifest.json    what was collected: model, layer, hook(+module path), d_in, dtype, options, counts
-    acts.npy         (n_tokens, d_in) float32, or bfloat16 bit patterns as int16; train tokens first
+    acts.npy         (n_tokens, d_in) float32, or bfloat16 bit patterns as int16; rows ordered train
+                     tokens [0, n_train), held-out tokens [n_train, n_train + n_heldout), duplicates last
     token_ids.npy    (n_tokens,) int32 id of each stored token
     doc_index.npy    (n_tokens,) int32 document (index into the input texts) of each stored token
     positions.npy    (n_tokens,) int32 position of the token in its document
     doc_tokens.npy   (Σ doc lengths,) int32 every document's full token ids, specials kept
     doc_offsets.npy  (n_texts + 1,) int64 document d is doc_tokens[off[d]:off[d + 1]]
     doc_split.npy    (n_texts,) uint8 0 = train, 1 = held-out
+    doc_group.npy    (n_texts,) int32 item group of each document (index into manifest["groups"] order)
     tokenizer/       the tokenizer (save_pretrained), for showing contexts without the model
 
 Example::
@@ -42,10 +48,11 @@ import torch
 from torch import nn
 
 from bench.lm import StopForward, _unwrap, format_prompt, hook_module
+from saes.heldout import DUPLICATE, HELDOUT, TRAIN, split_groups, token_roles
 
 log = logging.getLogger(__name__)
 
-STORE_VERSION = 1
+STORE_VERSION = 2
 
 
 class NonFiniteActivationsError(ValueError):
@@ -121,22 +128,14 @@ def tokenize_docs(tokenizer, texts: Sequence[str], *, max_length: int,
     return docs
 
 
-def split_documents(n_docs: int, heldout_frac: float, seed: int) -> np.ndarray:
-    """uint8 mask, 1 = held-out: ⌈heldout_frac · n⌉ documents drawn with ``seed`` (at least one each side)."""
-    if n_docs < 2:
-        raise ValueError(f"need at least 2 texts to split into train and held-out documents, got {n_docs}")
-    n_held = min(n_docs - 1, max(1, int(np.ceil(heldout_frac * n_docs))))
-    split = np.zeros(n_docs, dtype=np.uint8)
-    split[np.random.default_rng(seed).permutation(n_docs)[:n_held]] = 1
-    return split
-
-
-def _request(model, hook_name, texts, *, layer, hook, max_length, heldout_frac, seed, use_chat_template,
+def _request(model, hook_name, texts, groups, *, layer, hook, max_length, heldout_frac, seed, use_chat_template,
              drop_special_tokens, dtype) -> dict:
     h = hashlib.sha256()
-    for t in texts:
+    for t, g in zip(texts, groups):
         h.update(t.encode())
         h.update(b"\0")
+        h.update(g.encode())
+        h.update(b"\1")
     return dict(model=str(getattr(_unwrap(model).config, "name_or_path", type(model).__name__)), layer=layer,
                 hook=hook, hook_name=hook_name, max_length=max_length, heldout_frac=heldout_frac, seed=seed,
                 use_chat_template=use_chat_template, drop_special_tokens=drop_special_tokens, dtype=dtype,
@@ -157,19 +156,20 @@ def _resolve(explicit, cfg, field: str, default):
 
 @torch.no_grad()
 def collect_activations(model, tokenizer, texts: list[str], *, layer: int, hook: str = "mlp.up_proj",
-                        out_dir: Path, cfg=None, max_length: int | None = None, batch_size: int | None = None,
-                        heldout_frac: float | None = None, seed: int = 0, use_chat_template: bool | None = None,
-                        drop_special_tokens: bool | None = None, dtype: str | None = None,
-                        max_texts: int | None = None) -> Path:
+                        out_dir: Path, cfg=None, groups: Sequence[str] | None = None, max_length: int | None = None,
+                        batch_size: int | None = None, heldout_frac: float | None = None, seed: int = 0,
+                        use_chat_template: bool | None = None, drop_special_tokens: bool | None = None,
+                        dtype: str | None = None, max_texts: int | None = None) -> Path:
     """Collect ``hook`` activations of block ``layer`` for every token of ``texts`` into ``out_dir``.
 
-    Options left at None come from ``cfg`` (a ``saes.config.SAEConfig``: context_length,
-    collect_batch_size, heldout_frac, use_chat_template, drop_special_tokens, store_dtype, max_texts)
-    or else from the defaults 64, 16, 0.2, False, True, "float32", all texts. Returns ``out_dir``.
-    An existing complete store made by the same request is reused after checking that ``model``
-    reproduces its first held-out document; any other existing store is an error. The manifest is
-    written last, so a folder without one is an unfinished store. NaN/inf activations raise
-    ``NonFiniteActivationsError``.
+    ``groups`` names each text's item (texts of one item share a name and one side of the split);
+    None makes every text its own group. Options left at None come from ``cfg`` (a
+    ``saes.config.SAEConfig``: context_length, collect_batch_size, heldout_frac, use_chat_template,
+    drop_special_tokens, store_dtype, max_texts) or else from the defaults 64, 16, 0.2, False, True,
+    "float32", all texts. Returns ``out_dir``. An existing complete store made by the same request is
+    reused after checking that ``model`` reproduces its first held-out document; any other existing
+    store is an error. The manifest is written last, so a folder without one is an unfinished store.
+    NaN/inf activations raise ``NonFiniteActivationsError``.
     """
     max_length = _resolve(max_length, cfg, "context_length", 64)
     batch_size = _resolve(batch_size, cfg, "collect_batch_size", 16)
@@ -177,12 +177,16 @@ def collect_activations(model, tokenizer, texts: list[str], *, layer: int, hook:
     use_chat_template = _resolve(use_chat_template, cfg, "use_chat_template", False)
     drop_special_tokens = _resolve(drop_special_tokens, cfg, "drop_special_tokens", True)
     dtype = _resolve(dtype, cfg, "store_dtype", "float32")
-    texts = list(texts)[:_resolve(max_texts, cfg, "max_texts", None)]
+    limit = _resolve(max_texts, cfg, "max_texts", None)
+    groups = [str(i) for i in range(len(texts))] if groups is None else [str(g) for g in groups]
+    if len(groups) != len(texts):
+        raise ValueError(f"{len(groups)} groups for {len(texts)} texts; give one group name per text")
+    texts, groups = list(texts)[:limit], groups[:limit]
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"store dtype {dtype!r} not supported; allowed: float32, bfloat16")
     out_dir = Path(out_dir)
     hook_name = module_path(model, hook_module(model, layer, hook))
-    request = _request(model, hook_name, texts, layer=layer, hook=hook, max_length=max_length,
+    request = _request(model, hook_name, texts, groups, layer=layer, hook=hook, max_length=max_length,
                        heldout_frac=heldout_frac, seed=seed, use_chat_template=use_chat_template,
                        drop_special_tokens=drop_special_tokens, dtype=dtype)
     if (out_dir / "manifest.json").is_file():
@@ -195,26 +199,33 @@ def collect_activations(model, tokenizer, texts: list[str], *, layer: int, hook:
         return out_dir
 
     docs = tokenize_docs(tokenizer, texts, max_length=max_length, use_chat_template=use_chat_template)
-    split = split_documents(len(docs), heldout_frac, seed)
+    split = split_groups(groups, heldout_frac, seed)
     special = set(tokenizer.all_special_ids) if drop_special_tokens else set()
     keep = [[i >= start and t not in special for i, t in enumerate(ids)] for ids, start in docs]
     # train documents first, then held-out ones; each split sorted by length to limit padding
     order = [d for s in (0, 1) for d in sorted(range(len(docs)), key=lambda d: len(docs[d][0]))
              if split[d] == s and any(keep[d])]
-    n_tok = {s: sum(sum(keep[d]) for d in order if split[d] == s) for s in (0, 1)}
-    if n_tok[0] == 0 or n_tok[1] == 0:
-        raise ValueError(f"no tokens left in the {'train' if n_tok[0] == 0 else 'held-out'} split after "
-                         f"dropping padding/special tokens ({len(texts)} texts); give more or longer texts")
+    roles = token_roles([ids for ids, _ in docs], split, keep, order)
+    n_role = {r: sum(int((roles[d] == r).sum()) for d in order) for r in (TRAIN, HELDOUT, DUPLICATE)}
+    if n_role[TRAIN] == 0 or n_role[HELDOUT] == 0:
+        raise ValueError(f"no tokens left in the {'train' if n_role[TRAIN] == 0 else 'held-out'} split after "
+                         f"dropping padding/special tokens and repeated prefixes ({len(texts)} texts); give more "
+                         "or longer texts")
     out_dir.mkdir(parents=True, exist_ok=True)
-    acts, n_rows = _write_rows(model, tokenizer, docs, keep, order, out_dir, layer=layer, hook=hook,
-                               hook_name=hook_name, batch_size=batch_size, dtype=dtype)
-    manifest = dict(version=STORE_VERSION, request=request, d_in=int(acts.shape[1]), n_tokens=n_rows,
-                    n_train_tokens=n_tok[0], n_heldout_tokens=n_tok[1],
+    acts = _write_rows(model, tokenizer, docs, roles, order, n_role, out_dir, layer=layer, hook=hook,
+                       hook_name=hook_name, batch_size=batch_size, dtype=dtype)
+    names = list(dict.fromkeys(groups))
+    manifest = dict(version=STORE_VERSION, request=request, d_in=int(acts.shape[1]), n_tokens=sum(n_role.values()),
+                    n_train_tokens=n_role[TRAIN], n_heldout_tokens=n_role[HELDOUT],
+                    n_duplicate_tokens=n_role[DUPLICATE],
                     n_train_docs=sum(1 for d in order if split[d] == 0),
                     n_heldout_docs=sum(1 for d in order if split[d] == 1),
+                    n_groups=len(names), n_heldout_groups=len({groups[d] for d in range(len(docs)) if split[d]}),
                     n_docs_without_tokens=len(docs) - len(order), special_ids=sorted(special),
                     content_start=[start for _, start in docs], pad_token_id=tokenizer.pad_token_id)
     tokenizer.save_pretrained(out_dir / "tokenizer")           # so the store can be shown on its own
+    index = {g: i for i, g in enumerate(names)}
+    np.save(out_dir / "doc_group.npy", np.array([index[g] for g in groups], dtype=np.int32))
     _write_docs_and_manifest(out_dir, docs, split, manifest)
     return out_dir
 
@@ -233,48 +244,57 @@ def _write_docs_and_manifest(out_dir: Path, docs: list[tuple[list[int], int]], s
     os.replace(tmp, out_dir / "manifest.json")
 
 
-def _write_rows(model, tokenizer, docs, keep, order, out_dir: Path, *, layer, hook, hook_name, batch_size,
-                dtype) -> tuple[np.ndarray, int]:
-    """Forward ``order``'s documents in batches (right-padded) and write the kept rows to the memmaps."""
-    n_total = sum(sum(keep[d]) for d in order)
+def _destinations(roles: list[np.ndarray], order: list[int], n_role: dict[int, int]) -> list[np.ndarray]:
+    """Row of each stored position: train rows first, then held-out rows, then duplicates, in ``order``."""
+    nxt = {TRAIN: 0, HELDOUT: n_role[TRAIN], DUPLICATE: n_role[TRAIN] + n_role[HELDOUT]}
+    dest = [np.full(len(r), -1, dtype=np.int64) for r in roles]
+    for d in order:
+        for i, r in enumerate(roles[d].tolist()):
+            if r >= 0:
+                dest[d][i] = nxt[r]
+                nxt[r] += 1
+    return dest
+
+
+def _write_rows(model, tokenizer, docs, roles, order, n_role, out_dir: Path, *, layer, hook, hook_name,
+                batch_size, dtype) -> np.ndarray:
+    """Forward ``order``'s documents in batches (right-padded) and write every stored row to its place."""
+    n_total = sum(n_role.values())
+    dest = _destinations(roles, order, n_role)
     meta = {name: np.lib.format.open_memmap(out_dir / f"{name}.npy", mode="w+", dtype=np.int32, shape=(n_total,))
             for name in ("token_ids", "doc_index", "positions")}
     acts = None
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    row = 0
     try:
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
             width = max(len(docs[d][0]) for d in batch)
             ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
-            sel = torch.zeros((len(batch), width), dtype=torch.bool)
             for i, d in enumerate(batch):
-                n = len(docs[d][0])
-                ids[i, :n] = torch.tensor(docs[d][0])
-                mask[i, :n] = 1
-                sel[i, :n] = torch.tensor(keep[d])
+                ids[i, :len(docs[d][0])] = torch.tensor(docs[d][0])
+                mask[i, :len(docs[d][0])] = 1
             out = hooked_activations(model, ids.to(device), mask.to(device), layer=layer, hook=hook)
-            rows = out[sel.to(out.device)]
-            check_finite(rows, f"activations of {hook_name} (texts {batch[:4]}...)")
-            if acts is None:
-                acts = np.lib.format.open_memmap(out_dir / "acts.npy", mode="w+",
-                                                 dtype=np.float32 if dtype == "float32" else np.int16,
-                                                 shape=(n_total, rows.shape[-1]))
-            n = rows.shape[0]
-            acts[row:row + n] = _to_disk(rows, dtype)
-            meta["token_ids"][row:row + n] = ids[sel].numpy()
-            meta["doc_index"][row:row + n] = torch.tensor(batch)[:, None].expand(-1, width)[sel].numpy()
-            meta["positions"][row:row + n] = torch.arange(width).expand(len(batch), width)[sel].numpy()
-            row += n
+            for i, d in enumerate(batch):
+                pos = np.flatnonzero(dest[d] >= 0)
+                rows = out[i, torch.from_numpy(pos).to(out.device)]
+                check_finite(rows, f"activations of {hook_name} (text {d})")
+                if acts is None:
+                    acts = np.lib.format.open_memmap(out_dir / "acts.npy", mode="w+",
+                                                     dtype=np.float32 if dtype == "float32" else np.int16,
+                                                     shape=(n_total, rows.shape[-1]))
+                acts[dest[d][pos]] = _to_disk(rows, dtype)
+                meta["token_ids"][dest[d][pos]] = np.asarray(docs[d][0], dtype=np.int32)[pos]
+                meta["doc_index"][dest[d][pos]] = d
+                meta["positions"][dest[d][pos]] = pos
     finally:
         model.train(was_training)
     acts.flush()
     for m in meta.values():
         m.flush()
-    return acts, n_total
+    return acts
 
 
 @dataclass(frozen=True)
@@ -353,7 +373,8 @@ class ActivationStore:
         return toks[off[d]:off[d + 1]].tolist()
 
     def heldout_docs(self) -> list[int]:
-        return [d for d in np.flatnonzero(self.doc_split == 1).tolist() if self.doc(d)]
+        """Held-out documents with at least one held-out (non-duplicate) row, in index order."""
+        return sorted(set(np.asarray(self.doc_index[self.heldout]).tolist()))
 
     def context(self, row: int, n_tokens: int) -> list[int]:
         """Token ids of the ``n_tokens`` window of the document ending at stored row ``row``."""

@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields
 from itertools import pairwise
 from typing import Any, Literal
@@ -40,15 +41,21 @@ class SAEEvalConfig(BaseModel, extra="forbid", frozen=True, use_attribute_docstr
     dense_threshold: float = 0.1
     """A latent is dense when it is active on more than this share of held-out tokens."""
     decor_threshold: float = 0.3
-    """A latent is decorrelated when max_{j≠i} |Pearson ρ_ij| over held-out tokens is below this."""
+    """A latent is correlated when max_{j≠i} |Pearson ρ_ij| over held-out tokens reaches this *and* its
+    permutation test rejects independence (``decor_alpha``); see ``saes.correlation``."""
+    decor_alpha: float = 0.05
+    """Level of the per-latent permutation test of independence from every other latent."""
+    decor_null_draws: int = 99
+    """Permutations per tested latent (p = (1 + #exceedances) / (draws + 1)); ≥ 1/decor_alpha − 1."""
     ms_top_n: int = 32
     """MonoSemanticity Score: number of top-activating held-out tokens per latent."""
     ms_context_tokens: int = 16
     """MonoSemanticity Score: a token's context is the window of this many tokens ending at it."""
-    ms_null_draws: int = 50
-    """Number of random context draws forming each latent's permutation null."""
-    ms_null_percentile: float = 95.0
-    """A latent is interpretable when its MS exceeds this percentile of its null."""
+    ms_null_draws: int = 99
+    """Random context sets per latent forming its own permutation null (p = (1 + #exceedances) / (draws + 1));
+    at least 1/ms_alpha − 1, or no latent could ever reach significance."""
+    ms_alpha: float = 0.05
+    """A latent is interpretable when its MS permutation p-value is ≤ this (see ``saes.monosemanticity``)."""
     latent_max_tokens: int = 8192
     """Held-out tokens (the first, in store order) used for correlations and MS; all are used for
     density, L0 and reconstruction."""
@@ -57,6 +64,9 @@ class SAEEvalConfig(BaseModel, extra="forbid", frozen=True, use_attribute_docstr
     full forward passes per document — the dominant scoring cost on CPU — but when zero-ablating the
     hook barely moves the loss (SmolLM2 layer 15 up_proj: ~0.06 nats) the score is a ratio of small
     differences, and 16 documents instead of 40 moved it from 0.45 to 0.16."""
+    ce_min_gap: float = 0.05
+    """The CE score is left undefined (empty) when zero-ablating the hook raises the loss by less than this
+    many nats: a ratio of differences that small is noise. ``sae_ce_delta`` and ``sae_ce_gap`` stay."""
     probe_test_frac: float = 0.3
     """Share of concept texts in the probe's test split (stratified by label, seeded)."""
     probe_split: Literal["grouped", "stratified"] = "grouped"
@@ -75,9 +85,14 @@ class SAEEvalConfig(BaseModel, extra="forbid", frozen=True, use_attribute_docstr
         for name in ("dense_threshold", "decor_threshold", "probe_test_frac"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ValueError(f"sae.eval.{name} = {getattr(self, name)} must be in (0, 1)")
-        if not 0.0 < self.ms_null_percentile < 100.0:
-            raise ValueError(f"sae.eval.ms_null_percentile = {self.ms_null_percentile} must be in (0, 100)")
-        for name in ("ms_top_n", "ms_context_tokens", "ms_null_draws", "latent_max_tokens", "batch_size"):
+        for alpha, draws in (("ms_alpha", "ms_null_draws"), ("decor_alpha", "decor_null_draws")):
+            a, r = getattr(self, alpha), getattr(self, draws)
+            if not 0.0 < a < 1.0:
+                raise ValueError(f"sae.eval.{alpha} = {a} must be in (0, 1)")
+            if a * (r + 1) < 1:
+                raise ValueError(f"sae.eval.{draws} = {r} is too few for {alpha} = {a}: the smallest p-value is "
+                                 f"1/({r} + 1) > {a}; use at least {math.ceil(1 / a) - 1}")
+        for name in ("ms_top_n", "ms_context_tokens", "latent_max_tokens", "batch_size"):
             if getattr(self, name) < (2 if name == "ms_top_n" else 1):
                 raise ValueError(f"sae.eval.{name} = {getattr(self, name)} is too small")
         if self.probe_max_length is not None and self.probe_max_length < 1:

@@ -96,15 +96,15 @@ def compare_with_sae_lens(sae, model, tokenizer, store: ActivationStore, *, batc
     batches = [toks[i:i + batch_docs] for i in range(0, len(docs), batch_docs)]
     special = store.manifest["special_ids"] or None
 
-    # ours, on the stored rows inside the crop
-    ho = np.arange(store.n_train, store.n_train + store.n_heldout)
+    # ours, on every stored row of those documents inside the crop (SAELens counts repeated prefixes too)
+    ho = np.arange(store.n_train, store.acts.shape[0])
     rows = ho[np.isin(np.asarray(store.doc_index[ho]), docs) & (np.asarray(store.positions[ho]) < length)]
     x = store.rows(rows)
     z = sae.encode(x)
     x_hat = sae.decode(z)
     density = M.feature_density(z.float())
     clean, with_sae, zero, _ = ce_losses(model, store, sae, layer=req["layer"], hook=req["hook"],
-                                         batch_size=batch_docs, crop=length)
+                                         batch_size=batch_docs, crop=length, count_duplicates=True)
     ours = dict(explained_variance=M.sae_explained_variance(x, x_hat), mse=M.sae_mse(x, x_hat),
                 l0=M.sae_l0(density), dead_frac=M.sae_dead_frac(density), ce_clean=clean, ce_sae=with_sae,
                 ce_zero_ablation=zero, ce_score=M.sae_ce_score(clean, with_sae, zero))

@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 EVAL_TYPE_ID = "monobench_sae"
 
 HEADLINE_KEYS = ("sae_mse", "sae_explained_variance", "sae_l0", "sae_dead_frac", "sae_dense_frac", "sae_ce_score",
-                 "sae_frac_decorrelated", "sae_frac_interpretable", "sae_frac_interp_decor", "sae_probe_top1",
-                 "sae_probe_top5", "sae_n_alive")
+                 "sae_ce_delta", "sae_ce_gap", "sae_frac_decorrelated", "sae_frac_decorrelated_null", "sae_frac_interpretable",
+                 "sae_frac_interp_decor", "sae_probe_top1", "sae_probe_top5", "sae_n_alive", "sae_n_heldout_tokens")
 
 DEFAULT_DISPLAY = {"ui_default_display": True}
 
@@ -38,6 +38,8 @@ class Reconstruction(_Group):
     mse: float = Field(description="mean_t ‖x_t − x̂_t‖² over held-out tokens", json_schema_extra=DEFAULT_DISPLAY)
     explained_variance: float = Field(description="1 − Σ‖x − x̂‖² / Σ‖x − mean x‖², pooled over held-out tokens",
                                       json_schema_extra=DEFAULT_DISPLAY)
+    n_tokens: int = Field(description="held-out tokens (each distinct activation once; none shares its prefix "
+                                      "with a training token)")
 
 
 class Sparsity(_Group):
@@ -51,6 +53,9 @@ class Sparsity(_Group):
 class ModelPerformance(_Group):
     ce_score: float | None = Field(description="(CE_zero − CE_sae) / (CE_zero − CE_clean)",
                                    json_schema_extra=DEFAULT_DISPLAY)
+    ce_delta: float = Field(description="CE_sae − CE_clean (nats): the loss the spliced SAE adds")
+    ce_gap: float = Field(description="CE_zero − CE_clean (nats): the loss zero-ablating the hook adds; the CE "
+                                      "score is undefined below ce_min_gap")
     ce_clean: float = Field(description="next-token CE (nats) of the unmodified model")
     ce_sae: float = Field(description="CE with the hooked module's output replaced by the SAE reconstruction")
     ce_zero_ablation: float = Field(description="CE with the hooked module's output set to zero")
@@ -58,13 +63,16 @@ class ModelPerformance(_Group):
 
 
 class Monosemanticity(_Group):
-    frac_decorrelated: float = Field(description="alive latents with max_j |ρ_ij| < decor_threshold",
-                                     json_schema_extra=DEFAULT_DISPLAY)
-    frac_interpretable: float = Field(description="alive latents with MS above the null percentile",
+    frac_decorrelated: float = Field(description="alive latents not correlated: not (max_j |ρ_ij| ≥ decor_threshold "
+                                                 "and a permutation p ≤ decor_alpha)", json_schema_extra=DEFAULT_DISPLAY)
+    frac_decorrelated_null: float = Field(description="frac_decorrelated of the same latents, each permuted "
+                                                      "independently over tokens (its chance level)")
+    frac_interpretable: float = Field(description="alive latents whose MS has a permutation p ≤ ms_alpha",
                                       json_schema_extra=DEFAULT_DISPLAY)
-    frac_interp_decor: float = Field(description="alive latents that are both")
+    frac_interp_decor: float = Field(description="alive latents that are both interpretable and not correlated")
     mean_ms: float | None = Field(description="mean MS over alive latents with a defined MS")
-    n_tokens: int = Field(description="held-out tokens used for correlations and MS")
+    n_tokens: int = Field(description="held-out tokens used for correlations")
+    n_contexts: int = Field(description="distinct context strings among them, used for MS")
 
 
 class SparseProbing(_Group):
@@ -90,10 +98,15 @@ class FeatureDetail(BaseModel):
     feature: int
     density: float
     ms_score: float | None = None
+    ms_p_value: float | None = None
     ms_null_p95: float | None = None
+    interpretable: bool | None = None
     max_abs_corr: float | None = None
+    corr_partner: int | None = None
+    corr_p_value: float | None = None
+    correlated: bool | None = None
 
-    @field_validator("ms_score", "ms_null_p95", "max_abs_corr", mode="before")
+    @field_validator("ms_score", "ms_p_value", "ms_null_p95", "max_abs_corr", "corr_p_value", mode="before")
     @classmethod
     def _nan_to_none(cls, v: Any) -> Any:
         return None if isinstance(v, float) and not math.isfinite(v) else v
@@ -125,8 +138,11 @@ def headline_metrics(out: SAEEvalOutput) -> dict[str, float]:
     return {"sae_mse": f(m.reconstruction.mse), "sae_explained_variance": f(m.reconstruction.explained_variance),
             "sae_l0": f(m.sparsity.l0), "sae_dead_frac": f(m.sparsity.dead_frac),
             "sae_dense_frac": f(m.sparsity.dense_frac), "sae_ce_score": f(m.model_performance_preservation.ce_score),
+            "sae_ce_delta": f(m.model_performance_preservation.ce_delta),
+            "sae_ce_gap": f(m.model_performance_preservation.ce_gap),
             "sae_frac_decorrelated": f(m.monosemanticity.frac_decorrelated),
+            "sae_frac_decorrelated_null": f(m.monosemanticity.frac_decorrelated_null),
             "sae_frac_interpretable": f(m.monosemanticity.frac_interpretable),
             "sae_frac_interp_decor": f(m.monosemanticity.frac_interp_decor),
             "sae_probe_top1": f(m.sparse_probing.top1), "sae_probe_top5": f(m.sparse_probing.top5),
-            "sae_n_alive": float(m.sparsity.n_alive)}
+            "sae_n_alive": float(m.sparsity.n_alive), "sae_n_heldout_tokens": float(m.reconstruction.n_tokens)}

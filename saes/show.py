@@ -46,6 +46,12 @@ def feature_activations(sae, store: ActivationStore, feature: int, chunk: int = 
     return torch.cat(out)
 
 
+def recorded_store(eval_file: Path, results) -> Path:
+    """The activation store an ``eval_results.json`` names (relative paths are relative to its folder)."""
+    store = Path(results.eval_config["store"])
+    return store if store.is_absolute() else (Path(eval_file).parent / store).resolve()
+
+
 def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
@@ -68,17 +74,19 @@ def format_feature(sae_run_dir: Path, activation_store_dir: Path | None, tokeniz
     if activation_store_dir is None:
         if results is None:
             raise FileNotFoundError(f"no {EVAL_RESULTS} near {run_dir} to find the activation store in; pass it")
-        activation_store_dir = Path(results.eval_config["store"])
+        activation_store_dir = recorded_store(path, results)
     store = ActivationStore(Path(activation_store_dir))
     z = feature_activations(sae, store, feature)
     density = float((z != 0).double().mean())
-    ms = null = corr = None
+    ms = null = corr = det_p = None
+    alpha = 0.05
     if results is not None:
         det = results.eval_result_details[feature]
-        ms, null, corr = det.ms_score, det.ms_null_p95, det.max_abs_corr
-    verdict = "" if ms is None or null is None else ("  (interpretable)" if ms > null else "  (not above null)")
+        ms, null, corr, det_p = det.ms_score, det.ms_null_p95, det.max_abs_corr, det.ms_p_value
+        alpha = results.eval_config.get("ms_alpha", alpha)
+    verdict = "" if det_p is None else ("  (interpretable)" if det_p <= alpha else "  (not significant)")
     lines = [f"feature {feature} of {d_sae} ({sae.cfg.architecture()} SAE, {sae_dir})",
-             (f"density {density:.4f} on {z.numel()} held-out tokens   MS {_fmt(ms)}   null p95 {_fmt(null)}"
+             (f"density {density:.4f} on {z.numel()} held-out tokens   MS {_fmt(ms)} (p {_fmt(det_p)})   null p95 {_fmt(null)}"
               f"   max|corr| {_fmt(corr)}{verdict}")]
     vals, idx = z.topk(min(n, z.numel()))
     shown = 0
@@ -108,7 +116,7 @@ def show_feature(run_dir: Path, feature: int, n: int = 10) -> str:
     path = _eval_file(run_dir, _sae_folder(run_dir))
     if path is None:
         raise FileNotFoundError(f"no {EVAL_RESULTS} in {run_dir}; score the SAE first (saes.score.score_sae)")
-    recorded = Path(read_eval_results(path).eval_config["store"])
+    recorded = recorded_store(path, read_eval_results(path))
     store_dir = recorded if recorded.is_dir() else run_dir.parent / recorded.name
     if not (store_dir / "tokenizer").is_dir():
         raise FileNotFoundError(f"activation store {store_dir} (recorded in {path}) is missing or has no saved "

@@ -25,6 +25,10 @@ class Pair(BaseModel):
     prompt: str
     chosen: str
     rejected: str
+    item: str = ""
+    """The source item the pair was made from; texts of one item stay on one side of every split."""
+    stratum: str = ""
+    """Training batches interleave strata (e.g. which answer is true), so no batch leans on one label."""
 
 
 class TaskData(BaseModel):
@@ -41,6 +45,9 @@ class TaskData(BaseModel):
     concept_texts: list[str] = []
     concept_labels: list[int] = []
     """Binary concept label per concept text (1 = toxic / negative / sycophantic), for SAE probing."""
+    concept_items: list[str] = []
+    """The item each concept text was made from (``Pair.item`` names); the probe keeps an item's texts on
+    one side of its split, and the SAE token set keeps them with the item's pairs."""
     provenance: dict[str, Any] = {}
     """Where the rows came from and which fields are model generations."""
 
@@ -85,10 +92,9 @@ class Task(ABC, Generic[C]):
         """
 
     def concept_groups(self, data: TaskData) -> list[str] | None:
-        """A group name per concept text: texts made from one item (a prompt with each of its answers)
-        share it, so the SAE probe keeps them on one side of its train/test split. None = every text
-        stands alone (the default)."""
-        return None
+        """A group name per concept text (``data.concept_items``): texts made from one item share it, so
+        the SAE probe keeps them on one side of its train/test split. None when the task names none."""
+        return list(data.concept_items) if data.concept_items else None
 
     @classmethod
     def tiny_config(cls) -> TaskConfig:
@@ -183,13 +189,59 @@ def proxy_pairs(data: TaskData, n: int) -> list[Pair]:
     return list(data.eval_pairs[:n])
 
 
-def sae_token_texts(data: TaskData) -> list[str]:
-    """The task's token set for SAEs, deduplicated in a fixed order: prompt+chosen and prompt+rejected of
-    the train pairs, the held-out prompts, then the concept texts.
+def sae_documents(data: TaskData) -> tuple[list[str], list[str]]:
+    """The task's token set for SAEs and each text's item group, deduplicated in a fixed order:
+    prompt + chosen and prompt + rejected of every train and held-out pair, the held-out prompts, then
+    the concept texts. Texts of one item (``Pair.item``; a held-out prompt belongs to the pair it
+    prompts; ``concept_items``) share a group, so the store's split keeps them on one side.
 
     The same texts for every method of a task, so SAEs differ only by the model that reads them.
     """
-    texts = [f"{p.prompt}\n{p.chosen}" for p in data.train_pairs]
-    texts += [f"{p.prompt}\n{p.rejected}" for p in data.train_pairs]
-    texts += list(data.eval_prompts) + list(data.concept_texts)
-    return list(dict.fromkeys(t for t in texts if t.strip()))
+    docs: dict[str, str] = {}
+    prompt_item: dict[str, str] = {}
+    for p in data.train_pairs + data.eval_pairs:
+        item = p.item or p.prompt
+        prompt_item.setdefault(p.prompt, item)
+        docs.setdefault(f"{p.prompt}\n{p.chosen}", item)
+        docs.setdefault(f"{p.prompt}\n{p.rejected}", item)
+    for prompt in data.eval_prompts:
+        docs.setdefault(prompt, prompt_item.get(prompt, prompt))
+    items = data.concept_items or list(data.concept_texts)
+    for text, item in zip(data.concept_texts, items):
+        docs.setdefault(text, item)
+    kept = {t: g for t, g in docs.items() if t.strip()}
+    return list(kept), list(kept.values())
+
+
+# ----- controls (``python -m bench validate``) ---------------------------------------------------------
+class _NoTokenizer:
+    """Tokenizer stand-in for ``preference_metrics`` on given log-probs (reply lengths of 1)."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [0]}
+
+
+def _pref(ctx, planted: float) -> dict[str, float]:
+    rng = ctx.rng(61)
+    n = 2000
+    ref = (torch.from_numpy(rng.normal(-5, 1, n)), torch.from_numpy(rng.normal(-5, 1, n)))
+    noise = (torch.from_numpy(rng.normal(0, 0.3, n)), torch.from_numpy(rng.normal(0, 0.3, n)))
+    pol = (ref[0] + noise[0] + planted, ref[1] + noise[1])
+    pairs = [Pair(prompt="p", chosen="c", rejected="r")] * n
+    return preference_metrics(None, _NoTokenizer(), pairs, policy_logps=pol, reference_logps=ref)
+
+
+def _register_controls() -> None:
+    from bench.controls import control
+
+    control("pref_acc", "negative", "policy = reference + symmetric noise", expect="0.5 ± 0.03",
+            check=lambda v: abs(v - 0.5) <= 0.03)(lambda ctx: _pref(ctx, 0.0)["pref_acc"])
+    control("pref_acc", "positive", "chosen log-prob raised by 2 nats", expect="≥ 0.99",
+            check=lambda v: v >= 0.99)(lambda ctx: _pref(ctx, 2.0)["pref_acc"])
+    control("reward_margin", "negative", "policy = reference + symmetric noise", expect="|margin| ≤ 0.005",
+            check=lambda v: abs(v) <= 0.005)(lambda ctx: _pref(ctx, 0.0)["reward_margin"])
+    control("reward_margin", "positive", "chosen log-prob raised by 2 nats (β = 0.1)", expect="0.2 ± 0.005",
+            check=lambda v: abs(v - 0.2) <= 0.005)(lambda ctx: _pref(ctx, 2.0)["reward_margin"])
+
+
+_register_controls()

@@ -132,7 +132,8 @@ def _embedded_thoughts(cfg: ReframingConfig, seed: int) -> tuple[list[dict], dic
         texts += [clean_text(t) for t in df.loc[df["target"] == target, "prompt"]]
     texts = [t for t in dict.fromkeys(texts) if cfg.min_words <= len(t.split()) <= cfg.max_words]
     texts = [t for t, s in zip(texts, sentiment(texts)) if s <= cfg.max_thought_sentiment]
-    items = [{"thought": texts[i], "chosen": None} for i in seeded_order(len(texts), seed)]
+    items = [{"thought": texts[i], "chosen": None, "id": f"thought:{k}"}
+             for k, i in enumerate(seeded_order(len(texts), seed))]
     prov = {"files": [f"sae_probes/data/cleaned_data/{n}.csv.zst (target={t})" for n, t in THOUGHT_FILES],
             "package": f"sae-probes {package_version('sae-probes')}", "n_thoughts": len(items),
             "thought_filter": f"{cfg.min_words}-{cfg.max_words} words, VADER ≤ {cfg.max_thought_sentiment}"}
@@ -148,7 +149,7 @@ def _custom_thoughts(cfg: ReframingConfig, seed: int) -> tuple[list[dict], dict]
         chosen = " ".join(chosen.split()) if isinstance(chosen, str) and chosen.strip() else None
         if thought.lower() not in seen:
             seen.add(thought.lower())
-            items.append({"thought": thought, "chosen": chosen})
+            items.append({"thought": thought, "chosen": chosen, "id": f"thought:{len(items)}"})
     prov = {"files": [source_label(cfg.source)], "columns": dict(cfg.columns), "n_rows": len(rows),
             "human_chosen": sum(it["chosen"] is not None for it in items)}
     return items, prov
@@ -185,6 +186,7 @@ def _best_of_k(cfg: ReframingConfig, model, tokenizer, items: list[dict], seed: 
 @register("reframing")
 class Reframing(Task[ReframingConfig]):
     config_cls = ReframingConfig
+    version = "2"  # 2: item ids (pairs and concept texts of one thought share one)
     headline = ("positivity_gain", "relatedness", "align_score")
 
     @classmethod
@@ -208,7 +210,7 @@ class Reframing(Task[ReframingConfig]):
         below = _best_of_k(cfg, model, tokenizer, eval_items + train_items, seed)
 
         def pairs(sel: list[dict]) -> list[Pair]:
-            return [Pair(prompt=cfg.instruction.format(thought=it["thought"]), chosen=it["chosen"],
+            return [Pair(prompt=cfg.instruction.format(thought=it["thought"]), chosen=it["chosen"], item=it["id"],
                          rejected=it["thought"]) for it in sel if it["chosen"]]
 
         train_pairs, eval_pairs = pairs(train_items), pairs(eval_items)
@@ -217,7 +219,8 @@ class Reframing(Task[ReframingConfig]):
                                 f"{len(eval_pairs)} eval pairs); raise k_samples or max_new_tokens, or check the model")
         usable = [it for it in eval_items + train_items if it["chosen"]]
         n_con = min(cfg.n_concept or len(usable), len(usable))
-        concept = [(it["thought"], 1) for it in usable[:n_con]] + [(it["chosen"], 0) for it in usable[:n_con]]
+        concept = [(it["thought"], 1, it["id"]) for it in usable[:n_con]] + \
+                  [(it["chosen"], 0, it["id"]) for it in usable[:n_con]]
         order = seeded_order(len(concept), seed + 2)
         prov |= {"source": source_label(cfg.source),
                  "generated_fields": ["chosen"] if n_generated else [],
@@ -234,15 +237,8 @@ class Reframing(Task[ReframingConfig]):
                         eval_prompts=[cfg.instruction.format(thought=it["thought"]) for it in eval_items],
                         eval_items=[{"thought": it["thought"], "reference": it["chosen"]} for it in eval_items],
                         concept_texts=[concept[i][0] for i in order], concept_labels=[concept[i][1] for i in order],
+                        concept_items=[concept[i][2] for i in order],
                         provenance=prov)
-
-    def concept_groups(self, data: TaskData) -> list[str]:
-        """A thought (label 1) and its chosen reframe (label 0) form one group: the pair they came from."""
-        owner = {}
-        for i, p in enumerate(data.train_pairs + data.eval_pairs):
-            owner.setdefault(p.rejected, f"pair{i}")
-            owner.setdefault(p.chosen, f"pair{i}")
-        return [owner.get(t, t) for t in data.concept_texts]
 
     def score(self, cfg: ReframingConfig, model, tokenizer, data: TaskData, *,
               pair_logps=None) -> dict[str, float]:
@@ -254,3 +250,21 @@ class Reframing(Task[ReframingConfig]):
         outs = generate(model, tokenizer, data.eval_prompts, max_new_tokens=cfg.max_new_tokens,
                         batch_size=cfg.batch_size, use_chat_template=cfg.use_chat_template)
         return reframe_metrics(thoughts, outs, cfg.min_relatedness)
+
+
+# ----- controls (``python -m bench validate``) ---------------------------------------------------------
+def _thoughts(n: int = 100) -> list[str]:
+    return [it["thought"] for it in _embedded_thoughts(ReframingConfig(), 0)[0][:n]]
+
+
+def _register_controls() -> None:
+    from bench.controls import control
+
+    control("align_score", "negative", "reframing: the thought copied as its reframe", expect="= 0",
+            check=lambda v: v == 0)(lambda ctx: reframe_metrics(t := _thoughts(), t)["align_score"])
+    control("align_score", "positive", "reframing: the thought + a hopeful sentence", expect="≥ 0.9",
+            check=lambda v: v >= 0.9)(lambda ctx: reframe_metrics(
+                t := _thoughts(), [f"{x} But I know it will get better, and I am hopeful." for x in t])["align_score"])
+
+
+_register_controls()

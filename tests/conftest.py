@@ -46,3 +46,13 @@ def smollm():
 
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The smoke suite run once per session into a fresh folder (tests may rerun stages in it)."""
+    from bench.cli import main
+
+    out = tmp_path_factory.mktemp("smoke")
+    assert main(["run", "suite", "smoke", "--out", str(out), "--device", "cpu"]) == 0
+    return out

@@ -8,7 +8,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from bench.align import fit_prompt, load_policy, lora_targets, make_trainer, save_policy, train_policy
+from bench.align import (check_lengths, load_policy, lora_targets, make_trainer, save_policy, train_policy,
+                         training_order)
 from bench.lm import format_prompt
 from bench.methods import METHODS, DecPOMethodConfig
 from bench.sweep import sweep_decpo
@@ -23,7 +24,7 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-TRAINED = sorted(set(METHODS) - {"base"})
+TRAINED = sorted(m for m in METHODS if METHODS[m].trains)
 # an easy preference: always "yes yes" over "no no"
 TRAIN = [Pair(prompt=f"Question {i}: do you agree?", chosen="yes yes", rejected="no no") for i in range(16)]
 HELD_OUT = [Pair(prompt=f"Held-out question {i}: agree?", chosen="yes yes", rejected="no no") for i in range(6)]
@@ -31,9 +32,11 @@ FAST = dict(max_steps=3, batch_size=4, eval_every=2, curve_pairs=2, curve_prompt
 
 
 def test_registry_names_every_method():
-    assert set(METHODS) == {"base", "sft", "dpo", "decpo", "simpo", "l1"}
-    for name in METHODS:
-        assert METHODS[name]().model_dump() == METHODS[name].model_validate(METHODS[name]().model_dump()).model_dump()
+    assert set(METHODS) == {"base", "random_init", "sft", "dpo", "dpo_aa", "decpo", "simpo", "l1"}
+    for name, m in METHODS.items():
+        assert m.config_cls().model_dump() == m.config_cls.model_validate(m.config_cls().model_dump()).model_dump()
+        assert (m.build is not None) == m.trains and m.name == name
+    assert METHODS["dpo_aa"].config_cls().noise_seed == 1 and METHODS["dpo"].config_cls().noise_seed == 0
 
 
 @pytest.mark.parametrize("table,match", [
@@ -52,20 +55,33 @@ def test_lambda_key_and_defaults():
     cfg = DecPOMethodConfig.model_validate({"lambda": 0.01, "layer": 15})
     assert cfg.lam == 0.01 and cfg.layer == 15 and cfg.normalize is True
     assert DecPOMethodConfig.model_validate({"layer": 0.5}).layer == 0.5
-    d = METHODS["dpo"]()
+    d = METHODS["dpo"].config_cls()
     assert (d.beta, d.lora, d.lora_r, d.lora_alpha, d.lora_dropout) == (0.1, True, 8, 16, 0.05)
     assert (d.max_prompt_length, d.max_length) == (128, 256)
     with pytest.raises(ValidationError, match="frozen"):
         d.beta = 0.2
 
 
-def test_fit_prompt_keeps_the_end_within_budget(tiny_lm):
+def test_sequences_that_do_not_fit_are_errors_not_cuts(tiny_lm):
     _, tok = tiny_lm
-    long = " ".join(f"w{i}" for i in range(200)) + " the very end"
-    text = fit_prompt(tok, long, 64)
-    assert len(tok(text, add_special_tokens=False)["input_ids"]) <= 64
-    assert "the very end<|im_end|>" in text and text.startswith("<|im_start|>system")
-    assert fit_prompt(tok, "short", 64) == format_prompt(tok, "short")
+    long = Pair(prompt=" ".join(f"w{i}" for i in range(200)), chosen="yes", rejected="no", item="it7")
+    cfg = METHODS["dpo"].config_cls(max_length=256, max_prompt_length=64)
+    with pytest.raises(ValueError, match=r"training pair 1 \(item it7\).*> max_prompt_length = 64"):
+        check_lengths(cfg, tok, [TRAIN[0], long], True)
+    reply = Pair(prompt="short", chosen=" ".join(["yes"] * 300), rejected="no")
+    with pytest.raises(ValueError, match="> max_length = 256"):
+        check_lengths(cfg, tok, [reply], True)
+    check_lengths(cfg, tok, TRAIN, True)
+
+
+def test_training_order_interleaves_strata_and_repeats_epochs():
+    strata = ["a:x"] * 8 + ["a:y"] * 8 + ["b:x"] * 8 + ["b:y"] * 8
+    order = training_order(strata, 80, seed=0)
+    assert len(order) == 80 and sorted(order[:32]) == list(range(32)) and sorted(order[32:64]) == list(range(32))
+    for start in range(0, 32, 4):                                  # every batch of 4 holds one row per stratum
+        assert sorted(strata[i] for i in order[start:start + 4]) == sorted(set(strata))
+    assert order == training_order(strata, 80, seed=0) and order != training_order(strata, 80, seed=1)
+    assert sorted(training_order([""] * 10, 10, seed=3)) == list(range(10))
 
 
 def test_lora_targets_map_to_gpt2_names():
@@ -80,8 +96,8 @@ def test_lora_targets_map_to_gpt2_names():
 def test_wrong_config_type_and_base(tiny_lm, tmp_path):
     model, tok = tiny_lm
     with pytest.raises(TypeError, match="DecPOMethodConfig"):
-        train_policy("decpo", METHODS["dpo"](), model, tok, TRAIN, HELD_OUT, tmp_path, 0)
-    res = train_policy("base", METHODS["base"](), model, tok, TRAIN, HELD_OUT, tmp_path, 0, layer=0.5)
+        train_policy("decpo", METHODS["dpo"].config_cls(), model, tok, TRAIN, HELD_OUT, tmp_path, 0)
+    res = train_policy("base", METHODS["base"].config_cls(), model, tok, TRAIN, HELD_OUT, tmp_path, 0, layer=0.5)
     assert res.policy is model and res.curves == [] and res.steps == 0 and res.layer == 1
 
 
@@ -92,8 +108,9 @@ def test_training_data_matches_the_scoring_prompt(tiny_lm, tmp_path):
     reply = tok("yes yes", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
 
     def first_row(method):
-        return make_trainer(method, METHODS[method](**FAST), copy.deepcopy(model), tok, TRAIN[:2], tmp_path, 0
-                            ).train_dataset[0]
+        same = [TRAIN[0]] * 2                                       # every row is TRAIN[0] whatever the order
+        return make_trainer(method, METHODS[method].config_cls(**FAST), copy.deepcopy(model), tok, same, tmp_path,
+                            0).train_dataset[0]
 
     row = first_row("dpo")
     assert row["prompt_ids"] == prompt and row["chosen_ids"] == reply
@@ -102,6 +119,36 @@ def test_training_data_matches_the_scoring_prompt(tiny_lm, tmp_path):
     row = first_row("sft")
     assert row["input_ids"] == prompt + reply
     assert row["labels"] == [-100] * len(prompt) + reply  # loss on the reply only
+
+
+def test_penalty_and_proxies_read_the_same_token_ids(tiny_lm, tmp_path):
+    """The DecPO penalty reads TRL's collated batch at its last non-padding token; the proxies build each
+    (prompt, reply) sequence with bench.lm.training_ids and read its last token. Both see the same ids,
+    and the token read is the EOS that TRL appends."""
+    from bench.lm import training_ids
+    from bench.proxies import collect_last_token
+
+    model, tok = tiny_lm
+    pairs = [Pair(prompt=f"Question {i}: {'really ' * i}agree?", chosen="yes" * (i % 3 + 1), rejected="no")
+             for i in range(6)]
+    trainer = make_trainer("decpo", METHODS["decpo"].config_cls(**{**FAST, "batch_size": 6}), copy.deepcopy(model),
+                           tok, pairs, tmp_path, 0, layer=1)
+    batch = next(iter(trainer.get_train_dataloader()))
+    last = batch["attention_mask"].sum(1) - 1                        # right padding: last real position
+    collated = {tuple(row[: i + 1].tolist()) for row, i in zip(batch["input_ids"], last)}
+    assert all(row[i] == tok.eos_token_id for row, i in zip(batch["input_ids"], last))
+    seen = []
+    handle = model.register_forward_pre_hook(lambda m, a, kw: seen.append((kw["input_ids"], kw["attention_mask"])),
+                                             with_kwargs=True)
+    try:
+        collect_last_token(model, tok, [p.prompt for p in pairs] * 2, [1], batch_size=12,
+                           replies=[p.chosen for p in pairs] + [p.rejected for p in pairs])
+    finally:
+        handle.remove()
+    ids, mask = seen[0]
+    proxies = {tuple(row[: i + 1].tolist()) for row, i in zip(ids, mask.sum(1) - 1)}
+    built = {tuple(training_ids(tok, p.prompt, r)) for p in pairs for r in (p.chosen, p.rejected)}
+    assert collated == built == proxies
 
 
 @pytest.mark.parametrize("method", ["dpo", "decpo"])
@@ -113,7 +160,7 @@ def test_cpu_lm_head_scores_labelled_positions_only(tiny_lm, tmp_path, method, m
     from bench.align import labelled_positions_only
 
     model, tok = tiny_lm
-    trainer = make_trainer(method, METHODS[method](**FAST), copy.deepcopy(model), tok, TRAIN[:4], tmp_path, 0,
+    trainer = make_trainer(method, METHODS[method].config_cls(**FAST), copy.deepcopy(model), tok, TRAIN[:4], tmp_path, 0,
                            layer=1)
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     trainer.model.train()
@@ -159,7 +206,7 @@ def test_dpo_learns_the_easy_preference_and_is_deterministic(tiny_lm, tmp_path):
     model, tok = tiny_lm
     base = preference_metrics(model, tok, HELD_OUT, use_chat_template=False)
     assert base["pref_acc"] == 0.5 and base["reward_margin"] == 0.0
-    cfg = METHODS["dpo"](**{**FAST, "max_steps": 4, "eval_every": 2})
+    cfg = METHODS["dpo"].config_cls(**{**FAST, "max_steps": 4, "eval_every": 2})
     runs = [train_policy("dpo", cfg, model, tok, TRAIN, HELD_OUT, tmp_path / f"r{i}", seed=0,
                          use_chat_template=False, layer=1) for i in range(2)]
     after = preference_metrics(runs[0].policy, tok, HELD_OUT, use_chat_template=False)
@@ -189,7 +236,7 @@ def test_dpo_learns_the_easy_preference_and_is_deterministic(tiny_lm, tmp_path):
 @pytest.mark.parametrize("method", [m for m in TRAINED if m != "dpo"])
 def test_method_trains_every_lora_parameter(tiny_lm, tmp_path, method):
     model, tok = tiny_lm
-    cfg = METHODS[method](**FAST)
+    cfg = METHODS[method].config_cls(**FAST)
     res = train_policy(method, cfg, model, tok, TRAIN, HELD_OUT, tmp_path, seed=0, use_chat_template=False, layer=1)
     init, now = _initial_lora(model, cfg), _lora_state(res.policy)
     assert init.keys() == now.keys() and len(now) == 2 * 3 * 2  # (A, B) × 3 targets × 2 layers
@@ -207,7 +254,7 @@ def test_method_trains_every_lora_parameter(tiny_lm, tmp_path, method):
 def test_full_finetuning_and_save_load_roundtrip(tiny_lm, tmp_path):
     model, tok = tiny_lm
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    cfg = METHODS["decpo"](**{**FAST, "max_steps": 2, "lora": False, "lr": 1e-3})
+    cfg = METHODS["decpo"].config_cls(**{**FAST, "max_steps": 2, "lora": False, "lr": 1e-3})
     res = train_policy("decpo", cfg, model, tok, TRAIN, HELD_OUT, tmp_path / "full", 0, use_chat_template=False,
                        layer=1)
     assert not hasattr(res.policy, "peft_config")
@@ -222,7 +269,7 @@ def test_full_finetuning_and_save_load_roundtrip(tiny_lm, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(**x).logits, res.policy(**x).logits)
 
-    lora = train_policy("dpo", METHODS["dpo"](**{**FAST, "max_steps": 1}), model, tok, TRAIN, HELD_OUT,
+    lora = train_policy("dpo", METHODS["dpo"].config_cls(**{**FAST, "max_steps": 1}), model, tok, TRAIN, HELD_OUT,
                         tmp_path / "lora", 0, use_chat_template=False, layer=1)
     save_policy(lora.policy, tmp_path / "lora_policy")
     files = {p.name for p in (tmp_path / "lora_policy").iterdir()}

@@ -98,7 +98,7 @@ PAIRS = [Pair(prompt=f"Question {i}: is it fine?", chosen="yes yes" + " indeed" 
 
 
 def _loss_and_grads(method, model, tok, tmp_path, **over):
-    cfg = METHODS[method](max_steps=1, batch_size=4, lora_dropout=0.0, **over)
+    cfg = METHODS[method].config_cls(max_steps=1, batch_size=4, lora_dropout=0.0, **over)
     trainer = make_trainer(method, cfg, model, tok, PAIRS, tmp_path / method, seed=0, use_chat_template=False, layer=1)
     batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
     trainer.model.train()

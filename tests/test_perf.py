@@ -11,7 +11,7 @@ import torch
 from bench import perf as P
 
 TINY = P.PerfSizes(reps=1, warmup=1, sae_texts=24, sae_context=16, sae_batch=32, sae_expansion=2, sae_k=4,
-                   collect_batch=8, dpo_pairs=2, dpo_max_length=64, dpo_max_prompt=32, proxy_texts=4, matmul_n=64)
+                   collect_batch=8, dpo_pairs=2, dpo_max_length=96, dpo_max_prompt=64, proxy_texts=4, matmul_n=64)
 BENCHMARKS = {"sae_pipeline", "sae_pipeline_hf", "decpo_step", "proxies_one_pass", "dpo_mfu"}
 
 

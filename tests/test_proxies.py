@@ -75,23 +75,25 @@ def test_one_pass_collection_matches_per_layer_forward(tiny_lm):
     assert "weight_proxy" not in rows[0]  # Llama's up_proj has no bias
 
 
-def test_replies_are_read_at_their_last_token_after_the_formatted_prompt(tiny_lm):
-    """With replies, z_i is the activation at the reply's last token of format_prompt(prompt_i) + reply_i
-    (a training sequence), and a long text is truncated from the left so that token is kept."""
+def test_replies_are_read_at_the_eos_after_the_reply(tiny_lm):
+    """With replies, z_i is the activation at the EOS that ends format_prompt(prompt_i) + reply_i + EOS (the
+    training sequence, read where DecPO reads it); a sequence longer than max_length is an error, not a cut;
+    without replies a row is the formatted prompt alone, read at its last token (the paper's read-out)."""
     from bench.lm import format_prompt
 
     model, tok = tiny_lm
     prompts, replies = ["Say something kind.", "Rewrite: it rained"], [" You did well today.", " The garden drank"]
     zs = P.collect_last_token(model, tok, prompts, [1], replies=replies, batch_size=2)[1]
-    assert tok.chat_template  # the chat path: a bare prompt would end in the fixed assistant header
+    assert tok.chat_template
     for i, (p, r) in enumerate(zip(prompts, replies)):
-        full = format_prompt(tok, p) + r
+        full = format_prompt(tok, p) + r + tok.eos_token
         ref = P.collect_last_token(model, tok, [full], [1], use_chat_template=False)[1][0]
         torch.testing.assert_close(zs[i], ref, rtol=1e-4, atol=1e-5)
-        cut = P.collect_last_token(model, tok, [p], [1], replies=[r], max_length=4)[1][0]
-        last4 = tok.decode(tok(full, add_special_tokens=False)["input_ids"][-4:])
-        torch.testing.assert_close(cut, P.collect_last_token(model, tok, [last4], [1], use_chat_template=False)[1][0],
-                                   rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"2 proxy input\(s\) exceed max_length = 4 tokens"):
+        P.collect_last_token(model, tok, prompts, [1], replies=replies, max_length=4)
+    bare = P.collect_last_token(model, tok, prompts, [1], batch_size=2)[1]
+    ref = P.collect_last_token(model, tok, [format_prompt(tok, prompts[0])], [1], use_chat_template=False)[1][0]
+    torch.testing.assert_close(bare[0], ref, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="2 texts but 1 replies"):
         P.collect_last_token(model, tok, prompts, [1], replies=replies[:1])
 

@@ -181,9 +181,14 @@ def test_paired_differences_by_seed_against_hand_values():
     assert d.loc["y", "diff"] == pytest.approx(0.0) and not d.loc["y", "ci_excludes_0"]
     assert "missing" not in d.index
     assert paired_differences(board[board.seed == 0], ["x"]) is None  # one seed: no interval
+    # the paired t-test's p, Holm over the table's rows, the 80 %-power MDE, the spread flag
+    assert d.loc["x", "p"] == pytest.approx(0.013072, abs=1e-5) and d.loc["x", "p_holm"] == pytest.approx(
+        2 * d.loc["x", "p"]) and bool(d.loc["x", "significant"])
+    assert d.loc["y", "p_holm"] == 1.0 and bool(d.loc["y", "noisy"]) and not bool(d.loc["x", "noisy"])
+    assert 0 < d.loc["x", "mde"] < 1.0
 
 
 def test_report_has_the_paired_table_with_several_seeds(tmp_path):
     make_results(tmp_path, top_tokens=False)
     md = write_report(tmp_path).read_text()
-    assert "DecPO − DPO, paired by seed" in md and "CI excludes 0" in md
+    assert "DecPO − DPO, paired by seed" in md and "p (Holm)" in md and "MDE (80 %)" in md

@@ -69,7 +69,7 @@ def test_store_layout_and_split_by_document(built):
     store = ActivationStore(path)
     m = store.manifest
     assert m["d_in"] == 128 and m["request"]["hook_name"] == "model.layers.1.mlp.up_proj"
-    assert m["n_tokens"] == m["n_train_tokens"] + m["n_heldout_tokens"] == store.acts.shape[0]
+    assert m["n_tokens"] == m["n_train_tokens"] + m["n_heldout_tokens"] + m["n_duplicate_tokens"] == store.acts.shape[0]
     docs = np.asarray(store.doc_index)
     train_docs, held_docs = set(docs[:store.n_train]), set(docs[store.heldout])
     assert not train_docs & held_docs and len(held_docs) == 6
@@ -81,12 +81,39 @@ def test_store_layout_and_split_by_document(built):
     verify_store(store, model)                                # padding did not change the activations
 
 
-def test_split_is_seeded():
-    from saes.activations import split_documents
+def test_split_is_seeded_and_keeps_groups_whole():
+    from saes.heldout import split_groups
 
-    assert (split_documents(50, 0.2, 3) == split_documents(50, 0.2, 3)).all()
-    assert not (split_documents(50, 0.2, 3) == split_documents(50, 0.2, 4)).all()
-    assert split_documents(50, 0.2, 3).sum() == 10
+    groups = [f"g{i // 3}" for i in range(60)]
+    a, b = split_groups(groups, 0.2, 3), split_groups(groups, 0.2, 4)
+    assert (a == split_groups(groups, 0.2, 3)).all() and not (a == b).all()
+    assert a.sum() == 12 and all(len({a[i] for i in range(g * 3, g * 3 + 3)}) == 1 for g in range(20))
+    with pytest.raises(ValueError, match="at least 2 item groups"):
+        split_groups(["x"] * 5, 0.2, 0)
+
+
+def test_shared_prompts_leak_nothing_into_the_heldout_split(tiny_lm, tmp_path):
+    """prompt + chosen, prompt + rejected and a concept text per prompt, every prompt opening with the same
+    instruction: no held-out token shares its prefix with a training token or with another held-out one."""
+    from saes.heldout import audit_store
+
+    model, tok = tiny_lm
+    rng = random.Random(0)
+    texts, groups = [], []
+    for item in range(30):
+        prompt = "Rewrite this thought more hopefully: " + " ".join(rng.choice(WORDS) for _ in range(8))
+        for reply in ("good " + rng.choice(WORDS), "bad " + rng.choice(WORDS), ""):
+            texts.append(f"{prompt}\n{reply}".strip())
+            groups.append(f"item{item}")
+    texts.append(texts[0])                                        # an exact repeat: one activation, counted once
+    groups.append("item0")
+    store = ActivationStore(collect_activations(model, tok, texts, groups=groups, layer=1, out_dir=tmp_path / "s",
+                                                cfg=CFG, seed=0))
+    audit = audit_store(store)
+    assert audit["leaks"] == audit["short_shared"] == audit["twins"] == 0 and audit["heldout_tokens"] > 0
+    split = store.doc_split
+    assert all(len({split[i] for i, g in enumerate(groups) if g == name}) == 1 for name in set(groups))
+    assert store.manifest["n_duplicate_tokens"] > 0                # the shared instruction is stored once
 
 
 def test_store_from_another_model_is_refused(built, tmp_path):
@@ -157,7 +184,8 @@ def test_score_writes_saebench_layout_and_headline(built, tmp_path):
               embed_cache_dir=tmp_path / "emb")
     head = score_sae(sae_dir, store, model, tok, out_dir=tmp_path, **kw)
     assert tuple(head) == HEADLINE_KEYS
-    assert all(math.isfinite(v) for v in head.values()), head
+    undefined = {k for k, v in head.items() if not math.isfinite(v)}
+    assert undefined <= {"sae_ce_score"} and (not undefined or abs(head["sae_ce_gap"]) < CFG.eval.ce_min_gap), head
     assert 0 < head["sae_n_alive"] <= 256 and head["sae_l0"] == pytest.approx(8.0)
     out = SAEEvalOutput.model_validate_json((tmp_path / "eval_results.json").read_text())
     assert out.eval_type_id == "monobench_sae" and out.sae_cfg_dict["architecture"] == "topk"
@@ -236,7 +264,8 @@ def test_ce_shared_prefix_equals_three_full_forwards(built, wrap):
     the same three losses as three full forwards, and every block is back in place afterwards."""
     from peft import LoraConfig, get_peft_model
 
-    from saes.score import ce_losses, load_sae
+    from saes.ce import ce_losses
+    from saes.score import load_sae
 
     model, _, store, sae_dir = built
     if wrap:  # a trained-looking adapter (B ≠ 0) on blocks below and above the hook
@@ -257,7 +286,8 @@ def test_ce_shared_prefix_equals_three_full_forwards(built, wrap):
 
 def test_probe_latents_of_stored_texts_come_from_the_store(built):
     """Texts the store holds are pooled from its rows (no forward); the result is the forward's."""
-    from saes.score import load_sae, pooled_latents
+    from saes.probe import pooled_latents
+    from saes.score import load_sae
 
     model, tok, path, sae_dir = built
     store, sae = ActivationStore(path), load_sae(sae_dir)
@@ -288,7 +318,7 @@ def test_probe_latents_of_stored_texts_come_from_the_store(built):
 
 def test_probe_refuses_labels_that_truncation_makes_identical(built, tmp_path):
     """Texts that differ only after probe_max_length tokens would pool to the same features."""
-    from saes.score import check_probe_texts
+    from saes.probe import check_probe_texts
 
     model, tok, store, sae_dir = built
     stem = " ".join(["word"] * 30)
@@ -305,7 +335,7 @@ def test_probe_refuses_labels_that_truncation_makes_identical(built, tmp_path):
 def test_grouped_probe_split_keeps_groups_whole():
     """Twins (same features, opposite labels) across a per-text split push the probe below chance;
     split by group, each test twin pair is predicted alike, so accuracy is exactly 0.5."""
-    from saes.score import probe_scores
+    from saes.probe import probe_scores
 
     rng = np.random.default_rng(0)
     twins = torch.from_numpy(rng.normal(size=(30, 8))).float()

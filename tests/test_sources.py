@@ -85,7 +85,7 @@ def test_task_build_reports_source_errors(tmp_path):
     path = tmp_path / "claims.jsonl"
     path.write_text(json.dumps({"statement": "The sun is a star.", "truth": "maybe"}) + "\n")
     cls = TASKS["sycophancy"]
-    cfg = cls.config_cls(source=str(path), columns={"claim": "statement", "label": "truth"})
+    cfg = cls.config_cls(source=str(path), columns={"text": "statement", "label": "truth"})
     with pytest.raises(TaskDataError, match="label 'maybe'"):
         cls().build(cfg, None, None, seed=0)
     cfg = TASKS["toxicity"].config_cls(source=str(path))

@@ -18,7 +18,7 @@ def test_stable_hash_ignores_key_order_and_sees_values():
 
 def test_stage_is_atomic(tmp_path):
     store = Store(tmp_path)
-    key = store.key("data", {"task": "t"})
+    key = store.key("data", {"task": "t"}, "1")
     with pytest.raises(RuntimeError):
         with store.build(key, {"task": "t"}) as work:
             (work / "half.json").write_text("{")
@@ -34,7 +34,7 @@ def test_stage_is_atomic(tmp_path):
 
 def test_rebuild_replaces_old_folder(tmp_path):
     store = Store(tmp_path)
-    key = store.key("x", {})
+    key = store.key("x", {}, "1")
     for v in (1.0, 2.0):
         with store.build(key, {}) as work:
             write_json(work / "metrics.json", [{"metric": "m", "value": v}])
@@ -58,7 +58,7 @@ def _fake_job(store, task, method, seed, value, hook=1):
     for stage, recs in {"eval": [{"metric": "align_score", "value": value}],
                         "proxies": [{"metric": "decorrelation", "value": value + l, "layer": l} for l in range(3)]
                         }.items():
-        key = store.key(stage, {"t": task, "m": method, "s": seed})
+        key = store.key(stage, {"t": task, "m": method, "s": seed}, "1")
         with store.build(key, {}) as work:
             write_json(work / "metrics.json", recs)
         keys[stage] = key

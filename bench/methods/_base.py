@@ -1,15 +1,18 @@
-"""Method configs (SPEC.md §2): one frozen, validated class per method, registered in ``METHODS``.
+"""What a method is (SPEC.md §2): a registered ``Method`` with its frozen, validated config class.
 
 ``base`` has no fields (the model as loaded); trained methods share ``TrainConfig`` (optimisation, data,
 LoRA, curve settings) and add their loss's own (β, λ, γ). A suite's ``[methods.<name>]`` table is
-validated against ``METHODS[name]``, so an unknown key is an error that names it. Example::
+validated against ``METHODS[name].config_cls``, so an unknown key is an error that names it. Each method
+lives in its own module of this package and registers itself with ``register_method``. Example::
 
-    python -c "from bench.methods import METHODS; print(METHODS['decpo']().model_dump())"
+    python -c "from bench.methods import METHODS; print(METHODS['decpo'].config_cls().model_dump())"
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -35,9 +38,9 @@ class TrainConfig(MethodConfig):
     grad_accum: int = Field(1, ge=1)
     """Gradient-accumulation steps: an optimiser step sees batch_size × grad_accum pairs."""
     max_length: int = Field(256, ge=8)
-    """Max tokens of prompt + reply (paper preset 256); longer replies are cut at the end."""
+    """Max tokens of prompt + reply + EOS (paper preset 256); a training pair that does not fit is an error."""
     max_prompt_length: int = Field(128, ge=4)
-    """Max tokens of the chat-formatted prompt (paper preset 128); longer prompts keep their end."""
+    """Max tokens of the formatted prompt (paper preset 128); a longer training prompt is an error."""
     warmup: float = Field(0.1, ge=0, lt=1)
     """Share of the steps with linear learning-rate warm-up."""
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
@@ -59,6 +62,9 @@ class TrainConfig(MethodConfig):
     """Held-out pairs (prompt + chosen reply, as the proxies stage reads them) whose last-token activations
     give each curve row's neuron proxies."""
     gradient_checkpointing: bool = False
+    noise_seed: int = Field(0, ge=0)
+    """Offset of the seed of the training randomness — data order and dropout draws — from the job seed
+    (the LoRA initialisation keeps the job seed). 0 for every method; the A/A control ``dpo_aa`` uses 1."""
 
     @model_validator(mode="after")
     def _lengths(self) -> TrainConfig:
@@ -71,51 +77,42 @@ class TrainConfig(MethodConfig):
         return self
 
 
-class SFTMethodConfig(TrainConfig):
-    """``sft``: NLL of the chosen reply given the prompt."""
+@dataclass(frozen=True)
+class Method:
+    """A registered method: its config class, how it is shown, and how its policy is made."""
+
+    name: str
+    config_cls: type[MethodConfig]
+    label: str
+    """Name in tables and figures (e.g. "DecPO")."""
+    order: int
+    """Display order (lower first)."""
+    summary: str
+    """One line for ``python -m bench list methods``."""
+    policy: Literal["base", "trained", "random_init"] = "trained"
+    """base: the model as loaded; trained: a train stage; random_init: the base architecture, re-initialised."""
+    data: Literal["pairs", "completion"] = "pairs"
+    """Training rows: (prompt, chosen, rejected) or (prompt, completion = chosen)."""
+    uses_reference: bool = False
+    """Its loss needs a frozen reference policy (DPO family)."""
+    build: Callable[..., Any] | None = None
+    """(cfg, model, ref_model, args, kw, layer, hook) → a TRL trainer; ``args`` are the shared
+    TrainingArguments fields, ``kw`` the trainer keywords (dataset, tokenizer, peft config, callbacks)."""
+    control: bool = False
+    """A control run (A/A, random initialisation), shown beside the methods it calibrates."""
+    evaluates: bool = True
+    """Whether the task's scorer runs on it (the eval stage); False for a model whose generations mean nothing."""
+
+    @property
+    def trains(self) -> bool:
+        return self.policy == "trained"
 
 
-class DPOMethodConfig(TrainConfig):
-    """``dpo``: −log σ(β[(log π(y_w)−log π_ref(y_w)) − (log π(y_l)−log π_ref(y_l))])."""
-
-    beta: float = Field(0.1, gt=0)
-    """β of the DPO loss (paper 0.1)."""
+METHODS: dict[str, Method] = {}
 
 
-class DecPOMethodConfig(DPOMethodConfig):
-    """``decpo``: DPO + λ·‖Z Zᵀ − I‖²_F on the hooked layer's last-token activations (Yan et al. 2024)."""
-
-    lam: float = Field(1e-3, ge=0, alias="lambda")
-    """λ (TOML key ``lambda``). Normalised, the term starts near 180–210 for 8 pairs at SmolLM2 layer 15."""
-    normalize: bool = True
-    """L2-normalise the rows of Z first (cosine form); false = the paper's raw form (λ = 1e-4 there)."""
-
-
-class L1MethodConfig(DPOMethodConfig):
-    """``l1``: DPO + λ₁·mean_b ‖z_b‖₁ on the hooked layer's last-token activations (paper's L1-Reg)."""
-
-    lam: float = Field(1e-4, ge=0, alias="lambda")
-    """λ₁ (TOML key ``lambda``). mean ‖z‖₁ starts near 800 at SmolLM2 layer 15 (450 at 0, 2100 at 29)."""
-
-
-class SimPOMethodConfig(TrainConfig):
-    """``simpo``: −log σ(β/|y_w|·log π(y_w) − β/|y_l|·log π(y_l) − γ); reference-free."""
-
-    beta: float = Field(2.0, gt=0)
-    """β on the length-averaged log-probability (SimPO paper: 2.0–2.5; 0.1 barely moves it)."""
-    gamma: float = Field(1.0, ge=0)
-    """Target margin γ (SimPO paper: γ/β ≈ 0.5)."""
-
-
-METHODS: dict[str, type[MethodConfig]] = {}
-
-
-def _register(name: str, cls: type[MethodConfig]) -> None:
-    if name in METHODS:
-        raise ValueError(f"method {name!r} already registered by {METHODS[name].__module__}")
-    METHODS[name] = cls
-
-
-for _name, _cls in [("base", MethodConfig), ("sft", SFTMethodConfig), ("dpo", DPOMethodConfig),
-                    ("decpo", DecPOMethodConfig), ("simpo", SimPOMethodConfig), ("l1", L1MethodConfig)]:
-    _register(_name, _cls)
+def register_method(method: Method) -> Method:
+    if method.name in METHODS:
+        raise ValueError(f"method {method.name!r} already registered by {METHODS[method.name].config_cls.__module__}")
+    METHODS[method.name] = method
+    return method

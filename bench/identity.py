@@ -1,0 +1,101 @@
+"""Content identity of a job's inputs: what a stage key holds about the model and the data files.
+
+A stage key must change when its inputs change, including in place: so a local model folder is
+identified by a hash of its weights, config and tokenizer files, an embedded model by a hash of its
+packaged GGUF file, a local data file by a hash of its bytes. Hashes are computed once per file and
+cached by (absolute path, size, modification time) in ``<monobench cache>/file-hashes.json``, so a
+plan costs a stat per file after the first run.
+
+Example::
+
+    python -c "from bench.identity import file_sha256; print(file_sha256('pyproject.toml'))"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".gguf", ".tiktoken")
+
+
+def _cache_file() -> Path:
+    from bench.models import cache_dir
+
+    return cache_dir() / "file-hashes.json"
+
+
+def _load_cache() -> dict[str, str]:
+    try:
+        return json.loads(_cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_cache(cache: dict[str, str]) -> None:
+    path = _cache_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".file-hashes.", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(cache, f)
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache only costs a re-hash next time
+        pass
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (hex), cached by absolute path, size and mtime."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = f"{p}:{st.st_size}:{st.st_mtime_ns}"
+    cache = _load_cache()
+    if key not in cache:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        cache[key] = h.hexdigest()
+        _save_cache(cache)
+    return cache[key]
+
+
+def folder_sha256(folder: str | Path) -> str:
+    """sha256 over (relative name, file hash) of a model folder's weight, config and tokenizer files."""
+    root = Path(folder)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in MODEL_FILE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"model folder {root} holds no weight, config or tokenizer files")
+    h = hashlib.sha256()
+    for p in files:
+        h.update(f"{p.relative_to(root)}\0{file_sha256(p)}\n".encode())
+    return h.hexdigest()
+
+
+def model_identity(model_id: str, *, revision: str | None = None, tiny: dict[str, Any] | None = None,
+                   seed: int = 0) -> dict[str, Any]:
+    """What identifies a model spec's weights: the embedded GGUF's hash, a local folder's content hash, a
+    hub id with its revision, or a tiny model's shape and seed (a tiny model is its seed)."""
+    if model_id.startswith("tiny:"):
+        return {"id": model_id, "tiny": tiny or {}, "seed": seed}
+    if model_id.startswith("embedded:"):
+        from bench.models import embedded_gguf
+
+        folder, filename = embedded_gguf(model_id.split(":", 1)[1])
+        return {"id": model_id, "gguf_sha256": file_sha256(folder / filename)}
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        return {"id": model_id, "content_sha256": folder_sha256(path)}
+    return {"id": model_id, "revision": revision or "unpinned"}
+
+
+def source_identity(source: str) -> dict[str, Any]:
+    """A task source's content: a local file's hash; embedded and hub sources are named as they are."""
+    path = Path(source).expanduser()
+    if source != "embedded" and not source.startswith("hf:") and path.is_file():
+        return {"source_sha256": file_sha256(path)}
+    return {}

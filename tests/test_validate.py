@@ -1,0 +1,28 @@
+"""``bench validate --quick``: every metric's controls run and pass, and a failing control fails the command."""
+
+import pandas as pd
+
+from bench import controls
+from bench.cli import main
+
+
+def test_quick_validation_passes_for_every_metric(tmp_path, capsys):
+    assert main(["validate", "--quick", "--out", str(tmp_path)]) == 0
+    table = pd.read_csv(tmp_path / "validation.csv")
+    assert list(table.columns[:6]) == ["metric", "kind", "control", "expected", "observed", "pass"]
+    assert table["pass"].all(), table[~table["pass"]]
+    for metric in ("sae_frac_interpretable", "sae_frac_decorrelated", "sae_explained_variance", "sae_ce_score",
+                   "sae_probe_top1", "decorrelation", "pref_acc", "syco_rate", "tox_rate", "align_score"):
+        assert set(table.loc[table.metric == metric, "kind"]) == {"negative", "positive"}, metric
+    dup = table[table.control.str.contains("duplicated tokens")]
+    assert len(dup) == 4 and (dup.observed <= 0.08).all()
+    assert "sae_frac_interpretable" in capsys.readouterr().out
+
+
+def test_a_failing_control_fails_the_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(controls, "CONTROLS", [])
+    monkeypatch.setattr("bench.validate.CONTROLS", controls.CONTROLS)
+    monkeypatch.setattr("bench.validate.load_controls", lambda: None)
+    controls.control("made_up", "negative", "always 1", expect="= 0", check=lambda v: v == 0)(lambda ctx: 1.0)
+    assert main(["validate", "--quick", "--out", str(tmp_path)]) == 1
+    assert not pd.read_csv(tmp_path / "validation.csv")["pass"].any()
