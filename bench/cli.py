@@ -1,15 +1,15 @@
 """Command line: ``python -m bench <command>``.
 
-    python -m bench run suite smoke              # tiny model, every stage, ~1 min on a laptop CPU
-    python -m bench run suite                    # the default suite (embedded SmolLM2-135M-Instruct)
-    python -m bench run suite default --dry-run  # jobs and stages, cached or to run
-    python -m bench list suites|tasks|methods|models
-    python -m bench leaderboard results/default [more result folders …]
-    python -m bench data show toxicity --n 5
-    python -m bench show-feature results/smoke/runs/sae-… 12
-    python -m bench report results/default       # figures + report.md from stored runs
-    python -m bench perf --quick                 # side-by-side speed ratios
-    python -m bench validate --quick             # every metric's negative and positive controls
+python -m bench run suite smoke              # tiny model, every stage, ~1 min on a laptop CPU
+python -m bench run suite                    # the default suite (embedded SmolLM2-135M-Instruct)
+python -m bench run suite default --dry-run  # jobs and stages, cached or to run
+python -m bench list suites|tasks|methods|models
+python -m bench leaderboard results/default [more result folders …]
+python -m bench data show toxicity --n 5
+python -m bench show-feature results/smoke/runs/sae-… 12
+python -m bench report results/default       # figures + report.md from stored runs
+python -m bench perf --quick                 # side-by-side speed ratios
+python -m bench validate --quick             # every metric's negative and positive controls
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ import logging
 import os
 import sys
 from pathlib import Path
+
+from bench.core.errors import ConfigError, MonobenchError, StoreError
+from bench.core.logs import LEVELS, logging_at
 
 log = logging.getLogger("bench")
 
@@ -34,11 +37,28 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--verbose", "-v", action="store_true", help="debug logs and full tracebacks")
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__.split("\n")[0],
+        epilog=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--log-level",
+        choices=LEVELS,
+        default="warning",
+        help="monobench's and the libraries' logging (debug also shows library deprecation warnings "
+        "and the traceback of user errors)",
+    )
+    p.add_argument("--verbose", "-v", action="store_const", const="debug", dest="log_level", help="--log-level debug")
     sub = p.add_subparsers(dest="cmd", required=True)
+    _run_parser(sub)
+    _inspect_parsers(sub)
+    _tool_parsers(sub)
+    return p
 
+
+def _run_parser(sub) -> None:
     run = sub.add_parser("run", help="run a suite").add_subparsers(dest="what", required=True)
     rs = run.add_parser("suite", help="run a suite's jobs (cached stages are reused)")
     rs.add_argument("suite", nargs="?", default="default", help="shipped suite name or a .toml path")
@@ -48,16 +68,23 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--force", action="store_true", help="recompute every stage of the selected jobs")
     rs.add_argument("--shard", type=_shard, default=(1, 1), metavar="I/N", help="run shard I of N of the jobs")
     rs.add_argument("--dry-run", action="store_true", help="print jobs and stages without running")
-    rs.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
-                    help="debug logs and full tracebacks")
+    rs.add_argument(
+        "--verbose",
+        "-v",
+        action="store_const",
+        const="debug",
+        dest="log_level",
+        default=argparse.SUPPRESS,
+        help="--log-level debug",
+    )
 
+
+def _inspect_parsers(sub) -> None:
     ls = sub.add_parser("list", help="list suites, tasks, methods or models")
     ls.add_argument("what", choices=["suites", "tasks", "methods", "models"])
-
     lb = sub.add_parser("leaderboard", help="re-render the CSVs from stored runs (merging folders)")
     lb.add_argument("dirs", nargs="*", type=Path, default=[Path("results/default")])
     lb.add_argument("--out", type=Path, help="where to write the merged CSVs (default: the first folder)")
-
     data = sub.add_parser("data", help="inspect task data").add_subparsers(dest="what", required=True)
     ds = data.add_parser("show", help="print a few built pairs of a task")
     ds.add_argument("task")
@@ -65,56 +92,35 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--suite", default="default", help="suite whose task config and model to use")
     ds.add_argument("--out", type=Path, help="results folder holding the cached data (default results/<suite>)")
     ds.add_argument("--seed", type=int, default=None)
-
     sf = sub.add_parser("show-feature", help="top held-out contexts of one SAE latent")
     sf.add_argument("run", type=Path, help="an sae-… stage folder")
     sf.add_argument("feature", type=int)
     sf.add_argument("--n", type=int, default=10)
-
     rp = sub.add_parser("report", help="figures and an HTML/Markdown report from stored runs")
     rp.add_argument("dir", type=Path)
 
+
+def _tool_parsers(sub) -> None:
     va = sub.add_parser("validate", help="run every metric's negative and positive controls → validation.csv")
     va.add_argument("--quick", action="store_true", help="skip the controls that train models (< 3 min)")
-    va.add_argument("--out", type=Path, default=Path("results/validation"),
-                    help="folder for validation.csv (a results folder's report then includes it)")
+    va.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results/validation"),
+        help="folder for validation.csv (a results folder's report then includes it)",
+    )
     va.add_argument("--seed", type=int, default=0)
-
     sc = sub.add_parser("schema", help="write docs/SCHEMA.md (every output column) from the metric registry")
     sc.add_argument("--out", type=Path, default=Path("docs/SCHEMA.md"))
-
     pf = sub.add_parser("perf", help="side-by-side performance ratios")
     pf.add_argument("--quick", action="store_true")
     pf.add_argument("--out", type=Path, default=Path("results/perf"))
     pf.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-
-    sw = sub.add_parser("sweep", help="DecPO λ × layer sweep on a suite's task data (docs/SWEEP.md)")
-    sw.add_argument("method", choices=["decpo"])
-    sw.add_argument("--suite", default="default", help="shipped suite name or a .toml path")
-    sw.add_argument("--task", action="append", help="task(s) to sweep (default: every task of the suite)")
-    sw.add_argument("--lambdas", default="0,1e-3,1e-2,1e-1", help="comma-separated λ (0 = DPO; always run)")
-    sw.add_argument("--layers", default="7,15,22", help="comma-separated layers (int index or fraction)")
-    sw.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    sw.add_argument("--out", type=Path, default=Path("results/sweep"), help="where sweep.csv goes")
-    sw.add_argument("--results", type=Path, help="store holding the data stages (default results/<suite>)")
-    sw.add_argument("--seed", type=int, default=None)
-    return p
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if verbose:
-        logging.getLogger("bench").setLevel(logging.DEBUG)
-    for noisy in ("transformers", "datasets", "sae_lens", "trl", "peft", "accelerate"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.ERROR)
-    if not verbose:
-        try:
-            import transformers
-
-            transformers.utils.logging.set_verbosity_error()
-            transformers.utils.logging.disable_progress_bar()
-        except ImportError:
-            pass
+    pf.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="exit 0 even when a benchmark fails (its rows say 'not run: <reason>')",
+    )
 
 
 def cmd_run(args) -> int:
@@ -126,8 +132,17 @@ def cmd_run(args) -> int:
     progress = sys.stderr.isatty() and not args.dry_run
     if not progress:  # SAELens's trainer bar can only be silenced through tqdm's environment switch
         os.environ.setdefault("TQDM_DISABLE", "1")
-    summary = run_suite(suite, out, seeds=args.seed, device=args.device, force=args.force, shard=args.shard,
-                        dry_run=args.dry_run, suite_file=path, progress=progress)
+    summary = run_suite(
+        suite,
+        out,
+        seeds=args.seed,
+        device=args.device,
+        force=args.force,
+        shard=args.shard,
+        dry_run=args.dry_run,
+        suite_file=path,
+        progress=progress,
+    )
     from bench import dist
 
     if not args.dry_run and dist.is_main():
@@ -165,7 +180,7 @@ def cmd_leaderboard(args) -> int:
 
     missing = [str(d) for d in args.dirs if not (d / "jobs").is_dir()]
     if missing:
-        raise FileNotFoundError(f"no stored runs in {', '.join(missing)} (expected a jobs/ folder from `run suite`)")
+        raise StoreError(f"no stored runs in {', '.join(missing)} (expected a jobs/ folder from `run suite`)")
     out = args.out or args.dirs[0]
     board = write_leaderboard(out, list(args.dirs))
     print(f"{len(board)} row(s) → {out}/leaderboard.csv, {out}/metrics.csv")
@@ -174,23 +189,26 @@ def cmd_leaderboard(args) -> int:
 
 def cmd_data_show(args) -> int:
     from bench.config import load_suite
-    from bench.plan import Job, plan_job
+    from bench.core.io import read_json
+    from bench.plan import Job, Plan, plan_job
     from bench.runner import Runner
-    from bench.store import Store, read_json
+    from bench.store import Store
 
     suite, _ = load_suite(args.suite)
     if args.task not in suite.tasks:
-        raise ValueError(f"task {args.task!r} is not in suite {suite.name} (has: {', '.join(suite.tasks)})")
+        raise ConfigError(f"task {args.task!r} is not in suite {suite.name} (has: {', '.join(suite.tasks)})")
     out = args.out or Path("results") / suite.name
     store = Store(out)
     runner = Runner(suite, store, device="auto", progress=False)
     seed = args.seed if args.seed is not None else suite.seeds[0]
     plan = plan_job(suite, store, Job(args.task, "base", seed), runner.n_layers(seed))
-    plan.stages = {"data": plan.stages["data"]}
+    plan = Plan(plan.facts, tuple(s for s in plan.stages if s.name == "data"))
     runner.run_job(plan)
-    data = read_json(store.path(plan.stages["data"][0]) / "data.json")
-    print(f"{args.task}: {len(data['train_pairs'])} train pairs, {len(data['eval_pairs'])} held-out pairs, "
-          f"{len(data['eval_prompts'])} held-out prompts; provenance: {data.get('provenance', {})}")
+    data = read_json(store.path(plan.keys["data"]) / "data.json")
+    print(
+        f"{args.task}: {len(data['train_pairs'])} train pairs, {len(data['eval_pairs'])} held-out pairs, "
+        f"{len(data['eval_prompts'])} held-out prompts; provenance: {data.get('provenance', {})}"
+    )
     for i, pair in enumerate(data["train_pairs"][: args.n]):
         print(f"\n--- pair {i}\nPROMPT:   {pair['prompt']}\nCHOSEN:   {pair['chosen']}\nREJECTED: {pair['rejected']}")
     return 0
@@ -212,7 +230,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from bench.metrics import schema_markdown
+    from bench.schema import schema_markdown
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(schema_markdown())
@@ -232,44 +250,47 @@ def cmd_validate(args) -> int:
 
 
 def cmd_perf(args) -> int:
-    from bench.perf import run_perf
+    from benchmarks.perf import run_perf
 
-    run_perf(args.out, quick=args.quick, device=args.device)
-    return 0
-
-
-def cmd_sweep(args) -> int:
-    from bench.config import load_suite
-    from bench.sweep import format_table, parse_floats, parse_layers, run_sweep
-
-    suite, _ = load_suite(args.suite)
-    df = run_sweep(suite, tasks=args.task, lambdas=parse_floats(args.lambdas), layers=parse_layers(args.layers),
-                   out=args.out, store_dir=args.results or Path("results") / suite.name, device=args.device,
-                   seed=args.seed)
-    print(format_table(df))
-    print(f"{len(df)} run(s) → {args.out}/sweep.csv")
+    rows = run_perf(args.out, quick=args.quick, device=args.device)
+    failed = [r.benchmark for r in rows if r.status != "ok"]
+    if failed and not args.keep_going:
+        print(
+            f"error: benchmark(s) {', '.join(failed)} did not run (see the table); --keep-going to accept",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user error (``MonobenchError``) is one line and exit 2, any other error a bug
+    with its traceback."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
-    handlers = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "data": cmd_data_show,
-                "show-feature": cmd_show_feature, "report": cmd_report, "perf": cmd_perf,
-                "schema": cmd_schema, "sweep": cmd_sweep, "validate": cmd_validate}
-    try:
-        return handlers[args.cmd](args)
-    except KeyboardInterrupt:
-        print("interrupted: finished stages are kept; run the same command again to resume", file=sys.stderr)
-        return 130
-    except Exception as e:  # one clear line for the user; the traceback only with --verbose
-        if args.verbose:
-            raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
+    args = build_parser().parse_args(argv)
+    handlers = {
+        "run": cmd_run,
+        "list": cmd_list,
+        "leaderboard": cmd_leaderboard,
+        "data": cmd_data_show,
+        "show-feature": cmd_show_feature,
+        "report": cmd_report,
+        "perf": cmd_perf,
+        "schema": cmd_schema,
+        "validate": cmd_validate,
+    }
+    with logging_at(args.log_level):
+        try:
+            return handlers[args.cmd](args)
+        except KeyboardInterrupt:
+            print("interrupted: finished stages are kept; run the same command again to resume", file=sys.stderr)
+            return 130
+        except MonobenchError as e:
+            if args.log_level == "debug":
+                raise
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(f"error: {msg}", file=sys.stderr)
+            return 2
 
 
 def entry() -> None:

@@ -8,6 +8,7 @@ A suite is a TOML file: the ones shipped in ``bench/suites/`` are found by name 
 
 from __future__ import annotations
 
+import itertools
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -15,10 +16,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
+from bench.core.errors import ConfigError
+from bench.methods import METHODS
 from bench.models import TinySpec
+from saes.config import SAEConfig
+from tasks import TASKS
 
 
-class SuiteError(ValueError):
+class SuiteError(ConfigError):
     """A suite that cannot be found or does not validate; the message names the bad key."""
 
 
@@ -38,8 +43,14 @@ class TinyModelConfig(_Strict):
     """Tokenizer spec; the SmolLM2 tokenizer (with its chat template) by default."""
 
     def spec(self) -> TinySpec:
-        return TinySpec(n_layers=self.n_layers, d_model=self.d_model, d_mlp=self.d_mlp, n_heads=self.n_heads,
-                        n_kv_heads=self.n_kv_heads, tokenizer=self.tokenizer)
+        return TinySpec(
+            n_layers=self.n_layers,
+            d_model=self.d_model,
+            d_mlp=self.d_mlp,
+            n_heads=self.n_heads,
+            n_kv_heads=self.n_kv_heads,
+            tokenizer=self.tokenizer,
+        )
 
 
 class ModelConfig(_Strict):
@@ -89,21 +100,22 @@ class SuiteConfig(_Strict):
     """Method name → that method's config table; ``base`` takes none."""
     sae: SerializeAsAny[BaseModel] | None = None
     """SAE training and scoring ([sae] table); omit to skip the SAE stages."""
+    grid: dict[str, list[Any]] = {}
+    """Sweeps as ordinary jobs: ``"methods.<method>.<field>" = [v1, v2, …]`` replaces ``<method>`` by one variant
+    per combination of the listed values (``decpo@lambda=0.01,layer=7``), each cached, resumable, sharded and
+    on the leaderboard like any method."""
 
     @model_validator(mode="before")
     @classmethod
     def _typed_tables(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        from bench.methods import METHODS
-        from tasks import TASKS
 
         data = dict(data)
         data["tasks"] = _resolve_tables("tasks", data.get("tasks"), {k: v.config_cls for k, v in TASKS.items()})
-        data["methods"] = _resolve_tables("methods", data.get("methods"), {k: v.config_cls for k, v in METHODS.items()})
+        methods = expand_grid(data.get("methods"), data.get("grid") or {})
+        data["methods"] = _resolve_tables("methods", methods, {k: v.config_cls for k, v in METHODS.items()})
         if data.get("sae") is not None and not isinstance(data["sae"], BaseModel):
-            from saes.config import SAEConfig
-
             data["sae"] = _validate(SAEConfig, data["sae"], "sae")
         if not data["tasks"]:
             raise ValueError("[tasks] is empty; name at least one task")
@@ -124,14 +136,47 @@ def _validate(cls: type[BaseModel], table: Any, where: str) -> BaseModel:
 
 
 def _resolve_tables(kind: str, tables: Any, registry: dict[str, type[BaseModel]]) -> dict[str, BaseModel]:
+    """Validate each table against its registered config class (a grid variant ``m@…`` against ``m``'s)."""
     if tables is None:
         return {}
     if not isinstance(tables, dict):
         raise ValueError(f"[{kind}] must be a table of tables, got {type(tables).__name__}")
-    unknown = sorted(set(tables) - set(registry))
+    unknown = sorted({n for n in tables if n.split("@", 1)[0] not in registry})
     if unknown:
         raise ValueError(f"unknown {kind[:-1]}(s) {unknown} in [{kind}]; registered: {', '.join(sorted(registry))}")
-    return {name: _validate(registry[name], table, f"{kind}.{name}") for name, table in tables.items()}
+    return {name: _validate(registry[name.split("@", 1)[0]], table, f"{kind}.{name}") for name, table in tables.items()}
+
+
+def _fmt_value(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def expand_grid(methods: Any, grid: dict[str, Any]) -> Any:
+    """[methods] with every method named in ``grid`` replaced by its variants (the cartesian product of its
+    listed values, in grid order), named ``<method>@<field>=<value>,…``. A method already expanded (absent,
+    its variants present) is left as it is, so a validated suite validates again unchanged."""
+    if not grid or not isinstance(methods, dict):
+        return methods
+    per_method: dict[str, list[tuple[str, list[Any]]]] = {}
+    for key, values in grid.items():
+        parts = key.split(".")
+        if len(parts) != 3 or parts[0] != "methods":
+            raise ValueError(f'[grid] key {key!r} must be "methods.<method>.<field>" (e.g. "methods.decpo.lambda")')
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"[grid] {key} must be a non-empty list of values, got {values!r}")
+        per_method.setdefault(parts[1], []).append((parts[2], values))
+    out = dict(methods)
+    for name, fields in per_method.items():
+        if name not in out:
+            if any(m.startswith(f"{name}@") for m in out):
+                continue
+            raise ValueError(f"[grid] sweeps method {name!r}, which has no [methods.{name}] table")
+        table = out.pop(name)
+        base = table.model_dump(by_alias=True) if isinstance(table, BaseModel) else dict(table or {})
+        for combo in itertools.product(*(v for _, v in fields)):
+            setting = dict(zip((f for f, _ in fields), combo))
+            out[f"{name}@" + ",".join(f"{f}={_fmt_value(v)}" for f, v in setting.items())] = base | setting
+    return out
 
 
 def shipped_suites() -> dict[str, Path]:
@@ -147,8 +192,9 @@ def load_suite(name_or_path: str) -> tuple[SuiteConfig, Path]:
     if name_or_path in shipped:
         path = shipped[name_or_path]
     elif not path.suffix == ".toml" or not path.is_file():
-        raise SuiteError(f"no suite {name_or_path!r}: not a shipped suite ({', '.join(sorted(shipped))}) "
-                         "nor an existing .toml file")
+        raise SuiteError(
+            f"no suite {name_or_path!r}: not a shipped suite ({', '.join(sorted(shipped))}) nor an existing .toml file"
+        )
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:

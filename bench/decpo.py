@@ -30,9 +30,11 @@ from torch import Tensor, nn
 from transformers import TrainerCallback
 from trl import DPOTrainer
 
-from bench.lm import hook_module, last_token_index
+from bench.core.hooks import LastTokenCapture
+from bench.core.lm import hook_module
+from bench.core.preference import pair_logprobs
+from bench.core.task import Pair
 from bench.proxies import collect_last_token, layer_proxies
-from tasks._base import Pair, pair_logprobs
 
 
 @jaxtyped(typechecker=beartype)
@@ -55,50 +57,6 @@ def decorrelation_penalty(z: Float[Tensor, "row d"], normalize: bool = True) -> 
 def l1_penalty(z: Float[Tensor, "row d"]) -> Float[Tensor, ""]:
     """L1 term mean_b ‖z_b‖₁ = (1/B) Σ_b Σ_k |z_bk|, in float32."""
     return z.float().abs().sum(dim=1).mean()
-
-
-class LastTokenCapture:
-    """Forward hook on ``module`` that keeps ``output[b, i_b]``, i_b = last non-padding position of row b.
-
-    Call ``arm(attention_mask, input_ids, eos_id)`` before a forward; the first call of the module after
-    that (with gradients enabled, when ``only_with_grad``) is captured and the hook disarms itself, so a
-    recomputation under gradient checkpointing cannot overwrite it. ``take()`` returns the capture (or
-    None) and disarms. Works for right and left padding: the index comes from the mask, never from
-    pad-token ids. The read token must be ``eos_id`` (``bench.lm.READOUT``: TRL appends it after every
-    reply); a row that ends in anything else was cut, and is an error rather than a silent other position.
-    """
-
-    def __init__(self, module: nn.Module, only_with_grad: bool = True):
-        self.only_with_grad = only_with_grad
-        self._mask: Tensor | None = None
-        self._z: Tensor | None = None
-        self._handle = module.register_forward_hook(self._hook)
-
-    def arm(self, attention_mask: Tensor, input_ids: Tensor | None = None, eos_id: int | None = None) -> None:
-        self._mask, self._z = attention_mask, None
-        if input_ids is not None and eos_id is not None:
-            idx = last_token_index(attention_mask)
-            read = input_ids[torch.arange(input_ids.shape[0], device=input_ids.device), idx.to(input_ids.device)]
-            if bad := (read != eos_id).nonzero().flatten().tolist():
-                raise ValueError(f"batch rows {bad} do not end in the EOS token (id {eos_id}) the penalty reads: "
-                                 "they were cut by max_length; raise max_length")
-
-    def take(self) -> Tensor | None:
-        z, self._z, self._mask = self._z, None, None
-        return z
-
-    def remove(self) -> None:
-        self._handle.remove()
-
-    def _hook(self, _module: nn.Module, _inputs, output: Tensor) -> None:
-        if self._mask is None or (self.only_with_grad and not torch.is_grad_enabled()):
-            return
-        if output.shape[:2] != self._mask.shape:
-            raise ValueError(f"hooked output has shape {tuple(output.shape)} but the attention mask has shape "
-                             f"{tuple(self._mask.shape)}; prompt-learning adapters (virtual tokens) are not supported")
-        idx = last_token_index(self._mask.to(output.device))
-        self._z = output[torch.arange(output.shape[0], device=output.device), idx]
-        self._mask = None
 
 
 class ActivationRegularisedDPOTrainer(DPOTrainer):
@@ -125,8 +83,9 @@ class ActivationRegularisedDPOTrainer(DPOTrainer):
         tok = getattr(self, "_tokenizer", self.processing_class)
         self._capture.arm(inputs["attention_mask"], inputs.get("input_ids"), tok.eos_token_id)
         try:
-            out = super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                       num_items_in_batch=num_items_in_batch)
+            out = super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
         finally:
             z = self._capture.take()
         if z is None:  # evaluation / no-grad pass: nothing to regularise
@@ -179,9 +138,20 @@ class CurveCallback(TrainerCallback):
     reg/decor or reg/l1).
     """
 
-    def __init__(self, tokenizer, train_pairs: list[Pair], eval_pairs: list[Pair], proxy_pairs: Sequence[Pair], *,
-                 layer: int, hook: str, every: int, beta: float, reference: nn.Module | None,
-                 use_chat_template: bool):
+    def __init__(
+        self,
+        tokenizer,
+        train_pairs: list[Pair],
+        eval_pairs: list[Pair],
+        proxy_pairs: Sequence[Pair],
+        *,
+        layer: int,
+        hook: str,
+        every: int,
+        beta: float,
+        reference: nn.Module | None,
+        use_chat_template: bool,
+    ):
         self.tokenizer, self.proxy_pairs = tokenizer, list(proxy_pairs)
         self.pairs = {"train": train_pairs, "eval": eval_pairs}
         self.layer, self.hook, self.every, self.beta = layer, hook, every, beta
@@ -200,8 +170,11 @@ class CurveCallback(TrainerCallback):
         margin = self.beta * ((w - w_ref) - (l - l_ref))
         acc = (margin > 0).double() + 0.5 * (margin == 0).double()
         n_tok = [max(1, len(self.tokenizer(p.chosen, add_special_tokens=False)["input_ids"])) for p in pairs]
-        return {f"{split}/pref_acc": float(acc.mean()), f"{split}/reward_margin": float(margin.mean()),
-                f"{split}/logp_chosen": float((w / torch.tensor(n_tok)).mean())}
+        return {
+            f"{split}/pref_acc": float(acc.mean()),
+            f"{split}/reward_margin": float(margin.mean()),
+            f"{split}/logp_chosen": float((w / torch.tensor(n_tok)).mean()),
+        }
 
     def measure(self, model: nn.Module, step: int) -> None:
         was_training = model.training
@@ -209,11 +182,19 @@ class CurveCallback(TrainerCallback):
         try:
             pol = {split: self._logps(model, pairs) for split, pairs in self.pairs.items()} if self._ref else None
             if pol is None:  # step 0: the policy is the reference (fresh LoRA has B = 0; full FT copies)
-                self._ref = pol = {split: self._logps(self.reference or model, pairs)
-                                   for split, pairs in self.pairs.items()}
-            z = collect_last_token(model, self.tokenizer, [p.prompt for p in self.proxy_pairs], [self.layer],
-                                   hook=self.hook, use_chat_template=self.use_chat_template, max_length=1 << 20,
-                                   replies=[p.chosen for p in self.proxy_pairs])[self.layer]
+                self._ref = pol = {
+                    split: self._logps(self.reference or model, pairs) for split, pairs in self.pairs.items()
+                }
+            z = collect_last_token(
+                model,
+                self.tokenizer,
+                [p.prompt for p in self.proxy_pairs],
+                [self.layer],
+                hook=self.hook,
+                use_chat_template=self.use_chat_template,
+                max_length=1 << 20,
+                replies=[p.chosen for p in self.proxy_pairs],
+            )[self.layer]
         finally:
             model.train(was_training)
         row = self.rows.setdefault(step, {"step": step})
@@ -233,8 +214,11 @@ class CurveCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kw):
         if not logs or "loss" not in logs:  # the end-of-training summary has train_loss, not loss
             return
-        renames = {"loss": "trainer/loss", "rewards/margins": "trainer/reward_margin",
-                   "rewards/accuracies": "trainer/pref_acc"}
+        renames = {
+            "loss": "trainer/loss",
+            "rewards/margins": "trainer/reward_margin",
+            "rewards/accuracies": "trainer/pref_acc",
+        }
         row = self.rows.setdefault(state.global_step, {"step": state.global_step})
         for k, v in logs.items():
             if isinstance(v, (int, float)) and (k in renames or k.startswith(("reg/", "grad_norm", "learning_rate"))):

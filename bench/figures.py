@@ -30,21 +30,31 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from bench.stats import t_interval
+from bench.core.stats import t_interval
+from bench.methods import METHODS, ordered
 
 MARKERS = ("o", "v", "s", "^", "D", "P", "X", "*")
 # Column names a training run may use for the same curve; the first present wins.
 CURVE_STEP = ("step", "global_step", "train/global_step")
 CURVE_ROWS = (  # bench.decpo.CurveCallback writes proxy/*, train/*, eval/*, trainer/*
-    ("decorrelation at the regularised\nlayer (1 − mean cos)",
-     ("proxy/decorrelation", "decorrelation", "proxies/decorrelation", "eval_decorrelation")),
-    ("reward margin, training pairs\n(β · log-ratio difference, nats)",
-     ("train/reward_margin", "train_reward_margin", "trainer/reward_margin", "rewards/margins")),
-    ("reward margin, held-out pairs\n(β · log-ratio difference, nats)",
-     ("eval/reward_margin", "eval_reward_margin", "eval_rewards/margins")),
+    (
+        "decorrelation at the regularised\nlayer (1 − mean cos)",
+        ("proxy/decorrelation", "decorrelation", "proxies/decorrelation", "eval_decorrelation"),
+    ),
+    (
+        "reward margin, training pairs\n(β · log-ratio difference, nats)",
+        ("train/reward_margin", "train_reward_margin", "trainer/reward_margin", "rewards/margins"),
+    ),
+    (
+        "reward margin, held-out pairs\n(β · log-ratio difference, nats)",
+        ("eval/reward_margin", "eval_reward_margin", "eval_rewards/margins"),
+    ),
 )
-SAE_FRACTIONS = {"sae_frac_interpretable": "interpretable", "sae_frac_decorrelated": "decorrelated",
-                 "sae_frac_interp_decor": "interpretable ∧\ndecorrelated"}
+SAE_FRACTIONS = {
+    "sae_frac_interpretable": "interpretable",
+    "sae_frac_decorrelated": "decorrelated",
+    "sae_frac_interp_decor": "interpretable ∧\ndecorrelated",
+}
 DEPTH_LABEL = "relative depth, layer / (L − 1)"
 
 
@@ -54,25 +64,21 @@ class MissingData(LookupError):
 
 def ordered_methods(methods) -> list[str]:
     """The methods present, in the registry's display order (unregistered ones last, alphabetically)."""
-    from bench.methods import ordered
 
     return ordered(set(methods))
 
 
 def method_label(method: str) -> str:
-    from bench.methods import METHODS
 
     return METHODS[method].label if method in METHODS else method
 
 
 def method_style(methods: Sequence[str]) -> dict[str, tuple]:
     """method → (label, colour, marker); fixed per method so every figure uses the same colours."""
-    from bench.methods import METHODS, ordered
 
     known = ordered(set(METHODS) | set(methods))
     colours = sns.color_palette("colorblind", len(known))
-    return {m: (method_label(m), colours[known.index(m)], MARKERS[known.index(m) % len(MARKERS)])
-            for m in methods}
+    return {m: (method_label(m), colours[known.index(m)], MARKERS[known.index(m) % len(MARKERS)]) for m in methods}
 
 
 def panel_names(df: pd.DataFrame) -> pd.Series:
@@ -82,8 +88,9 @@ def panel_names(df: pd.DataFrame) -> pd.Series:
     return df["task"].astype(str)
 
 
-def _grid(n_cols: int, n_rows: int = 1, w: float = 4.4, h: float = 3.4,
-          sharey: bool | str = "row") -> tuple[Figure, np.ndarray]:
+def _grid(
+    n_cols: int, n_rows: int = 1, w: float = 4.4, h: float = 3.4, sharey: bool | str = "row"
+) -> tuple[Figure, np.ndarray]:
     """A constrained-layout figure of n_rows × n_cols axes (always a 2-D array), y shared along rows."""
     fig = Figure(figsize=(w * n_cols, h * n_rows + 0.9), layout="constrained", dpi=110)
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
@@ -118,9 +125,21 @@ def _method_handles(style: dict[str, tuple], line: bool = True) -> list:
 def _lines(ax, df: pd.DataFrame, x: str, y: str, style: dict[str, tuple]) -> None:
     """One line per method (mean over seeds) with a 95 % t band."""
     methods = [m for m in style if m in set(df["method"])]
-    sns.lineplot(data=df, x=x, y=y, hue="method", hue_order=methods, style="method", style_order=methods,
-                 palette={m: style[m][1] for m in methods}, markers={m: style[m][2] for m in methods},
-                 dashes=False, errorbar=t_interval, legend=False, ax=ax)
+    sns.lineplot(
+        data=df,
+        x=x,
+        y=y,
+        hue="method",
+        hue_order=methods,
+        style="method",
+        style_order=methods,
+        palette={m: style[m][1] for m in methods},
+        markers={m: style[m][2] for m in methods},
+        dashes=False,
+        errorbar=t_interval,
+        legend=False,
+        ax=ax,
+    )
 
 
 def layer_rows(tidy: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -141,8 +160,9 @@ def _hook_depths(board: pd.DataFrame, tidy: pd.DataFrame) -> dict[str, float]:
     last = tidy[tidy["layer"].notna()].groupby("model")["layer"].max()
     b = board.dropna(subset=["hook_layer"]).assign(panel=lambda f: panel_names(f))
     b = b[b["model"].isin(last.index)]
-    return {p: float(g["hook_layer"].iloc[0]) / max(1.0, float(last[g["model"].iloc[0]]))
-            for p, g in b.groupby("panel")}
+    return {
+        p: float(g["hook_layer"].iloc[0]) / max(1.0, float(last[g["model"].iloc[0]])) for p, g in b.groupby("panel")
+    }
 
 
 def _hook_line(ax, depths: dict[str, float], panel: str) -> bool:
@@ -182,8 +202,10 @@ def training_curves(curves: pd.DataFrame) -> Figure:
     step = _curve_column(curves, CURVE_STEP)
     rows = [(label, col) for label, names in CURVE_ROWS if (col := _curve_column(curves, names))]
     if step is None or not rows:
-        raise MissingData(f"curves.csv has no step column {list(CURVE_STEP)} or no known curve "
-                          f"({', '.join(n for _, names in CURVE_ROWS for n in names[:2])}, …)")
+        raise MissingData(
+            f"curves.csv has no step column {list(CURVE_STEP)} or no known curve "
+            f"({', '.join(n for _, names in CURVE_ROWS for n in names[:2])}, …)"
+        )
     curves = curves.assign(panel=panel_names(curves))
     style = method_style(ordered_methods(curves["method"]))
     panels = sorted(curves["panel"].unique())
@@ -194,8 +216,11 @@ def training_curves(curves: pd.DataFrame) -> Figure:
             g = curves[curves["panel"] == p].dropna(subset=[step, col])
             if not g.empty:
                 _lines(ax, g, step, col, style)
-            ax.set(title=f"{p}: {col}" if r == 0 else col, xlabel="training step" if r == len(rows) - 1 else "",
-                   ylabel=label)
+            ax.set(
+                title=f"{p}: {col}" if r == 0 else col,
+                xlabel="training step" if r == len(rows) - 1 else "",
+                ylabel=label,
+            )
     return _finish(fig, axes, "Training curves", _method_handles(style))
 
 
@@ -203,8 +228,13 @@ def act_variance_diff(tidy: pd.DataFrame, board: pd.DataFrame) -> Figure:
     """act_variance(method) − act_variance(DPO) per layer, same seed, for DecPO and L1-Reg (Fig. 5)."""
     d = layer_rows(tidy, "act_variance")
     keys = ["model", "task", "seed", "layer"]
-    wide = d.pivot_table(index=keys + ["rel_depth", "panel"], columns="method", values="value",
-                         aggfunc="first").reset_index() if not d.empty else pd.DataFrame()
+    wide = (
+        d.pivot_table(
+            index=keys + ["rel_depth", "panel"], columns="method", values="value", aggfunc="first"
+        ).reset_index()
+        if not d.empty
+        else pd.DataFrame()
+    )
     others = [m for m in ("decpo", "l1") if m in wide]
     if "dpo" not in wide or not others:
         raise MissingData("needs per-layer `act_variance` rows for DPO and DecPO (or L1-Reg)")
@@ -218,8 +248,9 @@ def act_variance_diff(tidy: pd.DataFrame, board: pd.DataFrame) -> Figure:
         _lines(ax, diff[diff["panel"] == p], "rel_depth", "value", style)
         ax.axhline(0, color="0.2", linewidth=0.8)
         _hook_line(ax, hooks, p)
-        ax.set(title=p, xlabel=DEPTH_LABEL, ylabel="Δ activation variance vs DPO\n(activation units²)",
-               xlim=(-0.02, 1.02))
+        ax.set(
+            title=p, xlabel=DEPTH_LABEL, ylabel="Δ activation variance vs DPO\n(activation units²)", xlim=(-0.02, 1.02)
+        )
     handles = [Line2D([], [], color=c, marker=mk, label=f"{lab} − DPO") for lab, c, mk in style.values()]
     return _finish(fig, axes, "Activation variance across hidden units: method − DPO (same seed)", handles)
 
@@ -229,8 +260,10 @@ def mean_ci(df: pd.DataFrame, by: list[str], col: str) -> pd.DataFrame:
     rows = []
     for key, g in df.dropna(subset=[col]).groupby(by, sort=False):
         lo, hi = t_interval(g[col])
-        rows.append(dict(zip(by, key if isinstance(key, tuple) else (key,)))
-                    | {"mean": g[col].mean(), "lo": lo, "hi": hi, "n": len(g), "values": g[col].tolist()})
+        rows.append(
+            dict(zip(by, key if isinstance(key, tuple) else (key,)))
+            | {"mean": g[col].mean(), "lo": lo, "hi": hi, "n": len(g), "values": g[col].tolist()}
+        )
     return pd.DataFrame(rows, columns=by + ["mean", "lo", "hi", "n", "values"])
 
 
@@ -245,8 +278,9 @@ def _grouped_bars(ax, stats: pd.DataFrame, x: str, x_order: list[str], style: di
         multi = s["n"].fillna(0) >= 2
         if multi.any():
             err = np.vstack([s["mean"] - s["lo"], s["hi"] - s["mean"]])[:, multi.to_numpy()]
-            ax.errorbar(pos[multi.to_numpy()], s["mean"][multi], yerr=err, fmt="none", ecolor="0.15",
-                        elinewidth=1, capsize=2.5)
+            ax.errorbar(
+                pos[multi.to_numpy()], s["mean"][multi], yerr=err, fmt="none", ecolor="0.15", elinewidth=1, capsize=2.5
+            )
             for p, vals in zip(pos[multi.to_numpy()], s["values"][multi]):
                 ax.plot([p] * len(vals), vals, "o", color="0.15", markersize=2.5, alpha=0.7)
     ax.set_xticks(np.arange(len(x_order)), x_order)
@@ -273,8 +307,7 @@ def align_score_bars(board: pd.DataFrame) -> Figure:
     _grouped_bars(ax, stats, "panel", panels, style)
     ax.set_xticks(ax.get_xticks(), [p.replace(" · ", "\n") for p in panels])
     _share_ylim(axes, stats)
-    ax.set(xlabel="task",
-           ylabel="align_score (share of held-out\nitems judged aligned, 0–1)")
+    ax.set(xlabel="task", ylabel="align_score (share of held-out\nitems judged aligned, 0–1)")
     n = int(board.groupby(["model", "task", "method"])["seed"].nunique().max())
     title = "Alignment score by task and method" + (f" (mean of {n} seeds, 95 % CI)" if n > 1 else "")
     return _finish(fig, axes, title, _method_handles(style, line=False))
@@ -286,7 +319,8 @@ def sae_fractions(board: pd.DataFrame) -> Figure:
     if not cols:
         raise MissingData(f"leaderboard.csv has none of {', '.join(SAE_FRACTIONS)} (sae stage)")
     long = board.assign(panel=panel_names(board)).melt(
-        id_vars=["panel", "method", "seed"], value_vars=cols, var_name="kind", value_name="share")
+        id_vars=["panel", "method", "seed"], value_vars=cols, var_name="kind", value_name="share"
+    )
     long["kind"] = long["kind"].map(SAE_FRACTIONS)
     stats = mean_ci(long, ["panel", "method", "kind"], "share")
     style = method_style(ordered_methods(stats["method"]))
@@ -295,11 +329,11 @@ def sae_fractions(board: pd.DataFrame) -> Figure:
     fig, axes, used = _panel_grid(len(panels), w=max(4.4, 0.22 * len(style) * len(kinds) + 1.2), h=3.6)
     for ax, p in zip(used, panels):
         _grouped_bars(ax, stats[stats["panel"] == p], "kind", kinds, style)
-        ax.set(title=p, xlabel="SAE latents that are …",
-               ylabel="share of alive latents (0–1)")
+        ax.set(title=p, xlabel="SAE latents that are …", ylabel="share of alive latents (0–1)")
     _share_ylim(axes, stats)
-    return _finish(fig, axes, "SAE latents: interpretable vs decorrelated, by method",
-                   _method_handles(style, line=False))
+    return _finish(
+        fig, axes, "SAE latents: interpretable vs decorrelated, by method", _method_handles(style, line=False)
+    )
 
 
 @dataclass(frozen=True)
@@ -314,25 +348,42 @@ class FigureSpec:
 
 
 FIGURES = (
-    FigureSpec("decorrelation_by_depth", "Decorrelation by depth",
-               "Decorrelation (1 − mean pairwise cosine of MLP input-projection activations at the last "
-               "token of held-out prompt + chosen reply texts) per layer, against relative depth; higher means less correlated, a proxy "
-               "for more monosemantic features. Dashed: the regularised (hook) layer. Cf. Yan et al. 2024, "
-               "Fig. 3.", lambda r: decorrelation_by_depth(r.tidy, r.board)),
-    FigureSpec("training_curves", "Training curves",
-               "Decorrelation at the regularised layer and the DPO reward margin over training steps, per "
-               "trained method. Cf. Yan et al. 2024, Figs. 4 and 6.", lambda r: training_curves(r.curves)),
-    FigureSpec("act_variance_diff", "Activation variance: DecPO − DPO",
-               "Difference of act_variance (variance of a last-token activation across hidden units, averaged "
-               "over prompts) between DecPO (and L1-Reg) and DPO at the same seed, per layer. Above zero: "
-               "the regularised model's activations are more spread out (sparser). Cf. Yan et al. 2024, Fig. 5.",
-               lambda r: act_variance_diff(r.tidy, r.board)),
-    FigureSpec("align_score", "Alignment score",
-               "align_score per task and method (the paper's Table 2 as bars); dots are single seeds.",
-               lambda r: align_score_bars(r.board)),
-    FigureSpec("sae_fractions", "SAE latents: interpretable vs decorrelated",
-               "Among alive latents of the SAE trained on each model's hook-layer activations: the share with "
-               "a MonoSemanticity Score above its permutation null (interpretable), the share whose largest "
-               "|correlation| with another latent is below 0.3 (decorrelated), and the share that is both.",
-               lambda r: sae_fractions(r.board)),
+    FigureSpec(
+        "decorrelation_by_depth",
+        "Decorrelation by depth",
+        "Decorrelation (1 − mean pairwise cosine of MLP input-projection activations at the EOS "
+        "token after held-out prompt + chosen reply texts) per layer, against relative depth; higher means "
+        "less correlated, a proxy for more monosemantic features. Dashed: the regularised (hook) layer. "
+        "Cf. Yan et al. 2024, Fig. 3.",
+        lambda r: decorrelation_by_depth(r.tidy, r.board),
+    ),
+    FigureSpec(
+        "training_curves",
+        "Training curves",
+        "Decorrelation at the regularised layer and the DPO reward margin over training steps, per "
+        "trained method. Cf. Yan et al. 2024, Figs. 4 and 6.",
+        lambda r: training_curves(r.curves),
+    ),
+    FigureSpec(
+        "act_variance_diff",
+        "Activation variance: DecPO − DPO",
+        "Difference of act_variance (variance of a last-token activation across hidden units, averaged "
+        "over prompts) between DecPO (and L1-Reg) and DPO at the same seed, per layer. Above zero: "
+        "the regularised model's activations are more spread out (sparser). Cf. Yan et al. 2024, Fig. 5.",
+        lambda r: act_variance_diff(r.tidy, r.board),
+    ),
+    FigureSpec(
+        "align_score",
+        "Alignment score",
+        "align_score per task and method (the paper's Table 2 as bars); dots are single seeds.",
+        lambda r: align_score_bars(r.board),
+    ),
+    FigureSpec(
+        "sae_fractions",
+        "SAE latents: interpretable vs decorrelated",
+        "Among alive latents of the SAE trained on each model's hook-layer activations: the share with "
+        "a MonoSemanticity Score above its permutation null (interpretable), the share whose largest "
+        "|correlation| with another latent is below 0.3 (decorrelated), and the share that is both.",
+        lambda r: sae_fractions(r.board),
+    ),
 )

@@ -20,11 +20,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench.core.errors import ModelLoadError
+from bench.core.io import cache_dir
+from bench.models import embedded_gguf
+
 MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".gguf", ".tiktoken")
 
 
 def _cache_file() -> Path:
-    from bench.models import cache_dir
 
     return cache_dir() / "file-hashes.json"
 
@@ -69,22 +72,21 @@ def folder_sha256(folder: str | Path) -> str:
     root = Path(folder)
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in MODEL_FILE_SUFFIXES)
     if not files:
-        raise FileNotFoundError(f"model folder {root} holds no weight, config or tokenizer files")
+        raise ModelLoadError(f"model folder {root} holds no weight, config or tokenizer files")
     h = hashlib.sha256()
     for p in files:
         h.update(f"{p.relative_to(root)}\0{file_sha256(p)}\n".encode())
     return h.hexdigest()
 
 
-def model_identity(model_id: str, *, revision: str | None = None, tiny: dict[str, Any] | None = None,
-                   seed: int = 0) -> dict[str, Any]:
+def model_identity(
+    model_id: str, *, revision: str | None = None, tiny: dict[str, Any] | None = None, seed: int = 0
+) -> dict[str, Any]:
     """What identifies a model spec's weights: the embedded GGUF's hash, a local folder's content hash, a
     hub id with its revision, or a tiny model's shape and seed (a tiny model is its seed)."""
     if model_id.startswith("tiny:"):
         return {"id": model_id, "tiny": tiny or {}, "seed": seed}
     if model_id.startswith("embedded:"):
-        from bench.models import embedded_gguf
-
         folder, filename = embedded_gguf(model_id.split(":", 1)[1])
         return {"id": model_id, "gguf_sha256": file_sha256(folder / filename)}
     path = Path(model_id).expanduser()

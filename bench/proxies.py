@@ -21,7 +21,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from bench.lm import StopForward, hook_module, last_token_index, right_padded, training_ids, training_prompt
+from bench.core.controls import control
+from bench.core.errors import ConfigError, NumericalError
+from bench.core.hooks import read_last_tokens
+from bench.core.lm import _unwrap, decoder_layers, hook_module, n_layers, training_ids, training_prompt
 
 PROXY_NAMES = ("decorrelation", "act_variance", "mono_scale", "decor_loss")
 
@@ -32,7 +35,7 @@ def _check(z: Tensor) -> Tensor:
     if z.shape[0] < 2:
         raise ValueError(f"proxies need at least 2 rows, got {z.shape[0]}")
     if not torch.isfinite(z).all():
-        raise ValueError(f"activations contain {int((~torch.isfinite(z)).sum())} NaN/inf values")
+        raise NumericalError(f"activations contain {int((~torch.isfinite(z)).sum())} NaN/inf values")
     return z.double()
 
 
@@ -82,8 +85,12 @@ def weight_proxy(weight: Tensor, bias: Tensor) -> float:
 
 def layer_proxies(z: Tensor) -> dict[str, float]:
     """All Z-based proxies of one layer."""
-    return {"decorrelation": decorrelation(z), "act_variance": act_variance(z),
-            "mono_scale": mono_scale(z), "decor_loss": decor_loss(z)}
+    return {
+        "decorrelation": decorrelation(z),
+        "act_variance": act_variance(z),
+        "mono_scale": mono_scale(z),
+        "decor_loss": decor_loss(z),
+    }
 
 
 def input_weight_proxy(model, layer: int, hook: str = "mlp.up_proj") -> float | None:
@@ -98,10 +105,18 @@ def input_weight_proxy(model, layer: int, hook: str = "mlp.up_proj") -> float | 
 
 
 @torch.no_grad()
-def collect_last_token(model, tokenizer, texts: Sequence[str], layers: Sequence[int], *,
-                       hook: str = "mlp.up_proj", batch_size: int = 16, max_length: int = 256,
-                       use_chat_template: bool = True,
-                       replies: Sequence[str] | None = None) -> dict[int, Tensor]:
+def collect_last_token(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    layers: Sequence[int],
+    *,
+    hook: str = "mlp.up_proj",
+    batch_size: int = 16,
+    max_length: int = 256,
+    use_chat_template: bool = True,
+    replies: Sequence[str] | None = None,
+) -> dict[int, Tensor]:
     """Z per layer from one forward pass per batch: {layer: (N, d) float32 CPU tensor}.
 
     With ``replies``, row i is the training sequence of (text i, reply i) exactly as the trainers build
@@ -113,50 +128,48 @@ def collect_last_token(model, tokenizer, texts: Sequence[str], layers: Sequence[
     """
     if replies is not None and len(replies) != len(texts):
         raise ValueError(f"{len(texts)} texts but {len(replies)} replies")
-    rows = [training_ids(tokenizer, t, replies[i], use_chat_template) if replies is not None else
-            tokenizer(text=training_prompt(tokenizer, t, use_chat_template))["input_ids"]
-            for i, t in enumerate(texts)]
+    rows = [
+        training_ids(tokenizer, t, replies[i], use_chat_template)
+        if replies is not None
+        else tokenizer(text=training_prompt(tokenizer, t, use_chat_template))["input_ids"]
+        for i, t in enumerate(texts)
+    ]
     if too_long := [i for i, r in enumerate(rows) if len(r) > max_length]:
-        raise ValueError(f"{len(too_long)} proxy input(s) exceed max_length = {max_length} tokens (the longest has "
-                         f"{max(len(rows[i]) for i in too_long)}, e.g. text {too_long[0]}: {texts[too_long[0]][:40]!r}); "
-                         "raise [proxies] max_length")
-    device = next(model.parameters()).device
-    store: dict[int, list[Tensor]] = {l: [] for l in layers}
-    current: dict[str, Tensor] = {}
-    last_layer = max(layers)
-
-    def make_hook(layer: int):
-        def fn(_mod, _inp, out):
-            store[layer].append(out[torch.arange(out.shape[0]), current["last"]].float().cpu())
-            if layer == last_layer:  # nothing later is read: skip the rest of the model and its LM head
-                raise StopForward
-        return fn
-
-    handles = [hook_module(model, l, hook).register_forward_hook(make_hook(l)) for l in layers]
-    try:
-        for start in range(0, len(rows), batch_size):
-            ids, mask = right_padded(rows[start:start + batch_size], tokenizer.pad_token_id, device)
-            current["last"] = last_token_index(mask)
-            try:
-                model(input_ids=ids, attention_mask=mask, use_cache=False)
-            except StopForward:
-                pass
-    finally:
-        for h in handles:
-            h.remove()
-    return {l: torch.cat(v) for l, v in store.items()}
+        raise ConfigError(
+            f"{len(too_long)} proxy input(s) exceed max_length = {max_length} tokens (the longest has "
+            f"{max(len(rows[i]) for i in too_long)}, e.g. text {too_long[0]}: {texts[too_long[0]][:40]!r}); "
+            "raise [proxies] max_length"
+        )
+    return read_last_tokens(model, rows, layers, hook=hook, pad_id=tokenizer.pad_token_id, batch_size=batch_size)
 
 
-def model_proxies(model, tokenizer, texts: Sequence[str], *, hook: str = "mlp.up_proj", batch_size: int = 16,
-                  max_length: int = 256, use_chat_template: bool = True,
-                  layers: Sequence[int] | None = None, replies: Sequence[str] | None = None) -> list[dict[str, float]]:
+def model_proxies(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    hook: str = "mlp.up_proj",
+    batch_size: int = 16,
+    max_length: int = 256,
+    use_chat_template: bool = True,
+    layers: Sequence[int] | None = None,
+    replies: Sequence[str] | None = None,
+) -> list[dict[str, float]]:
     """Proxies for every layer (or ``layers``): one row per layer with ``layer`` and ``rel_depth``."""
-    from bench.lm import n_layers
 
     total = n_layers(model)
     layers = list(range(total)) if layers is None else list(layers)
-    zs = collect_last_token(model, tokenizer, texts, layers, hook=hook, batch_size=batch_size,
-                            max_length=max_length, use_chat_template=use_chat_template, replies=replies)
+    zs = collect_last_token(
+        model,
+        tokenizer,
+        texts,
+        layers,
+        hook=hook,
+        batch_size=batch_size,
+        max_length=max_length,
+        use_chat_template=use_chat_template,
+        replies=replies,
+    )
     rows = []
     for l in layers:
         row = {"layer": l, "rel_depth": l / max(1, total - 1), **layer_proxies(zs[l])}
@@ -184,15 +197,15 @@ def effective_weight(module) -> Tensor:
 
 
 @torch.no_grad()
-def most_changed_neurons(base, policy, tokenizer, layer: int, *, hook: str = "mlp.up_proj", top: int = 10,
-                         n_tokens: int = 8) -> list[dict]:
+def most_changed_neurons(
+    base, policy, tokenizer, layer: int, *, hook: str = "mlp.up_proj", top: int = 10, n_tokens: int = 8
+) -> list[dict]:
     """The paper's Table 1: neurons of ``layer`` whose input weights changed most, with their top tokens.
 
     change_k = ‖W_in,k(policy) − W_in,k(base)‖₂ (row k of the hooked projection, LoRA merged);
     a neuron's tokens are the top-``n_tokens`` entries of W_U · W_down[:, k] (its output direction
     read through the unembedding). Llama-style MLPs only (needs ``mlp.down_proj`` and an lm_head).
     """
-    from bench.lm import _unwrap, decoder_layers
 
     delta = effective_weight(hook_module(policy, layer, hook)) - effective_weight(hook_module(base, layer, hook))
     change = delta.norm(dim=1)
@@ -200,14 +213,20 @@ def most_changed_neurons(base, policy, tokenizer, layer: int, *, hook: str = "ml
     block = decoder_layers(base)[layer]
     if not hasattr(block.mlp, "down_proj"):
         raise ValueError("most_changed_neurons needs a Llama-style MLP with down_proj")
-    w_down = block.mlp.down_proj.weight.float()          # (d_model, d_mlp)
-    w_u = _unwrap(base).get_output_embeddings().weight.float()   # (vocab, d_model)
-    logits = w_u @ w_down[:, idx.to(w_down.device)]      # (vocab, top)
+    w_down = block.mlp.down_proj.weight.float()  # (d_model, d_mlp)
+    w_u = _unwrap(base).get_output_embeddings().weight.float()  # (vocab, d_model)
+    logits = w_u @ w_down[:, idx.to(w_down.device)]  # (vocab, top)
     rows = []
     for j, k in enumerate(idx.tolist()):
         tok_ids = logits[:, j].topk(n_tokens).indices.tolist()
-        rows.append({"layer": layer, "neuron": k, "change": float(change[k]),
-                     "tokens": [tokenizer.decode([t]) for t in tok_ids]})
+        rows.append(
+            {
+                "layer": layer,
+                "neuron": k,
+                "change": float(change[k]),
+                "tokens": [tokenizer.decode([t]) for t in tok_ids],
+            }
+        )
     return rows
 
 
@@ -217,23 +236,48 @@ def _gauss(ctx, n: int = 256, d: int = 1536) -> Tensor:
 
 
 def _register_controls() -> None:
-    from bench.controls import control
 
-    control("decorrelation", "negative", "256 isotropic random directions (d = 1536)", expect="1 ± 0.01",
-            check=lambda v: abs(v - 1) <= 0.01)(lambda ctx: decorrelation(_gauss(ctx)))
-    control("decorrelation", "positive", "a shared direction with half of each row's energy",
-            expect="0.5 ± 0.02", check=lambda v: abs(v - 0.5) <= 0.02)(
-        lambda ctx: decorrelation(_gauss(ctx) + torch.from_numpy(ctx.rng(42).standard_normal(1536)) * 1.0))
+    control(
+        "decorrelation",
+        "negative",
+        "256 isotropic random directions (d = 1536)",
+        expect="1 ± 0.01",
+        check=lambda v: abs(v - 1) <= 0.01,
+    )(lambda ctx: decorrelation(_gauss(ctx)))
+    control(
+        "decorrelation",
+        "positive",
+        "a shared direction with half of each row's energy",
+        expect="0.5 ± 0.02",
+        check=lambda v: abs(v - 0.5) <= 0.02,
+    )(lambda ctx: decorrelation(_gauss(ctx) + torch.from_numpy(ctx.rng(42).standard_normal(1536)) * 1.0))
     control("decor_loss", "negative", "orthogonal rows", expect="= 0", check=lambda v: abs(v) < 1e-12)(
-        lambda ctx: decor_loss(torch.eye(64, dtype=torch.float64)))
-    control("decor_loss", "positive", "64 identical rows", expect="(N − 1)/N = 0.984",
-            check=lambda v: abs(v - 63 / 64) < 1e-9)(lambda ctx: decor_loss(torch.ones(64, 8)))
-    control("mono_scale", "negative", "every input has the same activation vector", expect="= 0",
-            check=lambda v: abs(v) < 1e-12)(lambda ctx: mono_scale(_gauss(ctx)[:1].expand(256, -1).contiguous()))
-    control("mono_scale", "positive", "zero-mean activations that vary across inputs", expect="1 ± 0.01",
-            check=lambda v: abs(v - 1) <= 0.01)(lambda ctx: mono_scale(_gauss(ctx)))
-    control("act_variance", "positive", "rows of N(0, 4) entries", expect="4 ± 0.05",
-            check=lambda v: abs(v - 4) <= 0.05)(lambda ctx: act_variance(2 * _gauss(ctx)))
+        lambda ctx: decor_loss(torch.eye(64, dtype=torch.float64))
+    )
+    control(
+        "decor_loss",
+        "positive",
+        "64 identical rows",
+        expect="(N − 1)/N = 0.984",
+        check=lambda v: abs(v - 63 / 64) < 1e-9,
+    )(lambda ctx: decor_loss(torch.ones(64, 8)))
+    control(
+        "mono_scale",
+        "negative",
+        "every input has the same activation vector",
+        expect="= 0",
+        check=lambda v: abs(v) < 1e-12,
+    )(lambda ctx: mono_scale(_gauss(ctx)[:1].expand(256, -1).contiguous()))
+    control(
+        "mono_scale",
+        "positive",
+        "zero-mean activations that vary across inputs",
+        expect="1 ± 0.01",
+        check=lambda v: abs(v - 1) <= 0.01,
+    )(lambda ctx: mono_scale(_gauss(ctx)))
+    control(
+        "act_variance", "positive", "rows of N(0, 4) entries", expect="4 ± 0.05", check=lambda v: abs(v - 4) <= 0.05
+    )(lambda ctx: act_variance(2 * _gauss(ctx)))
 
 
 _register_controls()

@@ -5,8 +5,13 @@ same content. Inline markup is `code` and **bold** only; the HTML is self-contai
 from __future__ import annotations
 
 import html
+import numbers
 import re
 from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
 
 @dataclass(frozen=True)
 class Heading:
@@ -65,10 +70,12 @@ def _inline(text: str) -> str:
     return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", s)
 
 
-_CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ccc;"
-        "padding:.25em .6em;text-align:left}th{background:#f3f3f3}img{max-width:100%;height:auto}"
-        "code{background:#f3f3f3;padding:0 .2em}")
+_CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ccc;"
+    "padding:.25em .6em;text-align:left}th{background:#f3f3f3}img{max-width:100%;height:auto}"
+    "code{background:#f3f3f3;padding:0 .2em}"
+)
 
 
 def to_html(blocks: list[Block], title: str) -> str:
@@ -87,5 +94,18 @@ def to_html(blocks: list[Block], title: str) -> str:
                 body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>")
             case Image(src, alt):
                 body.append(f'<img src="{html.escape(src)}" alt="{html.escape(alt)}">')
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def fmt(v: Any) -> str:
+    """A number rounded for reading (3 decimals, 1 from 100 up; integers as they are); '–' if missing."""
+    if v is None or (isinstance(v, numbers.Real) and pd.isna(v)):
+        return "–"
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        return str(int(v))
+    if isinstance(v, numbers.Real):
+        return f"{v:.1f}" if abs(v) >= 100 else f"{v:.3f}"
+    return str(v)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import numbers
 import os
 import tempfile
 from collections.abc import Callable
@@ -27,18 +26,20 @@ from typing import Any
 import pandas as pd
 
 from bench import figures as F
-from bench.render import Block, Bullets, Heading, Image, Para, Table, to_html, to_markdown
+from bench.core.errors import StoreError
+from bench.core.io import read_json
+from bench.leaderboard import seed_summary, write_leaderboard
+from bench.render import Block, Bullets, Heading, Image, Para, Table, fmt, to_html, to_markdown
 from bench.report_stats import paired_sections, validation_section
-from bench.store import read_json
+from bench.schema import headline
 
 log = logging.getLogger(__name__)
 
-ALIGN_COLS = ("align_score", "tox_rate", "degenerate_rate", "positivity_gain", "relatedness", "syco_shift",
-              "syco_rate", "contrarian_rate", "no_opinion_acc", "pref_acc", "reward_margin")
-MONO_COLS = ("decorrelation", "decorrelation_prompt", "decorrelation_mean", "act_variance", "mono_scale",
-             "decor_loss", "sae_explained_variance", "sae_l0", "sae_dead_frac", "sae_ce_score", "sae_ce_delta",
-             "sae_frac_interpretable", "sae_frac_decorrelated", "sae_frac_decorrelated_null",
-             "sae_frac_interp_decor", "sae_probe_top1", "sae_n_heldout_tokens")
+TABLE_GROUPS = (
+    ("Alignment", ("alignment", "preference")),
+    ("Monosemanticity (hook layer) and SAE", ("proxies", "sae")),
+)
+"""The report's tables: the headline metrics (``bench.schema.headline``) of these metric groups."""
 TOP_TOKEN_GLOB = "top_tokens*.json"
 TOP_TOKEN_ROWS = 10
 
@@ -68,11 +69,10 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
 def _check_folder(d: Path) -> None:
     hint = f"create it with `python -m bench run suite <suite> --out {d}`"
     if not d.is_dir():
-        raise FileNotFoundError(f"results folder {d} does not exist; {hint}")
+        raise StoreError(f"results folder {d} does not exist; {hint}")
     if not (d / "leaderboard.csv").is_file():
         if not any((d / "jobs").glob("*.json")):
-            raise FileNotFoundError(f"no stored runs in {d}: expected leaderboard.csv or jobs/*.json; {hint}")
-        from bench.leaderboard import write_leaderboard
+            raise StoreError(f"no stored runs in {d}: expected leaderboard.csv or jobs/*.json; {hint}")
 
         log.info("%s has job records but no leaderboard.csv; rendering the CSVs from stored stages", d)
         write_leaderboard(d)
@@ -85,8 +85,7 @@ def _curves(d: Path, jobs: list[dict[str, Any]]) -> pd.DataFrame:
         f = d / "runs" / str(key) / "curves.csv"
         if key and (c := _read_csv(f)) is not None and not c.empty:
             frames.append(c.assign(**{k: job[k] for k in ("model", "task", "method", "seed")}))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["model", "task", "method", "seed"])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["model", "task", "method", "seed"])
 
 
 def load_results(d: Path) -> Results:
@@ -95,16 +94,15 @@ def load_results(d: Path) -> Results:
     _check_folder(d)
     board = _read_csv(d / "leaderboard.csv")
     if board is None or board.empty:
-        raise ValueError(f"{d / 'leaderboard.csv'} has no rows; run `python -m bench run suite <suite> --out {d}` "
-                         "first (or `python -m bench leaderboard` to merge folders)")
+        raise StoreError(
+            f"{d / 'leaderboard.csv'} has no rows; run `python -m bench run suite <suite> --out {d}` "
+            "first (or `python -m bench leaderboard` to merge folders)"
+        )
     tidy = _read_csv(d / "metrics.csv")
     if tidy is None:
-        tidy = pd.DataFrame(columns=["suite", "model", "task", "method", "seed", "layer", "sae", "metric",
-                                     "value"])
+        tidy = pd.DataFrame(columns=["suite", "model", "task", "method", "seed", "layer", "sae", "metric", "value"])
     seeds = _read_csv(d / "leaderboard_seeds.csv")
     if seeds is None:
-        from bench.leaderboard import seed_summary
-
         seeds = seed_summary(board)
     jobs = [read_json(p) for p in sorted((d / "jobs").glob("*.json"))]
     manifest = read_json(d / "manifest.json") if (d / "manifest.json").is_file() else {}
@@ -137,21 +135,12 @@ def render_figures(res: Results) -> dict[str, str | None]:
             path.unlink(missing_ok=True)  # never leave a stale figure from an older run
             out[spec.name] = str(e)
             continue
-        _atomic_write(path, lambda p: fig.savefig(p, format="png", metadata={"Software": None}))
+        _atomic_write(path, lambda p, fig=fig: fig.savefig(p, format="png", metadata={"Software": None}))
         out[spec.name] = None
     return out
 
 
 # ----- sections -----------------------------------------------------------------------------------
-def fmt(v: Any) -> str:
-    """A number rounded for reading (3 decimals, 1 from 100 up; integers as they are); '–' if missing."""
-    if v is None or (isinstance(v, numbers.Real) and pd.isna(v)):
-        return "–"
-    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
-        return str(int(v))
-    if isinstance(v, numbers.Real):
-        return f"{v:.1f}" if abs(v) >= 100 else f"{v:.3f}"
-    return str(v)
 
 
 def _sorted(df: pd.DataFrame) -> pd.DataFrame:
@@ -187,26 +176,37 @@ def _metric_table(res: Results, cols: tuple[str, ...]) -> Table | None:
 
 def leaderboard_section(res: Results) -> list[Block]:
     n = int(res.board["seed"].nunique())
-    note = (f"Values are means over {n} seeds ± the half-width of the 95 % t confidence interval across "
-            "seeds (`leaderboard_seeds.csv`). **Differences within the 95 % CI are noise**, not results."
-            if res.seeds is not None else
-            "One seed only: there are no confidence intervals, and differences between methods may be noise; "
-            "run more seeds (`--seed`) before drawing conclusions. With several seeds, differences within "
-            "the 95 % CI are noise.")
+    note = (
+        f"Values are means over {n} seeds ± the half-width of the 95 % t confidence interval across "
+        "seeds (`leaderboard_seeds.csv`). **Differences within the 95 % CI are noise**, not results."
+        if res.seeds is not None
+        else "One seed only: there are no confidence intervals, and differences between methods may be noise; "
+        "run more seeds (`--seed`) before drawing conclusions. With several seeds, differences within "
+        "the 95 % CI are noise."
+    )
     blocks: list[Block] = [Heading(2, "Leaderboard"), Para(note)]
-    for title, cols in (("Alignment", ALIGN_COLS), ("Monosemanticity (hook layer) and SAE", MONO_COLS)):
-        if (t := _metric_table(res, cols)) is not None:
+
+    for title, groups in TABLE_GROUPS:
+        if (t := _metric_table(res, tuple(headline(groups)))) is not None:
             blocks += [Heading(3, title), t]
     if "base" in set(res.board["method"]):
-        blocks.append(Para("`pref_acc` and `reward_margin` are not measured for **base** (shown –): it is its own "
-                           "reference, so they would be 0.5 and 0 by definition."))
+        blocks.append(
+            Para(
+                "`pref_acc` and `reward_margin` are not measured for **base** (shown –): it is its own "
+                "reference, so they would be 0.5 and 0 by definition."
+            )
+        )
     blocks += paired_sections(res)
     ids = _id_cols(res) + ["seed"]
-    rows = [[str(r[c]) for c in ids] + [f"`{r['config_hash']}`", str(r["monobench_version"])]
-            for _, r in _sorted(res.board).iterrows()]
-    blocks += [Heading(3, "Rows and config hashes"),
-               Para("Every metric of every row is in `leaderboard.csv`; per-layer values are in `metrics.csv`."),
-               Table(ids + ["config_hash", "monobench_version"], rows)]
+    rows = [
+        [str(r[c]) for c in ids] + [f"`{r['config_hash']}`", str(r["monobench_version"])]
+        for _, r in _sorted(res.board).iterrows()
+    ]
+    blocks += [
+        Heading(3, "Rows and config hashes"),
+        Para("Every metric of every row is in `leaderboard.csv`; per-layer values are in `metrics.csv`."),
+        Table(ids + ["config_hash", "monobench_version"], rows),
+    ]
     return blocks
 
 
@@ -241,8 +241,9 @@ def top_tokens_section(res: Results) -> list[Block]:
     rank = {m: i for i, m in enumerate(F.ordered_methods(j["method"] for j in res.jobs))}
     for job in sorted(res.jobs, key=lambda j: (j["model"], j["task"], rank[j["method"]], j["seed"])):
         ident = (job["model"], job["task"], job["method"])
-        files = sorted(f for key in job.get("stages", {}).values()
-                       for f in (res.dir / "runs" / str(key)).glob(TOP_TOKEN_GLOB))
+        files = sorted(
+            f for key in job.get("stages", {}).values() for f in (res.dir / "runs" / str(key)).glob(TOP_TOKEN_GLOB)
+        )
         if ident in seen or not files:
             continue
         all_recs = _top_token_records(read_json(files[0]))
@@ -251,13 +252,18 @@ def top_tokens_section(res: Results) -> list[Block]:
             continue
         seen.add(ident)
         cols = sorted(dict.fromkeys(k for r in recs for k in r), key=lambda k: isinstance(recs[0].get(k), list))
-        blocks += [Heading(3, f"{job['task']} · {F.method_label(job['method'])} "
-                              f"(seed {job['seed']})"),
-                   Para(f"From `{files[0].relative_to(res.dir)}`: {len(recs)} of {len(all_recs)} neurons."),
-                   Table(cols, [[_token_cell(r.get(c)) for c in cols] for r in recs])]
+        blocks += [
+            Heading(3, f"{job['task']} · {F.method_label(job['method'])} (seed {job['seed']})"),
+            Para(f"From `{files[0].relative_to(res.dir)}`: {len(recs)} of {len(all_recs)} neurons."),
+            Table(cols, [[_token_cell(r.get(c)) for c in cols] for r in recs]),
+        ]
     if not seen:
-        blocks.append(Para(f"No top-token file (`runs/<stage key>/{TOP_TOKEN_GLOB}`) was found, so this table "
-                           "(the paper's Table 1) is omitted."))
+        blocks.append(
+            Para(
+                f"No top-token file (`runs/<stage key>/{TOP_TOKEN_GLOB}`) was found, so this table "
+                "(the paper's Table 1) is omitted."
+            )
+        )
     return blocks
 
 
@@ -272,54 +278,89 @@ def provenance_section(res: Results) -> list[Block]:
     m = res.manifest
     blocks: list[Block] = [Heading(2, "Provenance")]
     if not m:
-        return blocks + [Para("No `manifest.json` in this folder (e.g. a merged leaderboard); versions, "
-                              "commit and hardware are unknown.")]
+        return blocks + [
+            Para(
+                "No `manifest.json` in this folder (e.g. a merged leaderboard); versions, "
+                "commit and hardware are unknown."
+            )
+        ]
     hw = m.get("hardware", {})
-    blocks.append(Bullets([
-        f"monobench {m.get('monobench_version', '?')}, git commit `{m.get('git_commit') or 'unknown'}`, "
-        f"Python {m.get('python', '?')}",
-        f"suite `{m.get('suite', '?')}` ({m.get('suite_file') or 'shipped'}), seeds {m.get('seeds', '?')}, "
-        f"shard {m.get('shard', '1/1')}",
-        "hardware: " + ", ".join(f"{k} {v}" for k, v in hw.items()) if hw else "hardware: unknown",
-        f"written {m.get('written', '?')}",
-        "packages: " + ", ".join(f"{k} {v}" for k, v in sorted(m.get("packages", {}).items()) if v),
-    ]))
+    blocks.append(
+        Bullets(
+            [
+                f"monobench {m.get('monobench_version', '?')}, git commit `{m.get('git_commit') or 'unknown'}`, "
+                f"Python {m.get('python', '?')}",
+                f"suite `{m.get('suite', '?')}` ({m.get('suite_file') or 'shipped'}), seeds {m.get('seeds', '?')}, "
+                f"shard {m.get('shard', '1/1')}",
+                "hardware: " + ", ".join(f"{k} {v}" for k, v in hw.items()) if hw else "hardware: unknown",
+                f"written {m.get('written', '?')}",
+                "packages: " + ", ".join(f"{k} {v}" for k, v in sorted(m.get("packages", {}).items()) if v),
+            ]
+        )
+    )
     prov = m.get("data_provenance", {})
     if prov:
-        rows = [[p.get("task", "?"), f"`{key}`", _generated_fields(p),
-                 "; ".join(f"{k}: {v}" for k, v in p.items() if k != "task" and "generat" not in k.lower())]
-                for key, p in sorted(prov.items(), key=lambda kv: (str(kv[1].get("task")), kv[0]))]
-        blocks += [Heading(3, "Data provenance"),
-                   Para("Where each task's data came from; **model-generated fields** are text produced by "
-                        "the base model, not by people."),
-                   Table(["task", "data stage", "model-generated fields", "details"], rows)]
+        rows = [
+            [
+                p.get("task", "?"),
+                f"`{key}`",
+                _generated_fields(p),
+                "; ".join(f"{k}: {v}" for k, v in p.items() if k != "task" and "generat" not in k.lower()),
+            ]
+            for key, p in sorted(prov.items(), key=lambda kv: (str(kv[1].get("task")), kv[0]))
+        ]
+        blocks += [
+            Heading(3, "Data provenance"),
+            Para(
+                "Where each task's data came from; **model-generated fields** are text produced by "
+                "the base model, not by people."
+            ),
+            Table(["task", "data stage", "model-generated fields", "details"], rows),
+        ]
     return blocks
 
 
 def cite_section(res: Results) -> list[Block]:
     board = _sorted(res.board)
     r = board[board["method"] == "decpo"].iloc[0] if (board["method"] == "decpo").any() else board.iloc[0]
-    return [Heading(2, "How to cite a result"), Para(
-        "Cite a number with the monobench version and the `config_hash` of its leaderboard row (both are "
-        "columns of `leaderboard.csv`), and cite the software and the reference paper as given in "
-        "`CITATION.cff` in the monobench repository root. The config_hash is a hash of the row's stage "
-        "keys, so it covers everything they cover: the model's content, the task and its version, the "
-        "method, hook, proxy, eval and SAE settings, the seed and each stage's code version."),
-        Para(f"Example: align_score of {r['method']} on {r['task']} (seed {r['seed']}): monobench "
-             f"{r['monobench_version']}, suite `{r['suite']}`, config_hash `{r['config_hash']}`.")]
+    return [
+        Heading(2, "How to cite a result"),
+        Para(
+            "Cite a number with the monobench version and the `config_hash` of its leaderboard row (both are "
+            "columns of `leaderboard.csv`), and cite the software and the reference paper as given in "
+            "`CITATION.cff` in the monobench repository root. The config_hash is a hash of the row's stage "
+            "keys, so it covers everything they cover: the model's content, the task and its version, the "
+            "method, hook, proxy, eval and SAE settings, the seed and each stage's code version."
+        ),
+        Para(
+            f"Example: align_score of {r['method']} on {r['task']} (seed {r['seed']}): monobench "
+            f"{r['monobench_version']}, suite `{r['suite']}`, config_hash `{r['config_hash']}`."
+        ),
+    ]
 
 
 def build_report(res: Results, drawn: dict[str, str | None]) -> list[Block]:
     b = res.board
     suites = ", ".join(map(str, b["suite"].unique()))
     models = ", ".join(map(str, b["model"].unique()))
-    head = [Heading(1, f"monobench report: suite {suites}, model {models}"),
-            Para(f"{len(b)} leaderboard rows: tasks {', '.join(map(str, b['task'].unique()))}; methods "
-                 f"{', '.join(F.ordered_methods(b['method']))}; seeds "
-                 f"{', '.join(map(str, sorted(b['seed'].unique())))}. Generated by `python -m bench report` "
-                 "from stored runs only.")]
-    return (head + leaderboard_section(res) + validation_section(res.dir) + figures_section(drawn)
-            + top_tokens_section(res) + provenance_section(res) + cite_section(res))
+    head = [
+        Heading(1, f"monobench report: suite {suites}, model {models}"),
+        Para(
+            f"{len(b)} leaderboard rows: tasks {', '.join(map(str, b['task'].unique()))}; methods "
+            f"{', '.join(F.ordered_methods(b['method']))}; seeds "
+            f"{', '.join(map(str, sorted(b['seed'].unique())))}. Generated by `python -m bench report` "
+            "from stored runs only."
+        ),
+    ]
+    return (
+        head
+        + leaderboard_section(res)
+        + validation_section(res.dir)
+        + figures_section(drawn)
+        + top_tokens_section(res)
+        + provenance_section(res)
+        + cite_section(res)
+    )
 
 
 def write_report(dir: Path) -> Path:

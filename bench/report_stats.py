@@ -12,15 +12,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.render import Block, Heading, Para, Table
+from bench.figures import method_label, ordered_methods
+from bench.leaderboard import paired_differences
+from bench.render import Block, Heading, Para, Table, fmt
+from bench.schema import headline
 
-PAIRED_COLS = ("align_score", "pref_acc", "reward_margin", "syco_shift", "decorrelation", "decorrelation_prompt",
-               "decorrelation_mean", "sae_explained_variance", "sae_frac_interpretable", "sae_frac_decorrelated",
-               "sae_frac_interp_decor")
+PAIRED_GROUPS = ("alignment", "preference", "proxies", "sae")
+"""Paired comparisons cover the headline metrics of these groups."""
 
 
 def _fmt(v) -> str:
-    from bench.report import fmt
 
     return fmt(v)
 
@@ -32,41 +33,64 @@ def _p(v: float) -> str:
 def comparison_rows(diffs: pd.DataFrame, many_models: bool) -> list[list[str]]:
     rows = []
     for _, r in diffs.iterrows():
-        verdict = ("**yes**" if r["significant"] else
-                   "raw CI only" if r["ci_excludes_0"] else "no")
-        rows.append(([str(r["model"])] if many_models else []) + [
-            str(r["task"]), str(r["metric"]), str(r["n_seeds"]), f"{_fmt(r['diff'])} ± {_fmt(r['diff_ci95'])}",
-            _p(r["p"]), _p(r["p_holm"]), verdict, _fmt(r["mde"]), "⚠" if r["noisy"] else ""])
+        verdict = "**yes**" if r["significant"] else "raw CI only" if r["ci_excludes_0"] else "no"
+        rows.append(
+            ([str(r["model"])] if many_models else [])
+            + [
+                str(r["task"]),
+                str(r["metric"]),
+                str(r["n_seeds"]),
+                f"{_fmt(r['diff'])} ± {_fmt(r['diff_ci95'])}",
+                _p(r["p"]),
+                _p(r["p_holm"]),
+                verdict,
+                _fmt(r["mde"]),
+                "⚠" if r["noisy"] else "",
+            ]
+        )
     return rows
 
 
 def paired_sections(res) -> list[Block]:
     """One table per ``method − DPO`` comparison in the folder (treatments in display order)."""
-    from bench.figures import method_label, ordered_methods
-    from bench.leaderboard import paired_differences
 
     methods = set(res.board["method"])
     if "dpo" not in methods:
         return []
+
+    cols = [c for c in headline(PAIRED_GROUPS) if c in res.board and not c.endswith("_null")]
     many = res.board["model"].nunique() > 1
-    head = (["model"] if many else []) + ["task", "metric", "n_seeds", "mean ± 95 % CI", "p", "p (Holm)",
-                                          "beyond noise", "MDE (80 %)", "spread > |mean|"]
+    head = (["model"] if many else []) + [
+        "task",
+        "metric",
+        "n_seeds",
+        "mean ± 95 % CI",
+        "p",
+        "p (Holm)",
+        "beyond noise",
+        "MDE (80 %)",
+        "spread > |mean|",
+    ]
     blocks: list[Block] = []
     for m in ordered_methods(methods - {"dpo", "base"}):
-        diffs = paired_differences(res.board, list(PAIRED_COLS), treatment=m, control="dpo")
+        diffs = paired_differences(res.board, cols, treatment=m, control="dpo")
         if diffs is None:
             continue
         title = f"{method_label(m)} − DPO, paired by seed"
-        note = ("Per seed both runs train on the same data from the same initialisation, so their difference "
-                "d_s is paired: mean of d_s ± the 95 % t half-width, the paired t-test's p, and p Holm-adjusted "
-                f"across the {len(diffs)} rows of this table. **beyond noise** = Holm p ≤ 0.05; \"raw CI only\" = "
-                "the unadjusted interval excludes 0 but the adjusted test does not. MDE: the smallest difference "
-                "a paired t-test at these seeds and this per-seed spread detects with 80 % power (α = 0.05), so "
-                "\"no\" reads as \"smaller than MDE\". ⚠: the per-seed spread of d is larger than |mean d|.")
+        note = (
+            "Per seed both runs train on the same data from the same initialisation, so their difference "
+            "d_s is paired: mean of d_s ± the 95 % t half-width, the paired t-test's p, and p Holm-adjusted "
+            f'across the {len(diffs)} rows of this table. **beyond noise** = Holm p ≤ 0.05; "raw CI only" = '
+            "the unadjusted interval excludes 0 but the adjusted test does not. MDE: the smallest difference "
+            "a paired t-test at these seeds and this per-seed spread detects with 80 % power (α = 0.05), so "
+            '"no" reads as "smaller than MDE". ⚠: the per-seed spread of d is larger than |mean d|.'
+        )
         if m == "dpo_aa":
-            note = ("**A/A control**: DPO against DPO with other training randomness (data order, dropout). "
-                    "Every true difference is 0, so rows beyond noise here are false positives; compare their "
-                    "rate and size with the DecPO − DPO table. " + note)
+            note = (
+                "**A/A control**: DPO against DPO with other training randomness (data order, dropout). "
+                "Every true difference is 0, so rows beyond noise here are false positives; compare their "
+                "rate and size with the DecPO − DPO table. " + note
+            )
         blocks += [Heading(3, title), Para(note), Table(head, comparison_rows(diffs, many))]
     return blocks
 
@@ -76,13 +100,30 @@ def validation_section(folder: Path) -> list[Block]:
     path = Path(folder) / "validation.csv"
     blocks: list[Block] = [Heading(2, "Metric validation (negative and positive controls)")]
     if not path.is_file():
-        return blocks + [Para(f"No `validation.csv` here; run `python -m bench validate --out {folder}` to add "
-                              "every metric's controls to this report.")]
+        return blocks + [
+            Para(
+                f"No `validation.csv` here; run `python -m bench validate --out {folder}` to add "
+                "every metric's controls to this report."
+            )
+        ]
     v = pd.read_csv(path)
     n_fail = int((~v["pass"].astype(bool)).sum())
-    blocks.append(Para(f"`python -m bench validate`: {len(v)} controls, {n_fail} failing. A negative control feeds "
-                       "meaningless or shuffled input and must give the chance level; a positive control plants "
-                       "an effect that must be found."))
-    rows = [[str(r["metric"]), str(r["kind"]), str(r["control"]), str(r["expected"]), _fmt(r["observed"]),
-             "pass" if bool(r["pass"]) else "**FAIL**"] for _, r in v.iterrows()]
+    blocks.append(
+        Para(
+            f"`python -m bench validate`: {len(v)} controls, {n_fail} failing. A negative control feeds "
+            "meaningless or shuffled input and must give the chance level; a positive control plants "
+            "an effect that must be found."
+        )
+    )
+    rows = [
+        [
+            str(r["metric"]),
+            str(r["kind"]),
+            str(r["control"]),
+            str(r["expected"]),
+            _fmt(r["observed"]),
+            "pass" if bool(r["pass"]) else "**FAIL**",
+        ]
+        for _, r in v.iterrows()
+    ]
     return blocks + [Table(["metric", "kind", "control", "expected", "observed", "result"], rows)]

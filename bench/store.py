@@ -13,8 +13,6 @@ shards or machines can fill one folder and ``bench leaderboard`` merges them.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -24,26 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import __version__
-
-
-def stable_hash(obj: Any, n: int = 16) -> str:
-    """sha256 of canonical JSON (sorted keys, no whitespace), first ``n`` hex digits."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(blob.encode()).hexdigest()[:n]
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temp file + os.replace); NaN is refused rather than written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, allow_nan=False)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+from bench.core.io import read_json, stable_hash, write_json
 
 
 def _alive(pid: int) -> bool:
@@ -86,10 +65,17 @@ class Store:
         start = time.time()
         try:
             yield work
-            write_json(work / "stage.json", {"key": key, "spec": spec, "identity": identity or {},
-                                             "seconds": round(time.time() - start, 3),
-                                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                             "monobench_version": __version__})
+            write_json(
+                work / "stage.json",
+                {
+                    "key": key,
+                    "spec": spec,
+                    "identity": identity or {},
+                    "seconds": round(time.time() - start, 3),
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "monobench_version": __version__,
+                },
+            )
             final = self.path(key)
             if final.exists():  # --force, or a concurrent shard finished the same stage first
                 trash = self.tmp / f"{key}.old.{os.getpid()}"

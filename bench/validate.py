@@ -10,6 +10,7 @@ kind, control, expected, observed, pass; returns one verdict line per metric.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import math
@@ -19,7 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.controls import CONTROLS, ControlContext
+from bench.core.controls import CONTROLS, ControlContext
+from bench.core.io import write_csv
+from bench.models import load_model
+from bench.validate_aa import aa_exclusion_rate  # noqa: F401  (registers the A/A control)
 
 log = logging.getLogger(__name__)
 SKIP = {"bench.cli", "bench.__main__"}
@@ -36,10 +40,11 @@ def load_controls() -> None:
 
 def run_controls(out: Path, *, quick: bool = False, seed: int = 0) -> pd.DataFrame:
     """Run the controls, write ``out/validation.csv`` and return its table."""
-    from bench.io import write_csv
 
     load_controls()
-    ctx = ControlContext(seed=seed, quick=quick)
+
+    tiny = functools.cache(lambda: load_model("tiny:llama", seed=seed))
+    ctx = ControlContext(seed=seed, quick=quick, tiny_model=tiny)
     rows = []
     for c in CONTROLS:
         if quick and not c.quick:
@@ -47,8 +52,17 @@ def run_controls(out: Path, *, quick: bool = False, seed: int = 0) -> pd.DataFra
         start = time.perf_counter()
         observed = float(c.run(ctx))
         ok = bool(math.isfinite(observed) and c.check(observed))
-        rows.append({"metric": c.metric, "kind": c.kind, "control": c.name, "expected": c.expect,
-                     "observed": observed, "pass": ok, "seconds": round(time.perf_counter() - start, 2)})
+        rows.append(
+            {
+                "metric": c.metric,
+                "kind": c.kind,
+                "control": c.name,
+                "expected": c.expect,
+                "observed": observed,
+                "pass": ok,
+                "seconds": round(time.perf_counter() - start, 2),
+            }
+        )
         log.info("%s / %s: %s (%s)", c.metric, c.name, observed, "pass" if ok else "FAIL")
     table = pd.DataFrame(rows)
     write_csv(Path(out) / "validation.csv", table)
@@ -61,6 +75,8 @@ def verdicts(table: pd.DataFrame) -> list[str]:
     for metric, g in table.groupby("metric", sort=False):
         failed = g.loc[~g["pass"], "control"].tolist()
         kinds = "+".join(sorted(set(g["kind"])))
-        lines.append(f"{metric:<28} {'PASS' if not failed else 'FAIL'}  {int(g['pass'].sum())}/{len(g)} ({kinds})"
-                     + (f"; failed: {'; '.join(failed)}" if failed else ""))
+        lines.append(
+            f"{metric:<28} {'PASS' if not failed else 'FAIL'}  {int(g['pass'].sum())}/{len(g)} ({kinds})"
+            + (f"; failed: {'; '.join(failed)}" if failed else "")
+        )
     return lines

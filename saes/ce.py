@@ -9,29 +9,19 @@ once per batch (``captured_block_input`` / ``resumed_at``).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.lm import decoder_layers, hook_module
-from saes.activations import ActivationStore
-
-
-@contextlib.contextmanager
-def spliced(model, *, layer: int, hook: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
-    """Replace the hooked module's output o with fn(o) for every forward inside the block."""
-    def replace(_mod, _inp, out):
-        if isinstance(out, torch.Tensor):
-            return fn(out)
-        return (fn(out[0]), *out[1:])
-
-    handle = hook_module(model, layer, hook).register_forward_hook(replace)
-    try:
-        yield
-    finally:
-        handle.remove()
+from bench.core.controls import control
+from bench.core.errors import ConfigError
+from bench.core.hooks import spliced
+from bench.core.lm import decoder_layers
+from saes.activations import collect_activations
+from saes.metrics import sae_ce_score
+from saes.store import ActivationStore
 
 
 def _positions(store: ActivationStore, rows: slice) -> dict[int, np.ndarray]:
@@ -42,8 +32,14 @@ def _positions(store: ActivationStore, rows: slice) -> dict[int, np.ndarray]:
     return dict(zip(docs.tolist(), np.split(pos[order], starts[1:])))
 
 
-def _heldout_batches(store: ActivationStore, docs: list[int], batch_size: int, device,
-                     crop: int | None = None, count_duplicates: bool = False) -> Iterator[tuple]:
+def _heldout_batches(
+    store: ActivationStore,
+    docs: list[int],
+    batch_size: int,
+    device,
+    crop: int | None = None,
+    count_duplicates: bool = False,
+) -> Iterator[tuple]:
     """(ids, attention mask, stored mask, counted mask) for held-out documents (first ``crop`` tokens),
     right-padded. Stored = every stored position (the SAE is spliced there); counted = the held-out
     positions (duplicates too with ``count_duplicates``)."""
@@ -52,7 +48,7 @@ def _heldout_batches(store: ActivationStore, docs: list[int], batch_size: int, d
     empty = np.zeros(0, dtype=np.int64)
     pad = store.manifest["pad_token_id"]
     for s in range(0, len(docs), batch_size):
-        batch = docs[s:s + batch_size]
+        batch = docs[s : s + batch_size]
         toks = [store.doc(d)[:crop] for d in batch]
         width = max(map(len, toks))
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -60,11 +56,13 @@ def _heldout_batches(store: ActivationStore, docs: list[int], batch_size: int, d
         stored = torch.zeros((len(batch), width), dtype=torch.bool)
         counted = torch.zeros((len(batch), width), dtype=torch.bool)
         for i, (d, t) in enumerate(zip(batch, toks)):
-            ids[i, :len(t)] = torch.tensor(t)
-            att[i, :len(t)] = 1
+            ids[i, : len(t)] = torch.tensor(t)
+            att[i, : len(t)] = 1
             h, r = held.get(d, empty), dup.get(d, empty)
-            for mask, p in ((stored, np.concatenate([h, r])), (counted, np.concatenate([h, r]) if count_duplicates
-                                                              else h)):
+            for mask, p in (
+                (stored, np.concatenate([h, r])),
+                (counted, np.concatenate([h, r]) if count_duplicates else h),
+            ):
                 mask[i, torch.from_numpy(p[p < len(t)])] = True
         yield ids.to(device), att.to(device), stored.to(device), counted.to(device)
 
@@ -129,21 +127,32 @@ def resumed_at(model, layer: int, hidden: torch.Tensor, tuple_out: bool) -> Iter
 
 
 @torch.no_grad()
-def ce_losses(model, store: ActivationStore, sae, *, layer: int, hook: str, max_docs: int | None = None,
-              batch_size: int = 16, crop: int | None = None, share_prefix: bool = True,
-              count_duplicates: bool = False) -> tuple[float, float, float, int]:
+def ce_losses(
+    model,
+    store: ActivationStore,
+    sae,
+    *,
+    layer: int,
+    hook: str,
+    max_docs: int | None = None,
+    batch_size: int = 16,
+    crop: int | None = None,
+    share_prefix: bool = True,
+    count_duplicates: bool = False,
+) -> tuple[float, float, float, int]:
     """Mean next-token CE (clean, SAE spliced, zero-ablated) over held-out documents, and the token count.
 
     As in ``sae_lens.evals.get_recons_loss``: the SAE replaces the hooked output at every stored
     (non-special) position, zero-ablation zeroes every position, and the loss at position t (predicting
     t+1) counts when token t is a held-out token of the store (each distinct prefix once; with
-    ``count_duplicates`` every stored token, as SAELens counts). With ``share_prefix`` the blocks below ``layer``, identical
-    in the three forwards, run once per batch (the clean forward); the spliced and zero-ablated forwards
-    resume at block ``layer`` from its recorded input (same numbers as three full forwards).
+    ``count_duplicates`` every stored token, as SAELens counts). With ``share_prefix`` the blocks below
+    ``layer``, identical in the three forwards, run once per batch (the clean forward); the spliced and
+    zero-ablated forwards resume at block ``layer`` from its recorded input (same numbers as three full
+    forwards).
     """
     docs = store.heldout_docs()
-    docs = [docs[i] for i in np.random.default_rng(0).permutation(len(docs))[:max_docs]]   # fixed random subset
-    docs.sort(key=lambda d: len(store.doc(d)))                                              # less padding
+    docs = [docs[i] for i in np.random.default_rng(0).permutation(len(docs))[:max_docs]]  # fixed random subset
+    docs.sort(key=lambda d: len(store.doc(d)))  # less padding
     device = next(model.parameters()).device
     sums, count = torch.zeros(3, dtype=torch.float64), 0
     was_training = model.training
@@ -172,7 +181,7 @@ def ce_losses(model, store: ActivationStore, sae, *, layer: int, hook: str, max_
     finally:
         model.train(was_training)
     if count == 0:
-        raise ValueError("no held-out token has a next token to predict; use longer texts")
+        raise ConfigError("no held-out token has a next token to predict; use longer texts")
     clean, with_sae_ce, zero = (sums / count).tolist()
     return clean, with_sae_ce, zero, count
 
@@ -197,13 +206,13 @@ def _ce_score(ctx, scale: float) -> float:
     import tempfile
     from pathlib import Path
 
-    from bench.controls import tiny_model
-    from saes.activations import collect_activations
-    from saes.metrics import sae_ce_score
-
-    model, tok = tiny_model(ctx.seed)
-    texts = [f"item {i}: the {w} sat on the mat and looked at the {v} for a while" for i, (w, v) in
-             enumerate(zip(["cat", "dog", "fox", "owl", "bee", "cow"] * 4, ["sun", "moon", "rain", "tree"] * 6))]
+    model, tok = ctx.tiny_model()
+    texts = [
+        f"item {i}: the {w} sat on the mat and looked at the {v} for a while"
+        for i, (w, v) in enumerate(
+            zip(["cat", "dog", "fox", "owl", "bee", "cow"] * 4, ["sun", "moon", "rain", "tree"] * 6)
+        )
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         store = ActivationStore(collect_activations(model, tok, texts, layer=1, out_dir=Path(tmp) / "s", seed=0))
         clean, sae, zero, _ = ce_losses(model, store, _FixedSAE(store.d_in, scale), layer=1, hook="mlp.up_proj")
@@ -211,12 +220,21 @@ def _ce_score(ctx, scale: float) -> float:
 
 
 def _register_controls() -> None:
-    from bench.controls import control
 
-    control("sae_ce_score", "negative", "SAE that reconstructs zero (tiny model)", expect="= 0",
-            check=lambda v: abs(v) < 1e-6)(lambda ctx: _ce_score(ctx, 0.0))
-    control("sae_ce_score", "positive", "SAE that reconstructs its input exactly (tiny model)", expect="= 1",
-            check=lambda v: abs(v - 1) < 1e-6)(lambda ctx: _ce_score(ctx, 1.0))
+    control(
+        "sae_ce_score",
+        "negative",
+        "SAE that reconstructs zero (tiny model)",
+        expect="= 0",
+        check=lambda v: abs(v) < 1e-6,
+    )(lambda ctx: _ce_score(ctx, 0.0))
+    control(
+        "sae_ce_score",
+        "positive",
+        "SAE that reconstructs its input exactly (tiny model)",
+        expect="= 1",
+        check=lambda v: abs(v - 1) < 1e-6,
+    )(lambda ctx: _ce_score(ctx, 1.0))
 
 
 _register_controls()

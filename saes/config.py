@@ -90,8 +90,10 @@ class SAEEvalConfig(BaseModel, extra="forbid", frozen=True, use_attribute_docstr
             if not 0.0 < a < 1.0:
                 raise ValueError(f"sae.eval.{alpha} = {a} must be in (0, 1)")
             if a * (r + 1) < 1:
-                raise ValueError(f"sae.eval.{draws} = {r} is too few for {alpha} = {a}: the smallest p-value is "
-                                 f"1/({r} + 1) > {a}; use at least {math.ceil(1 / a) - 1}")
+                raise ValueError(
+                    f"sae.eval.{draws} = {r} is too few for {alpha} = {a}: the smallest p-value is "
+                    f"1/({r} + 1) > {a}; use at least {math.ceil(1 / a) - 1}"
+                )
         for name in ("ms_top_n", "ms_context_tokens", "latent_max_tokens", "batch_size"):
             if getattr(self, name) < (2 if name == "ms_top_n" else 1):
                 raise ValueError(f"sae.eval.{name} = {getattr(self, name)} is too small")
@@ -161,32 +163,48 @@ class SAEConfig(BaseModel, extra="forbid", frozen=True, use_attribute_docstrings
 
     @model_validator(mode="after")
     def _check(self) -> SAEConfig:
-        for name, archs in _ARCH_FIELDS.items():   # a non-default value the architecture ignores is a mistake
+        for name, archs in _ARCH_FIELDS.items():  # a non-default value the architecture ignores is a mistake
             default = type(self).model_fields[name].default
             if self.architecture not in archs and getattr(self, name) != default:
-                raise ValueError(f"sae.{name} is used only by {', '.join(archs)}, but architecture = "
-                                 f"{self.architecture!r}; remove it or change the architecture")
-        for name in ("expansion", "k", "training_tokens", "batch_size", "max_texts", "context_length",
-                     "collect_batch_size", "n_batches_for_norm_estimate", "dead_feature_window"):
+                raise ValueError(
+                    f"sae.{name} is used only by {', '.join(archs)}, but architecture = "
+                    f"{self.architecture!r}; remove it or change the architecture"
+                )
+        for name in (
+            "expansion",
+            "k",
+            "training_tokens",
+            "batch_size",
+            "max_texts",
+            "context_length",
+            "collect_batch_size",
+            "n_batches_for_norm_estimate",
+            "dead_feature_window",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"sae.{name} = {getattr(self, name)} must be ≥ 1")
         if self.batch_size > self.training_tokens:
-            raise ValueError(f"sae.batch_size = {self.batch_size} exceeds sae.training_tokens = "
-                             f"{self.training_tokens}: no training step would run")
+            raise ValueError(
+                f"sae.batch_size = {self.batch_size} exceeds sae.training_tokens = "
+                f"{self.training_tokens}: no training step would run"
+            )
         if not 0.0 < self.heldout_frac < 1.0:
             raise ValueError(f"sae.heldout_frac = {self.heldout_frac} must be in (0, 1)")
         if self.lr <= 0:
             raise ValueError(f"sae.lr = {self.lr} must be > 0")
         if self.lr_warm_up_steps + self.lr_decay_steps > self.n_steps:
-            raise ValueError(f"sae.lr_warm_up_steps + lr_decay_steps = {self.lr_warm_up_steps + self.lr_decay_steps}"
-                             f" exceed the {self.n_steps} training steps")
+            raise ValueError(
+                f"sae.lr_warm_up_steps + lr_decay_steps = {self.lr_warm_up_steps + self.lr_decay_steps}"
+                f" exceed the {self.n_steps} training steps"
+            )
         fr = self.matryoshka_fracs
         if not fr or fr[-1] != 1.0 or any(not 0 < a < b for a, b in pairwise(fr)) or fr[0] <= 0:
-            raise ValueError(f"sae.matryoshka_fracs = {list(fr)} must be strictly increasing in (0, 1] "
-                             "and end at 1.0")
+            raise ValueError(f"sae.matryoshka_fracs = {list(fr)} must be strictly increasing in (0, 1] and end at 1.0")
         if clash := sorted(self.sae_lens_overrides.keys() & _OWNED):
-            raise ValueError(f"sae.sae_lens_overrides sets {clash}, which monobench sets itself; "
-                             "use sae.architecture / sae.expansion instead")
+            raise ValueError(
+                f"sae.sae_lens_overrides sets {clash}, which monobench sets itself; "
+                "use sae.architecture / sae.expansion instead"
+            )
         return self
 
     @property
@@ -212,15 +230,24 @@ def to_sae_lens_config(cfg: SAEConfig, d_in: int, *, device: str = "cpu", metada
     cfg_cls = get_sae_training_class(cfg.architecture)[1]
     known = {f.name for f in fields(cfg_cls)}
     if extra := sorted(cfg.sae_lens_overrides.keys() - known):
-        raise ValueError(f"sae.sae_lens_overrides {extra} are not fields of {cfg_cls.__name__}; "
-                         f"allowed: {', '.join(sorted(known - _OWNED))}")
+        raise ValueError(
+            f"sae.sae_lens_overrides {extra} are not fields of {cfg_cls.__name__}; "
+            f"allowed: {', '.join(sorted(known - _OWNED))}"
+        )
     d_sae = cfg.d_sae(d_in)
     if cfg.architecture in _ARCH_FIELDS["k"] and cfg.k >= d_sae:
-        raise ValueError(f"sae.k = {cfg.k} must be smaller than d_sae = {d_sae} (expansion {cfg.expansion} × d_in {d_in})")
-    kw: dict[str, Any] = dict(d_in=d_in, d_sae=d_sae, device=device, dtype="float32",
-                              normalize_activations=cfg.normalize_activations,
-                              decoder_init_norm=cfg.decoder_init_norm,
-                              metadata=SAEMetadata(**(metadata or {})))
+        raise ValueError(
+            f"sae.k = {cfg.k} must be smaller than d_sae = {d_sae} (expansion {cfg.expansion} × d_in {d_in})"
+        )
+    kw: dict[str, Any] = dict(
+        d_in=d_in,
+        d_sae=d_sae,
+        device=device,
+        dtype="float32",
+        normalize_activations=cfg.normalize_activations,
+        decoder_init_norm=cfg.decoder_init_norm,
+        metadata=SAEMetadata(**(metadata or {})),
+    )
     if cfg.architecture == "topk":
         kw["k"] = cfg.k
     elif cfg.architecture in ("batchtopk", "matryoshka_batchtopk"):
@@ -228,8 +255,11 @@ def to_sae_lens_config(cfg: SAEConfig, d_in: int, *, device: str = "cpu", metada
     elif cfg.architecture == "standard":
         kw["l1_coefficient"] = cfg.l1_coefficient
     elif cfg.architecture == "jumprelu":
-        kw.update(l0_coefficient=cfg.l0_coefficient, jumprelu_init_threshold=cfg.jumprelu_init_threshold,
-                  jumprelu_bandwidth=cfg.jumprelu_bandwidth)
+        kw.update(
+            l0_coefficient=cfg.l0_coefficient,
+            jumprelu_init_threshold=cfg.jumprelu_init_threshold,
+            jumprelu_bandwidth=cfg.jumprelu_bandwidth,
+        )
     if cfg.architecture == "matryoshka_batchtopk":
         widths = sorted({max(1, round(f * d_sae)) for f in cfg.matryoshka_fracs})
         kw["matryoshka_widths"] = widths

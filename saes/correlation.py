@@ -27,7 +27,8 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from saes.activations import check_finite
+from bench.core.controls import control
+from bench.core.errors import check_finite
 
 
 def _moments(zs: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +60,7 @@ def max_abs_correlation(z: Tensor, block: int = 1024) -> tuple[Tensor, Tensor]:
     zc = zs.tocsc()
     for s in range(0, n, block):
         cols = np.arange(s, min(n, s + block))
-        g = (zc[:, cols].T @ zs).toarray()                                   # (b, L)
+        g = (zc[:, cols].T @ zs).toarray()  # (b, L)
         rho = (g - t * mu[cols, None] * mu[None, :]) / (t * np.maximum(sd[cols, None] * sd[None, :], 1e-300))
         rho[~ok[cols]] = 0.0
         rho[:, ~ok] = 0.0
@@ -71,21 +72,37 @@ def max_abs_correlation(z: Tensor, block: int = 1024) -> tuple[Tensor, Tensor]:
     return c, partner
 
 
-def _permuted_max(zs: sp.csr_matrix, i: int, rows: np.ndarray, vals: np.ndarray, mu: np.ndarray, sd: np.ndarray,
-                  ok: np.ndarray, perms: np.ndarray) -> np.ndarray:
+def _permuted_max(
+    zs: sp.csr_matrix,
+    i: int,
+    rows: np.ndarray,
+    vals: np.ndarray,
+    mu: np.ndarray,
+    sd: np.ndarray,
+    ok: np.ndarray,
+    perms: np.ndarray,
+) -> np.ndarray:
     """c_i^π for each row of ``perms`` (R, nnz_i): latent i's nonzeros moved to those token rows."""
     t = zs.shape[0]
     r, k = perms.shape
     w = sp.csr_matrix((np.tile(vals, r), perms.ravel(), np.arange(0, r * k + 1, k)), shape=(r, t))
-    s = (w @ zs).toarray()                                                     # (R, L): Σ_k v_k z[π_k, j]
+    s = (w @ zs).toarray()  # (R, L): Σ_k v_k z[π_k, j]
     rho = (s - mu[None, :] * vals.sum()) / (t * max(sd[i], 1e-300) * np.maximum(sd[None, :], 1e-300))
     rho[:, ~ok] = 0.0
     rho[:, i] = 0.0
     return np.minimum(np.abs(rho).max(1), 1.0)
 
 
-def correlated_mask(z: Tensor, c: Tensor, *, threshold: float = 0.3, alpha: float = 0.05, draws: int = 99,
-                    seed: int = 0, chunk: int = 33) -> tuple[Tensor, Tensor]:
+def correlated_mask(
+    z: Tensor,
+    c: Tensor,
+    *,
+    threshold: float = 0.3,
+    alpha: float = 0.05,
+    draws: int = 99,
+    seed: int = 0,
+    chunk: int = 33,
+) -> tuple[Tensor, Tensor]:
     """(correlated, p_value) per latent: c_i ≥ ``threshold`` and permutation p_i ≤ ``alpha`` (module docstring).
 
     Latents with c_i < threshold are not tested (p = 1). Draws run in chunks and stop once p_i can no
@@ -101,7 +118,7 @@ def correlated_mask(z: Tensor, c: Tensor, *, threshold: float = 0.3, alpha: floa
     mu, sd = _moments(zs)
     ok = _ok(sd)
     rng = np.random.default_rng([seed, 31])
-    stop = math.ceil(alpha * (draws + 1))                                      # exceedances that rule out p ≤ α
+    stop = math.ceil(alpha * (draws + 1))  # exceedances that rule out p ≤ α
     for i in todo.tolist():
         col = zc[:, i]
         rows, vals = col.indices, col.data
@@ -111,7 +128,7 @@ def correlated_mask(z: Tensor, c: Tensor, *, threshold: float = 0.3, alpha: floa
             perms = np.stack([rng.choice(t, size=len(rows), replace=False) for _ in range(m)])
             hits += int((_permuted_max(zs, i, rows, vals, mu, sd, ok, perms) >= float(c[i]) - 1e-12).sum())
             done += m
-        p[i] = (1 + hits) / (1 + done)   # stopped early: (1 + hits)/(1 + done) > α already
+        p[i] = (1 + hits) / (1 + done)  # stopped early: (1 + hits)/(1 + done) > α already
     return (c >= threshold) & (p <= alpha), p
 
 
@@ -128,8 +145,9 @@ def permute_columns(z: Tensor, seed: int) -> Tensor:
     return out
 
 
-def decorrelation(z: Tensor, *, threshold: float = 0.3, alpha: float = 0.05, draws: int = 99,
-                  seed: int = 0) -> dict[str, Tensor | float]:
+def decorrelation(
+    z: Tensor, *, threshold: float = 0.3, alpha: float = 0.05, draws: int = 99, seed: int = 0
+) -> dict[str, Tensor | float]:
     """Per-latent c, partner, p-value and verdict, plus ``frac_decorrelated`` and its chance level ``null``."""
     c, partner = max_abs_correlation(z)
     corr, p = correlated_mask(z, c, threshold=threshold, alpha=alpha, draws=draws, seed=seed)
@@ -137,9 +155,14 @@ def decorrelation(z: Tensor, *, threshold: float = 0.3, alpha: float = 0.05, dra
     c0, _ = max_abs_correlation(zn)
     corr0, _ = correlated_mask(zn, c0, threshold=threshold, alpha=alpha, draws=draws, seed=seed + 1)
     n = z.shape[1]
-    return {"max_abs_corr": c, "partner": partner, "p_value": p, "correlated": corr,
-            "frac_decorrelated": float((~corr).double().mean()) if n else 0.0,
-            "null": float((~corr0).double().mean()) if n else 0.0}
+    return {
+        "max_abs_corr": c,
+        "partner": partner,
+        "p_value": p,
+        "correlated": corr,
+        "frac_decorrelated": float((~corr).double().mean()) if n else 0.0,
+        "null": float((~corr0).double().mean()) if n else 0.0,
+    }
 
 
 # ----- controls (``python -m bench validate``) ---------------------------------------------------------
@@ -151,8 +174,9 @@ def _independent(rng: np.random.Generator, n_tokens: int, n_lat: int, density: f
 def _independent_share(ctx, n_tokens: int) -> float:
     """200 independent sparse latents (densities 0.5–5 %): frac_decorrelated."""
     rng = ctx.rng(n_tokens)
-    z = _independent(rng, n_tokens, 200, 1.0) * torch.from_numpy(rng.random((n_tokens, 200)) <
-                                                                   np.linspace(0.005, 0.05, 200)[None, :])
+    z = _independent(rng, n_tokens, 200, 1.0) * torch.from_numpy(
+        rng.random((n_tokens, 200)) < np.linspace(0.005, 0.05, 200)[None, :]
+    )
     return decorrelation(z, seed=ctx.seed)["frac_decorrelated"]
 
 
@@ -167,18 +191,29 @@ def _copies_found(ctx) -> float:
 
 
 def _register_controls() -> None:
-    from bench.controls import control
 
     for n in (500, 4000):
-        control("sae_frac_decorrelated", "negative", f"200 independent latents, {n} tokens",
-                expect="share ≥ 0.92 (chance level ≥ 0.95 for any token count)", check=lambda v: v >= 0.92)(
-            lambda ctx, n=n: _independent_share(ctx, n))
-    control("sae_frac_decorrelated", "negative", "independent latents: share at 500 − share at 4000 tokens",
-            expect="|difference| ≤ 0.08 (both lie in [1 − α, 1] = [0.95, 1], up to sampling)",
-            check=lambda v: abs(v) <= 0.08)(
-        lambda ctx: _independent_share(ctx, 500) - _independent_share(ctx, 4000))
-    control("sae_frac_decorrelated", "positive", "20 planted pairs of identical latents", expect="share ≥ 0.95",
-            check=lambda v: v >= 0.95)(_copies_found)
+        control(
+            "sae_frac_decorrelated",
+            "negative",
+            f"200 independent latents, {n} tokens",
+            expect="share ≥ 0.92 (chance level ≥ 0.95 for any token count)",
+            check=lambda v: v >= 0.92,
+        )(lambda ctx, n=n: _independent_share(ctx, n))
+    control(
+        "sae_frac_decorrelated",
+        "negative",
+        "independent latents: share at 500 − share at 4000 tokens",
+        expect="|difference| ≤ 0.08 (both lie in [1 − α, 1] = [0.95, 1], up to sampling)",
+        check=lambda v: abs(v) <= 0.08,
+    )(lambda ctx: _independent_share(ctx, 500) - _independent_share(ctx, 4000))
+    control(
+        "sae_frac_decorrelated",
+        "positive",
+        "20 planted pairs of identical latents",
+        expect="share ≥ 0.95",
+        check=lambda v: v >= 0.95,
+    )(_copies_found)
 
 
 _register_controls()

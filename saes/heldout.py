@@ -31,6 +31,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from bench.core.controls import control
+from bench.core.errors import ConfigError
+
 TRAIN, HELDOUT, DUPLICATE, NOT_STORED = 0, 1, 2, -1
 
 
@@ -42,8 +45,10 @@ def split_groups(groups: Sequence[str], heldout_frac: float, seed: int) -> np.nd
     n = len(groups)
     names = list(dict.fromkeys(groups))
     if len(names) < 2:
-        raise ValueError(f"need at least 2 item groups to split into train and held-out documents, got "
-                         f"{len(names)} group(s) over {n} text(s)")
+        raise ConfigError(
+            f"need at least 2 item groups to split into train and held-out documents, got "
+            f"{len(names)} group(s) over {n} text(s)"
+        )
     members: dict[str, list[int]] = {}
     for i, g in enumerate(groups):
         members.setdefault(g, []).append(i)
@@ -59,8 +64,9 @@ def split_groups(groups: Sequence[str], heldout_frac: float, seed: int) -> np.nd
     return split
 
 
-def token_roles(docs: Sequence[Sequence[int]], split: np.ndarray, keep: Sequence[Sequence[bool]],
-                order: Sequence[int] | None = None) -> list[np.ndarray]:
+def token_roles(
+    docs: Sequence[Sequence[int]], split: np.ndarray, keep: Sequence[Sequence[bool]], order: Sequence[int] | None = None
+) -> list[np.ndarray]:
     """Role of every position of every document (``NOT_STORED`` where ``keep`` is False).
 
     Documents are visited in ``order`` (default: by index), train documents before held-out ones;
@@ -159,12 +165,21 @@ def _leaks(ctx, by_group: bool) -> float:
 
 
 def _register_controls() -> None:
-    from bench.controls import control
 
-    control("sae_n_heldout_tokens", "negative", "shared prompts, split by item + prefix roles: leaks + twins",
-            expect="= 0", check=lambda v: v == 0)(lambda ctx: _leaks(ctx, True))
-    control("sae_n_heldout_tokens", "positive", "the same texts split by document, no roles: audit finds leaks",
-            expect="> 0", check=lambda v: v > 0)(lambda ctx: _leaks(ctx, False))
+    control(
+        "sae_n_heldout_tokens",
+        "negative",
+        "shared prompts, split by item + prefix roles: leaks + twins",
+        expect="= 0",
+        check=lambda v: v == 0,
+    )(lambda ctx: _leaks(ctx, True))
+    control(
+        "sae_n_heldout_tokens",
+        "positive",
+        "the same texts split by document, no roles: audit finds leaks",
+        expect="> 0",
+        check=lambda v: v > 0,
+    )(lambda ctx: _leaks(ctx, False))
 
 
 _register_controls()

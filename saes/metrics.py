@@ -15,7 +15,8 @@ from beartype import beartype
 from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
-from saes.activations import check_finite
+from bench.core.controls import control
+from bench.core.errors import check_finite
 
 
 @jaxtyped(typechecker=beartype)
@@ -44,26 +45,26 @@ def sae_explained_variance(x: Float[Tensor, "tok d_in"], x_hat: Float[Tensor, "t
 
 
 @jaxtyped(typechecker=beartype)
-def feature_density(z: Float[Tensor, "tok d_sae"]) -> Float[Tensor, "d_sae"]:
+def feature_density(z: Float[Tensor, "tok d_sae"]) -> Float[Tensor, " d_sae"]:
     """p_i = (1/N) Σ_t 1[z_ti ≠ 0]."""
     check_finite(z, "SAE latents")
     return (z != 0).double().mean(0)
 
 
 @jaxtyped(typechecker=beartype)
-def sae_l0(density: Float[Tensor, "d_sae"]) -> float:
+def sae_l0(density: Float[Tensor, " d_sae"]) -> float:
     """Mean active latents per token: (1/N) Σ_t Σ_i 1[z_ti ≠ 0] = Σ_i p_i."""
     return float(density.sum())
 
 
 @jaxtyped(typechecker=beartype)
-def sae_dead_frac(density: Float[Tensor, "d_sae"]) -> float:
+def sae_dead_frac(density: Float[Tensor, " d_sae"]) -> float:
     """Share of latents never active on the held-out tokens (p_i = 0)."""
     return float((density == 0).double().mean())
 
 
 @jaxtyped(typechecker=beartype)
-def sae_dense_frac(density: Float[Tensor, "d_sae"], threshold: float = 0.1) -> float:
+def sae_dense_frac(density: Float[Tensor, " d_sae"], threshold: float = 0.1) -> float:
     """Share of latents active on more than ``threshold`` of held-out tokens (p_i > threshold)."""
     return float((density > threshold).double().mean())
 
@@ -83,8 +84,13 @@ def sae_ce_score(ce_clean: float, ce_sae: float, ce_zero: float, min_gap: float 
 
 
 @jaxtyped(typechecker=beartype)
-def k_sparse_probe_accuracy(features: Float[Tensor, "text d_sae"], labels: Int[Tensor, "text"], k: int,
-                            train_idx: Int[Tensor, "n_train"], test_idx: Int[Tensor, "n_test"]) -> float:
+def k_sparse_probe_accuracy(
+    features: Float[Tensor, "text d_sae"],
+    labels: Int[Tensor, " text"],
+    k: int,
+    train_idx: Int[Tensor, " n_train"],
+    test_idx: Int[Tensor, " n_test"],
+) -> float:
     """SAEBench k-sparse probing: top-k latents by |mean_pos − mean_neg| on the train split, then an
     L2 logistic regression (C = 1, max_iter = 1000, as SAEBench) on those k; accuracy on the test split."""
     from sklearn.linear_model import LogisticRegression
@@ -107,23 +113,50 @@ def _activations(ctx, n: int = 2000, d: int = 64) -> Tensor:
 
 
 def _register_controls() -> None:
-    from bench.controls import control
 
-    control("sae_explained_variance", "negative", "reconstruction = the mean activation", expect="= 0",
-            check=lambda v: abs(v) < 1e-9)(lambda ctx: sae_explained_variance(
-                x := _activations(ctx), x.mean(0, keepdim=True).expand_as(x).contiguous()))
-    control("sae_explained_variance", "negative", "reconstruction of another token (rows shuffled)",
-            expect="≤ 0 (≈ −1)", check=lambda v: v <= 0)(lambda ctx: sae_explained_variance(
-                x := _activations(ctx), x[torch.from_numpy(ctx.rng(12).permutation(len(x)))]))
-    control("sae_explained_variance", "positive", "reconstruction = x + noise of 1 % of its variance",
-            expect="0.98–1.0", check=lambda v: 0.98 <= v <= 1.0)(lambda ctx: sae_explained_variance(
-                x := _activations(ctx), x + 0.1 * x.std(0) * torch.from_numpy(ctx.rng(13).standard_normal(x.shape))))
-    control("sae_l0", "positive", "latents with exactly 7 active per token", expect="= 7",
-            check=lambda v: abs(v - 7) < 1e-9)(lambda ctx: sae_l0(feature_density(torch.from_numpy(
-                (np.argsort(ctx.rng(14).random((500, 64)), 1) < 7).astype(np.float32)))))
-    control("sae_dead_frac", "positive", "16 of 64 latents never active", expect="= 0.25",
-            check=lambda v: abs(v - 0.25) < 1e-9)(lambda ctx: sae_dead_frac(feature_density(torch.from_numpy(
-                ctx.rng(15).random((500, 64)).astype(np.float32) * (np.arange(64) >= 16)))))
+    control(
+        "sae_explained_variance",
+        "negative",
+        "reconstruction = the mean activation",
+        expect="= 0",
+        check=lambda v: abs(v) < 1e-9,
+    )(lambda ctx: sae_explained_variance(x := _activations(ctx), x.mean(0, keepdim=True).expand_as(x).contiguous()))
+    control(
+        "sae_explained_variance",
+        "negative",
+        "reconstruction of another token (rows shuffled)",
+        expect="≤ 0 (≈ −1)",
+        check=lambda v: v <= 0,
+    )(lambda ctx: sae_explained_variance(x := _activations(ctx), x[torch.from_numpy(ctx.rng(12).permutation(len(x)))]))
+    control(
+        "sae_explained_variance",
+        "positive",
+        "reconstruction = x + noise of 1 % of its variance",
+        expect="0.98–1.0",
+        check=lambda v: 0.98 <= v <= 1.0,
+    )(
+        lambda ctx: sae_explained_variance(
+            x := _activations(ctx), x + 0.1 * x.std(0) * torch.from_numpy(ctx.rng(13).standard_normal(x.shape))
+        )
+    )
+    control(
+        "sae_l0", "positive", "latents with exactly 7 active per token", expect="= 7", check=lambda v: abs(v - 7) < 1e-9
+    )(
+        lambda ctx: sae_l0(
+            feature_density(torch.from_numpy((np.argsort(ctx.rng(14).random((500, 64)), 1) < 7).astype(np.float32)))
+        )
+    )
+    control(
+        "sae_dead_frac",
+        "positive",
+        "16 of 64 latents never active",
+        expect="= 0.25",
+        check=lambda v: abs(v - 0.25) < 1e-9,
+    )(
+        lambda ctx: sae_dead_frac(
+            feature_density(torch.from_numpy(ctx.rng(15).random((500, 64)).astype(np.float32) * (np.arange(64) >= 16)))
+        )
+    )
 
 
 _register_controls()

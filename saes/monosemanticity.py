@@ -38,7 +38,8 @@ from beartype import beartype
 from jaxtyping import Float, jaxtyped
 from torch import Tensor
 
-from saes.activations import check_finite
+from bench.core.controls import control
+from bench.core.errors import check_finite
 
 
 def distinct_first(keys: Sequence[Hashable]) -> np.ndarray:
@@ -78,32 +79,38 @@ def distinct_subsets(gen: torch.Generator, rows: int, n: int, pool: int) -> Tens
 
 
 @jaxtyped(typechecker=beartype)
-def monosemanticity_scores(z: Float[Tensor, "ctx lat"], emb: Float[Tensor, "ctx emb_dim"], *, top_n: int = 32,
-                           null_draws: int = 99, seed: int = 0
-                           ) -> tuple[Float[Tensor, "lat"], Float[Tensor, "lat"], Float[Tensor, "lat"]]:
+def monosemanticity_scores(
+    z: Float[Tensor, "ctx lat"],
+    emb: Float[Tensor, "ctx emb_dim"],
+    *,
+    top_n: int = 32,
+    null_draws: int = 99,
+    seed: int = 0,
+) -> tuple[Float[Tensor, " lat"], Float[Tensor, " lat"], Float[Tensor, " lat"]]:
     """(MS, permutation p-value, 95th percentile of the null) per latent; rows of z and emb are distinct
     contexts (see ``distinct_first``). NaN MS has p = 1."""
     check_finite(z, "SAE latents")
     check_finite(emb, "context embeddings")
     n_ctx, n_lat = z.shape
     n = min(top_n, n_ctx)
-    vals, idx = z.float().topk(n, dim=0)                                       # (n, lat)
+    vals, idx = z.float().topk(n, dim=0)  # (n, lat)
     lo, hi = z.float().amin(0), z.float().amax(0)
-    a = ((vals - lo) / (hi - lo).clamp_min(1e-12)).clamp_(0.0, 1.0).T         # (lat, n)
+    a = ((vals - lo) / (hi - lo).clamp_min(1e-12)).clamp_(0.0, 1.0).T  # (lat, n)
     e = emb.float() / emb.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)  # s_nm = cosine
     gen = torch.Generator().manual_seed(seed)
     ms, p, q95 = (torch.full((n_lat,), math.nan) for _ in range(3))
     block = max(1, 2**23 // max(1, null_draws * n * e.shape[1]))
     for s in range(0, n_lat, block):
-        a_b = a[s:s + block]                                                   # (b, n)
-        ms_b = ms_from_weights(a_b, torch.einsum("bn,bnd->bd", a_b, e[idx[:, s:s + block].T]))
+        a_b = a[s : s + block]  # (b, n)
+        ms_b = ms_from_weights(a_b, torch.einsum("bn,bnd->bd", a_b, e[idx[:, s : s + block].T]))
         draws = distinct_subsets(gen, len(a_b) * null_draws, n, n_ctx).view(len(a_b), null_draws, n)
-        null = ms_from_weights(a_b[:, None, :].expand(-1, null_draws, -1),
-                               torch.einsum("bn,brnd->brd", a_b, e[draws]))    # (b, R)
+        null = ms_from_weights(
+            a_b[:, None, :].expand(-1, null_draws, -1), torch.einsum("bn,brnd->brd", a_b, e[draws])
+        )  # (b, R)
         exceed = (torch.nan_to_num(null, nan=-math.inf) >= ms_b[:, None]).sum(1)
-        ms[s:s + block] = ms_b
-        p[s:s + block] = torch.where(ms_b.isnan(), torch.ones_like(ms_b), (1.0 + exceed) / (null_draws + 1.0))
-        q95[s:s + block] = torch.nanquantile(null, 0.95, dim=1)
+        ms[s : s + block] = ms_b
+        p[s : s + block] = torch.where(ms_b.isnan(), torch.ones_like(ms_b), (1.0 + exceed) / (null_draws + 1.0))
+        q95[s : s + block] = torch.nanquantile(null, 0.95, dim=1)
     return ms, p, q95
 
 
@@ -133,18 +140,21 @@ def _with_twins(ctx, dup: float, salt: int) -> float:
     rng = ctx.rng(salt)
     n = len(texts)
     n_twin = int(dup / (1 - dup) * n)
-    src = np.concatenate([np.arange(n), rng.integers(0, n, size=n_twin)])      # token → its context
-    z_ctx = _random_latents(rng, n, 300)                                        # one activation per context
+    src = np.concatenate([np.arange(n), rng.integers(0, n, size=n_twin)])  # token → its context
+    z_ctx = _random_latents(rng, n, 300)  # one activation per context
     return flagged_share(z_ctx[torch.from_numpy(src)], [texts[i] for i in src], emb[src], seed=salt)
 
 
 def _register_negative_controls() -> None:
-    from bench.controls import control
 
     for k, dup in enumerate((0.0, 0.14, 0.30, 0.50)):
-        control("sae_frac_interpretable", "negative", f"300 random latents, {dup:.0%} duplicated tokens",
-                expect="share ≤ 0.08 (nominal 0.05)", check=lambda v: v <= 0.08)(
-            lambda ctx, dup=dup, k=k: _with_twins(ctx, dup, 100 + k))
+        control(
+            "sae_frac_interpretable",
+            "negative",
+            f"300 random latents, {dup:.0%} duplicated tokens",
+            expect="share ≤ 0.08 (nominal 0.05)",
+            check=lambda v: v <= 0.08,
+        )(lambda ctx, dup=dup, k=k: _with_twins(ctx, dup, 100 + k))
 
 
 _register_negative_controls()
@@ -164,10 +174,14 @@ def _planted_topic_latents(ctx) -> float:
 
 
 def _register_positive_control() -> None:
-    from bench.controls import control
 
-    control("sae_frac_interpretable", "positive", "30 latents planted on one topic each",
-            expect="share ≥ 0.9", check=lambda v: v >= 0.9)(_planted_topic_latents)
+    control(
+        "sae_frac_interpretable",
+        "positive",
+        "30 latents planted on one topic each",
+        expect="share ≥ 0.9",
+        check=lambda v: v >= 0.9,
+    )(_planted_topic_latents)
 
 
 _register_positive_control()

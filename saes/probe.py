@@ -14,16 +14,30 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from bench.core.controls import control
+from bench.core.errors import ConfigError, check_finite
+from bench.core.hooks import hooked_activations
 from saes import metrics as M
-from saes.activations import ActivationStore, check_finite, hooked_activations, tokenize_docs
+from saes.activations import ActivationStore, tokenize_docs
 
 log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def pooled_latents(model, tokenizer, sae, texts: Sequence[str], *, layer: int, hook: str, max_length: int,
-                   batch_size: int, use_chat_template: bool, special_ids: Sequence[int],
-                   store: ActivationStore | None = None) -> torch.Tensor:
+def pooled_latents(
+    model,
+    tokenizer,
+    sae,
+    texts: Sequence[str],
+    *,
+    layer: int,
+    hook: str,
+    max_length: int,
+    batch_size: int,
+    use_chat_template: bool,
+    special_ids: Sequence[int],
+    store: ActivationStore | None = None,
+) -> torch.Tensor:
     """(n_texts, d_sae) mean of SAE latents over each text's stored-kind tokens (SAEBench mean pooling).
 
     A text that ``store`` already holds as a document (the same token ids from the same content start,
@@ -37,23 +51,23 @@ def pooled_latents(model, tokenizer, sae, texts: Sequence[str], *, layer: int, h
     if in_store:
         out[list(in_store)] = _pooled_from_store(store, sae, list(in_store.values()))
     todo = [i for i in range(len(docs)) if i not in in_store]
-    order = sorted(todo, key=lambda i: len(docs[i][0]))      # batches of similar length
+    order = sorted(todo, key=lambda i: len(docs[i][0]))  # batches of similar length
     device = next(model.parameters()).device
     special = set(special_ids)
     was_training = model.training
     model.eval()
     try:
         for s in range(0, len(order), batch_size):
-            rows = order[s:s + batch_size]
+            rows = order[s : s + batch_size]
             batch = [docs[i] for i in rows]
             width = max(1, max(len(ids) for ids, _ in batch))
             ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
             att = torch.zeros_like(ids)
             keep = torch.zeros((len(batch), width), dtype=torch.bool)
             for i, (t, start) in enumerate(batch):
-                ids[i, :len(t)] = torch.tensor(t, dtype=torch.long)
-                att[i, :len(t)] = 1
-                keep[i, :len(t)] = torch.tensor([j >= start and v not in special for j, v in enumerate(t)])
+                ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+                att[i, : len(t)] = 1
+                keep[i, : len(t)] = torch.tensor([j >= start and v not in special for j, v in enumerate(t)])
             acts = hooked_activations(model, ids.to(device), att.to(device), layer=layer, hook=hook).float()
             check_finite(acts, f"activations of {hook} on concept texts")
             z = sae.encode(acts.to(sae.W_dec.device)).float().cpu()
@@ -64,20 +78,24 @@ def pooled_latents(model, tokenizer, sae, texts: Sequence[str], *, layer: int, h
     return out
 
 
-def check_probe_texts(tokenizer, texts: Sequence[str], labels: Sequence[int], *, max_length: int,
-                      use_chat_template: bool) -> None:
+def check_probe_texts(
+    tokenizer, texts: Sequence[str], labels: Sequence[int], *, max_length: int, use_chat_template: bool
+) -> None:
     """Raise if truncation to ``max_length`` tokens leaves two concept texts with different labels the
     same tokens: their pooled latents would be equal, and the probe could not tell their labels apart."""
     seen: dict[tuple[int, ...], int] = {}
     clashes = 0
-    for (ids, _), label in zip(tokenize_docs(tokenizer, texts, max_length=max_length,
-                                             use_chat_template=use_chat_template), labels):
+    for (ids, _), label in zip(
+        tokenize_docs(tokenizer, texts, max_length=max_length, use_chat_template=use_chat_template), labels
+    ):
         clashes += seen.setdefault(tuple(ids), label) != label
     if clashes:
         longest = max(len(tokenizer(t)["input_ids"]) for t in texts)
-        raise ValueError(f"{clashes} concept texts have the same first {max_length} tokens as a text with the other "
-                         f"label, so the probe cannot separate them; raise sae.context_length (or "
-                         f"sae.eval.probe_max_length) to {longest}, the longest concept text's tokens")
+        raise ConfigError(
+            f"{clashes} concept texts have the same first {max_length} tokens as a text with the other "
+            f"label, so the probe cannot separate them; raise sae.context_length (or "
+            f"sae.eval.probe_max_length) to {longest}, the longest concept text's tokens"
+        )
 
 
 def _stored_docs(store: ActivationStore, docs: list[tuple[list[int], int]]) -> dict[int, int]:
@@ -99,16 +117,17 @@ def _pooled_from_store(store: ActivationStore, sae, doc_ids: list[int], chunk: i
     owner = torch.from_numpy(slot[doc_of_row[rows]])
     sums = torch.zeros(len(unique), sae.cfg.d_sae)
     for s in range(0, len(rows), chunk):
-        x = store.rows(rows[s:s + chunk])
+        x = store.rows(rows[s : s + chunk])
         check_finite(x, f"stored activations in {store.path}")
         z = sae.encode(x.to(sae.W_dec.device))
-        sums.index_add_(0, owner[s:s + chunk], (z.to_dense() if z.is_sparse else z).float().cpu())
+        sums.index_add_(0, owner[s : s + chunk], (z.to_dense() if z.is_sparse else z).float().cpu())
     counts = torch.bincount(owner, minlength=len(unique)).clamp_min(1)
     return (sums / counts[:, None])[torch.from_numpy(back)]
 
 
-def probe_scores(features: torch.Tensor, labels: Sequence[int], *, test_frac: float, seed: int,
-                 groups: Sequence[str] | None = None) -> tuple[float, float]:
+def probe_scores(
+    features: torch.Tensor, labels: Sequence[int], *, test_frac: float, seed: int, groups: Sequence[str] | None = None
+) -> tuple[float, float]:
     """(top-1, top-5) k-sparse probe accuracy; NaN (with a warning) without enough texts of both labels.
 
     The test split is ``test_frac`` of the texts, stratified by label and seeded. With ``groups`` it
@@ -120,8 +139,9 @@ def probe_scores(features: torch.Tensor, labels: Sequence[int], *, test_frac: fl
     y = np.asarray(labels, dtype=np.int64)
     counts = np.bincount(y, minlength=2) if y.size else np.zeros(2, dtype=int)
     if y.size == 0 or set(np.unique(y)) - {0, 1} or counts.min() < 2:
-        log.warning("SAE probe skipped: need binary concept labels with ≥ 2 texts per class, got counts %s",
-                    counts.tolist())
+        log.warning(
+            "SAE probe skipped: need binary concept labels with ≥ 2 texts per class, got counts %s", counts.tolist()
+        )
         return math.nan, math.nan
     if groups is None:
         tr, te = train_test_split(np.arange(len(y)), test_size=test_frac, stratify=y, random_state=seed)
@@ -139,15 +159,17 @@ def _features(ctx, n: int = 200, d: int = 64) -> tuple[torch.Tensor, np.ndarray,
     rng = ctx.rng(21)
     feats = torch.from_numpy(rng.exponential(1.0, (n, d)) * (rng.random((n, d)) < 0.2)).float()
     labels = np.tile([0, 1], n // 2)
-    groups = [f"item{i // 2}" for i in range(n)]      # each item holds one text of each label
+    groups = [f"item{i // 2}" for i in range(n)]  # each item holds one text of each label
     return feats, labels, groups
 
 
 def _shuffled(ctx) -> float:
     feats, labels, groups = _features(ctx)
     rng = ctx.rng(22)
-    accs = [probe_scores(feats, rng.permutation(labels).tolist(), test_frac=0.3, seed=s, groups=groups)[0]
-            for s in range(20)]
+    accs = [
+        probe_scores(feats, rng.permutation(labels).tolist(), test_frac=0.3, seed=s, groups=groups)[0]
+        for s in range(20)
+    ]
     return float(np.mean(accs))
 
 
@@ -158,12 +180,17 @@ def _planted(ctx) -> float:
 
 
 def _register_controls() -> None:
-    from bench.controls import control
 
-    control("sae_probe_top1", "negative", "labels shuffled (mean of 20 splits)", expect="0.4–0.6 (chance 0.5)",
-            check=lambda v: 0.4 <= v <= 0.6)(_shuffled)
-    control("sae_probe_top1", "positive", "one latent active exactly on label 1", expect="≥ 0.95",
-            check=lambda v: v >= 0.95)(_planted)
+    control(
+        "sae_probe_top1",
+        "negative",
+        "labels shuffled (mean of 20 splits)",
+        expect="0.4–0.6 (chance 0.5)",
+        check=lambda v: 0.4 <= v <= 0.6,
+    )(_shuffled)
+    control(
+        "sae_probe_top1", "positive", "one latent active exactly on label 1", expect="≥ 0.95", check=lambda v: v >= 0.95
+    )(_planted)
 
 
 _register_controls()

@@ -5,7 +5,8 @@ encodes every held-out token, computes the pure metrics of ``saes.metrics``, spl
 model's forward for the CE score, mean-pools latents over the task's concept texts for k-sparse
 probing (``saes.probe``), tests every latent for a redundant partner (``saes.correlation``) and for a
 significant MonoSemanticity Score (``saes.monosemanticity``), writes ``eval_results.json`` (SAEBench
-layout, ``saes.eval_output``) and returns the flat headline dict. Context embeddings for the MonoSemanticity Score are computed once per token set and
+layout, ``saes.eval_output``) and returns the flat headline dict. Context embeddings for the
+MonoSemanticity Score are computed once per token set and
 cached under a content hash (in ``<monobench cache>/sae_context_embeddings`` unless ``embed_cache_dir``
 is given), so every latent, every SAE and every model's store over the same held-out tokens reuses them.
 
@@ -25,13 +26,16 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench.core.embed import embed
+from bench.core.errors import check_finite
+from bench.core.io import cache_dir
 from saes import metrics as M
-from saes.activations import ActivationStore, check_finite, verify_store
 from saes.ce import ce_losses
 from saes.config import SAEConfig, SAEEvalConfig
 from saes.correlation import decorrelation
@@ -48,6 +52,7 @@ from saes.eval_output import (
 )
 from saes.monosemanticity import distinct_first, interpretable, monosemanticity_scores
 from saes.probe import check_probe_texts, pooled_latents, probe_scores
+from saes.store import ActivationStore, verify_store
 
 log = logging.getLogger(__name__)
 
@@ -71,26 +76,24 @@ def encode_heldout(sae, x: torch.Tensor, keep_tokens: int, chunk: int = 4096):
     active = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
     kept = []
     for s in range(0, x.shape[0], chunk):
-        z = sae.encode(x[s:s + chunk].to(dev))
+        z = sae.encode(x[s : s + chunk].to(dev))
         if z.is_sparse:
             z = z.to_dense()
         check_finite(z, "SAE latents")
-        x_hat[s:s + chunk] = sae.decode(z).float().cpu()
+        x_hat[s : s + chunk] = sae.decode(z).float().cpu()
         active += (z != 0).sum(0).double().cpu()
         if s < keep_tokens:
-            kept.append(z[:max(0, keep_tokens - s)].float().cpu())
+            kept.append(z[: max(0, keep_tokens - s)].float().cpu())
     return x_hat, active / max(1, x.shape[0]), torch.cat(kept)
 
 
 def _default_embed() -> EmbedFn:
-    from tasks.embed import embed
 
     return embed
 
 
 def default_embed_cache() -> Path:
     """``<monobench cache>/sae_context_embeddings``: shared by every store with the same held-out tokens."""
-    from bench.models import cache_dir
 
     return cache_dir() / "sae_context_embeddings"
 
@@ -102,8 +105,9 @@ def context_strings(store: ActivationStore, tokenizer, *, n_rows: int, n_context
     return [tokenizer.decode(store.context(r, n_context), skip_special_tokens=True) for r in rows]
 
 
-def context_embeddings(texts: Sequence[str], *, embed_fn: EmbedFn | None = None,
-                       cache_dir: Path | None = None) -> torch.Tensor:
+def context_embeddings(
+    texts: Sequence[str], *, embed_fn: EmbedFn | None = None, cache_dir: Path | None = None
+) -> torch.Tensor:
     """Embedding of each context string (cached on disk).
 
     The cache file name hashes the encoder and every string, so the stores of different models over
@@ -129,24 +133,37 @@ def context_embeddings(texts: Sequence[str], *, embed_fn: EmbedFn | None = None,
     return torch.from_numpy(emb)
 
 
-def score_sae(sae_dir: Path, store_dir: Path, model, tokenizer, *, layer: int, hook: str,
-              concept_texts: Sequence[str] = (), concept_labels: Sequence[int] = (),
-              concept_groups: Sequence[str] | None = None, cfg: SAEConfig | SAEEvalConfig | None = None,
-              out_dir: Path | None = None, seed: int = 0,
-              embed_fn: EmbedFn | None = None, embed_cache_dir: Path | None = None) -> dict[str, float]:
+@dataclass(frozen=True)
+class Concepts:
+    """A task's concept texts for the probe: texts, binary labels, and the item each text was made from."""
+
+    texts: Sequence[str] = ()
+    labels: Sequence[int] = ()
+    groups: Sequence[str] | None = None
+
+
+def score_sae(
+    sae_dir: Path,
+    store_dir: Path,
+    model,
+    tokenizer,
+    *,
+    layer: int,
+    hook: str,
+    concepts: Concepts = Concepts(),
+    cfg: SAEConfig | SAEEvalConfig | None = None,
+    out_dir: Path | None = None,
+    seed: int = 0,
+    embed_fn: EmbedFn | None = None,
+    embed_cache_dir: Path | None = None,
+) -> dict[str, float]:
     """All SPEC §5 scores of the SAE in ``sae_dir`` on ``store_dir``'s held-out tokens.
 
     Writes ``<out_dir or sae_dir>/eval_results.json`` (the store is recorded relative to that folder) and
     returns ``headline_metrics`` of it. ``model`` must be the model the store was collected from
     (checked); a PEFT-wrapped model works.
     """
-    ev = cfg.eval if isinstance(cfg, SAEConfig) else (cfg or SAEEvalConfig())
-    if len(concept_texts) != len(concept_labels):
-        raise ValueError(f"{len(concept_texts)} concept texts but {len(concept_labels)} concept labels")
-    store = ActivationStore(Path(store_dir))
-    req = store.manifest["request"]
-    if (req["layer"], req["hook"]) != (layer, hook):
-        raise ValueError(f"the store was collected at layer {req['layer']} {req['hook']!r}, not layer {layer} {hook!r}")
+    ev, store = _checked_inputs(store_dir, layer, hook, concepts, cfg)
     seconds: dict[str, float] = {}
     with _timed(seconds, "encode"):
         sae = load_sae(Path(sae_dir), next(model.parameters()).device)
@@ -155,46 +172,93 @@ def score_sae(sae_dir: Path, store_dir: Path, model, tokenizer, *, layer: int, h
         check_finite(x, f"held-out activations in {store.path}")
         n_lat = min(ev.latent_max_tokens, x.shape[0])
         x_hat, density, z = encode_heldout(sae, x, n_lat)
-        alive = density > 0
+    alive = density > 0
     with _timed(seconds, "correlation"):
-        dec = decorrelation(z[:, alive], threshold=ev.decor_threshold, alpha=ev.decor_alpha,
-                            draws=ev.decor_null_draws, seed=seed)
-    with _timed(seconds, "context_embeddings"):
-        ctx = context_strings(store, tokenizer, n_rows=n_lat, n_context=ev.ms_context_tokens)
-        first = distinct_first(ctx)
-        emb = context_embeddings([ctx[i] for i in first], embed_fn=embed_fn, cache_dir=embed_cache_dir)
+        dec = decorrelation(
+            z[:, alive], threshold=ev.decor_threshold, alpha=ev.decor_alpha, draws=ev.decor_null_draws, seed=seed
+        )
     with _timed(seconds, "monosemanticity"):
-        ms = monosemanticity_scores(z[torch.from_numpy(first)][:, alive], emb, top_n=ev.ms_top_n,
-                                    null_draws=ev.ms_null_draws, seed=seed)
+        ms, n_ctx = _monosemanticity(store, tokenizer, z[:, alive], ev, seed, embed_fn, embed_cache_dir)
     with _timed(seconds, "ce"):
         ce = ce_losses(model, store, sae, layer=layer, hook=hook, max_docs=ev.ce_max_docs, batch_size=ev.batch_size)
     with _timed(seconds, "probe"):
-        probe = _probe(model, tokenizer, sae, store, ev, concept_texts, concept_labels, concept_groups,
-                       layer=layer, hook=hook, seed=seed)
+        probe = _probe(model, tokenizer, sae, store, ev, concepts, layer=layer, hook=hook, seed=seed)
     where = Path(out_dir or sae_dir)
+    rel = os.path.relpath(Path(store_dir).resolve(), where.resolve())
+    config = dict(ev.model_dump(mode="json"), layer=layer, hook=hook, seed=seed, store=rel)
+    config["store_request"] = store.manifest["request"]
+    metrics = _groups(ev, x, x_hat, density, dec, ms, ce, probe, n_lat, n_ctx, len(concepts.texts))
+    extra = {"seconds": {k: round(v, 3) for k, v in seconds.items()}}
     out = SAEEvalOutput(
-        eval_config=dict(ev.model_dump(mode="json"), layer=layer, hook=hook, seed=seed,
-                         store=os.path.relpath(Path(store_dir).resolve(), where.resolve()), store_request=req),
-        eval_id=str(uuid.uuid4()), datetime_epoch_millis=int(time.time() * 1000),
-        eval_result_metrics=_groups(ev, x, x_hat, density, dec, ms, ce, probe, n_lat, len(first),
-                                    len(concept_texts)),
+        eval_config=config,
+        eval_id=str(uuid.uuid4()),
+        datetime_epoch_millis=int(time.time() * 1000),
+        eval_result_metrics=metrics,
         eval_result_details=_details(density, alive, dec, ms, ev),
-        sae_lens_version=_sae_lens_version(), sae_cfg_dict=sae.cfg.to_dict(),
-        eval_result_unstructured={"seconds": {k: round(v, 3) for k, v in seconds.items()}})
+        sae_lens_version=_sae_lens_version(),
+        sae_cfg_dict=sae.cfg.to_dict(),
+        eval_result_unstructured=extra,
+    )
     _write(where / EVAL_RESULTS, out)
     return headline_metrics(out)
 
 
-def _probe(model, tokenizer, sae, store: ActivationStore, ev: SAEEvalConfig, texts, labels, groups, *,
-           layer: int, hook: str, seed: int) -> tuple[float, float]:
+def _checked_inputs(
+    store_dir: Path, layer: int, hook: str, concepts: Concepts, cfg
+) -> tuple[SAEEvalConfig, ActivationStore]:
+    ev = cfg.eval if isinstance(cfg, SAEConfig) else (cfg or SAEEvalConfig())
+    if len(concepts.texts) != len(concepts.labels):
+        raise ValueError(f"{len(concepts.texts)} concept texts but {len(concepts.labels)} concept labels")
+    store = ActivationStore(Path(store_dir))
     req = store.manifest["request"]
-    probe_len = ev.probe_max_length if ev.probe_max_length is not None else req["max_length"]
-    check_probe_texts(tokenizer, texts, labels, max_length=probe_len, use_chat_template=req["use_chat_template"])
-    feats = pooled_latents(model, tokenizer, sae, texts, layer=layer, hook=hook, max_length=probe_len,
-                           batch_size=ev.batch_size, use_chat_template=req["use_chat_template"],
-                           special_ids=store.manifest["special_ids"], store=store)
-    return probe_scores(feats, labels, test_frac=ev.probe_test_frac, seed=seed,
-                        groups=groups if ev.probe_split == "grouped" else None)
+    if (req["layer"], req["hook"]) != (layer, hook):
+        raise ValueError(f"the store was collected at layer {req['layer']} {req['hook']!r}, not layer {layer} {hook!r}")
+    return ev, store
+
+
+def _monosemanticity(store, tokenizer, z: torch.Tensor, ev: SAEEvalConfig, seed: int, embed_fn, cache_dir):
+    """(MS, p-value, null 95th percentile) of each latent over the distinct contexts of the first held-out
+    tokens, and how many distinct contexts there were."""
+    ctx = context_strings(store, tokenizer, n_rows=z.shape[0], n_context=ev.ms_context_tokens)
+    first = distinct_first(ctx)
+    emb = context_embeddings([ctx[i] for i in first], embed_fn=embed_fn, cache_dir=cache_dir)
+    ms = monosemanticity_scores(
+        z[torch.from_numpy(first)], emb, top_n=ev.ms_top_n, null_draws=ev.ms_null_draws, seed=seed
+    )
+    return ms, len(first)
+
+
+def _probe(
+    model,
+    tokenizer,
+    sae,
+    store: ActivationStore,
+    ev: SAEEvalConfig,
+    concepts: Concepts,
+    *,
+    layer: int,
+    hook: str,
+    seed: int,
+) -> tuple[float, float]:
+    req = store.manifest["request"]
+    n = ev.probe_max_length if ev.probe_max_length is not None else req["max_length"]
+    chat = req["use_chat_template"]
+    check_probe_texts(tokenizer, concepts.texts, concepts.labels, max_length=n, use_chat_template=chat)
+    feats = pooled_latents(
+        model,
+        tokenizer,
+        sae,
+        concepts.texts,
+        layer=layer,
+        hook=hook,
+        max_length=n,
+        batch_size=ev.batch_size,
+        use_chat_template=chat,
+        special_ids=store.manifest["special_ids"],
+        store=store,
+    )
+    groups = concepts.groups if ev.probe_split == "grouped" else None
+    return probe_scores(feats, concepts.labels, test_frac=ev.probe_test_frac, seed=seed, groups=groups)
 
 
 @contextlib.contextmanager
@@ -204,28 +268,44 @@ def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
     seconds[name] = time.perf_counter() - start
 
 
-def _groups(ev: SAEEvalConfig, x, x_hat, density, dec: dict, ms: tuple, ce, probe, n_lat: int, n_ctx: int,
-            n_texts: int) -> SAEMetricCategories:
+def _groups(
+    ev: SAEEvalConfig, x, x_hat, density, dec: dict, ms: tuple, ce, probe, n_lat: int, n_ctx: int, n_texts: int
+) -> SAEMetricCategories:
     n_alive = int((density > 0).sum())
     interp = interpretable(ms[1], ev.ms_alpha)
     both = interp & ~dec["correlated"]
-    frac = (lambda m: float(m.double().mean()) if n_alive else 0.0)  # noqa: E731
+    frac = lambda m: float(m.double().mean()) if n_alive else 0.0  # noqa: E731
     return SAEMetricCategories(
-        reconstruction=Reconstruction(mse=M.sae_mse(x, x_hat), explained_variance=M.sae_explained_variance(x, x_hat),
-                                      n_tokens=x.shape[0]),
-        sparsity=Sparsity(l0=M.sae_l0(density), dead_frac=M.sae_dead_frac(density),
-                          dense_frac=M.sae_dense_frac(density, ev.dense_threshold), n_alive=n_alive,
-                          n_tokens=x.shape[0]),
-        model_performance_preservation=ModelPerformance(ce_score=M.sae_ce_score(*ce[:3], min_gap=ev.ce_min_gap),
-                                                        ce_delta=ce[1] - ce[0], ce_gap=ce[2] - ce[0],
-                                                        ce_clean=ce[0], ce_sae=ce[1], ce_zero_ablation=ce[2],
-                                                        n_tokens=ce[3]),
+        reconstruction=Reconstruction(
+            mse=M.sae_mse(x, x_hat), explained_variance=M.sae_explained_variance(x, x_hat), n_tokens=x.shape[0]
+        ),
+        sparsity=Sparsity(
+            l0=M.sae_l0(density),
+            dead_frac=M.sae_dead_frac(density),
+            dense_frac=M.sae_dense_frac(density, ev.dense_threshold),
+            n_alive=n_alive,
+            n_tokens=x.shape[0],
+        ),
+        model_performance_preservation=ModelPerformance(
+            ce_score=M.sae_ce_score(*ce[:3], min_gap=ev.ce_min_gap),
+            ce_delta=ce[1] - ce[0],
+            ce_gap=ce[2] - ce[0],
+            ce_clean=ce[0],
+            ce_sae=ce[1],
+            ce_zero_ablation=ce[2],
+            n_tokens=ce[3],
+        ),
         monosemanticity=Monosemanticity(
-            frac_decorrelated=dec["frac_decorrelated"], frac_decorrelated_null=dec["null"],
-            frac_interpretable=frac(interp), frac_interp_decor=frac(both),
+            frac_decorrelated=dec["frac_decorrelated"],
+            frac_decorrelated_null=dec["null"],
+            frac_interpretable=frac(interp),
+            frac_interp_decor=frac(both),
             mean_ms=float(ms[0].nanmean()) if n_alive and ms[0].isfinite().any() else None,
-            n_tokens=n_lat, n_contexts=n_ctx),
-        sparse_probing=SparseProbing(top1=probe[0], top5=probe[1], n_texts=n_texts))
+            n_tokens=n_lat,
+            n_contexts=n_ctx,
+        ),
+        sparse_probing=SparseProbing(top1=probe[0], top5=probe[1], n_texts=n_texts),
+    )
 
 
 def _details(density, alive, dec: dict, ms: tuple, ev: SAEEvalConfig) -> list[FeatureDetail]:
@@ -236,10 +316,20 @@ def _details(density, alive, dec: dict, ms: tuple, ev: SAEEvalConfig) -> list[Fe
         if not is_alive:
             rows.append(FeatureDetail(feature=i, density=p))
             continue
-        rows.append(FeatureDetail(feature=i, density=p, ms_score=float(ms[0][a]), ms_p_value=float(ms[1][a]),
-                                  ms_null_p95=float(ms[2][a]), interpretable=bool(ms[1][a] <= ev.ms_alpha),
-                                  max_abs_corr=float(dec["max_abs_corr"][a]), corr_partner=partner[a],
-                                  corr_p_value=float(dec["p_value"][a]), correlated=bool(dec["correlated"][a])))
+        rows.append(
+            FeatureDetail(
+                feature=i,
+                density=p,
+                ms_score=float(ms[0][a]),
+                ms_p_value=float(ms[1][a]),
+                ms_null_p95=float(ms[2][a]),
+                interpretable=bool(ms[1][a] <= ev.ms_alpha),
+                max_abs_corr=float(dec["max_abs_corr"][a]),
+                corr_partner=partner[a],
+                corr_p_value=float(dec["p_value"][a]),
+                correlated=bool(dec["correlated"][a]),
+            )
+        )
         a += 1
     return rows
 

@@ -17,15 +17,16 @@ from pathlib import Path
 
 import torch
 
-from saes.activations import ActivationStore
+from bench.core.errors import ConfigError, StoreError
 from saes.score import EVAL_RESULTS, load_sae, read_eval_results
+from saes.store import ActivationStore
 
 
 def _sae_folder(run_dir: Path) -> Path:
     for cand in (run_dir, run_dir / "sae"):
         if (cand / "cfg.json").is_file():
             return cand
-    raise FileNotFoundError(f"no SAE (cfg.json) in {run_dir} or {run_dir / 'sae'}; pass the folder train_sae wrote")
+    raise StoreError(f"no SAE (cfg.json) in {run_dir} or {run_dir / 'sae'}; pass the folder train_sae wrote")
 
 
 def _eval_file(run_dir: Path, sae_dir: Path) -> Path | None:
@@ -41,7 +42,7 @@ def feature_activations(sae, store: ActivationStore, feature: int, chunk: int = 
     x = store.heldout_acts()
     out = []
     for s in range(0, x.shape[0], chunk):
-        z = sae.encode(x[s:s + chunk])
+        z = sae.encode(x[s : s + chunk])
         out.append((z.to_dense() if z.is_sparse else z)[:, feature].float())
     return torch.cat(out)
 
@@ -56,8 +57,15 @@ def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def format_feature(sae_run_dir: Path, activation_store_dir: Path | None, tokenizer, feature: int, n: int = 10,
-                   context_tokens: int = 16, after_tokens: int = 4) -> str:
+def format_feature(
+    sae_run_dir: Path,
+    activation_store_dir: Path | None,
+    tokenizer,
+    feature: int,
+    n: int = 10,
+    context_tokens: int = 16,
+    after_tokens: int = 4,
+) -> str:
     """Text block: header (density, MS, null p95, max |corr|) and the top-``n`` held-out contexts.
 
     ``sae_run_dir`` is the SAE folder or a folder holding it as ``sae/`` (the runner's stage folder).
@@ -68,43 +76,52 @@ def format_feature(sae_run_dir: Path, activation_store_dir: Path | None, tokeniz
     sae = load_sae(sae_dir, "cpu")
     d_sae = sae.cfg.d_sae
     if not 0 <= feature < d_sae:
-        raise ValueError(f"feature {feature} out of range; this SAE has latents 0..{d_sae - 1}")
+        raise ConfigError(f"feature {feature} out of range; this SAE has latents 0..{d_sae - 1}")
     path = _eval_file(run_dir, sae_dir)
     results = read_eval_results(path) if path is not None else None
     if activation_store_dir is None:
         if results is None:
-            raise FileNotFoundError(f"no {EVAL_RESULTS} near {run_dir} to find the activation store in; pass it")
+            raise StoreError(f"no {EVAL_RESULTS} near {run_dir} to find the activation store in; pass it")
         activation_store_dir = recorded_store(path, results)
     store = ActivationStore(Path(activation_store_dir))
     z = feature_activations(sae, store, feature)
-    density = float((z != 0).double().mean())
-    ms = null = corr = det_p = None
-    alpha = 0.05
-    if results is not None:
-        det = results.eval_result_details[feature]
-        ms, null, corr, det_p = det.ms_score, det.ms_null_p95, det.max_abs_corr, det.ms_p_value
-        alpha = results.eval_config.get("ms_alpha", alpha)
-    verdict = "" if det_p is None else ("  (interpretable)" if det_p <= alpha else "  (not significant)")
-    lines = [f"feature {feature} of {d_sae} ({sae.cfg.architecture()} SAE, {sae_dir})",
-             (f"density {density:.4f} on {z.numel()} held-out tokens   MS {_fmt(ms)} (p {_fmt(det_p)})   null p95 {_fmt(null)}"
-              f"   max|corr| {_fmt(corr)}{verdict}")]
+    lines = [f"feature {feature} of {d_sae} ({sae.cfg.architecture()} SAE, {sae_dir})", _header(z, results, feature)]
     vals, idx = z.topk(min(n, z.numel()))
-    shown = 0
     for v, i in zip(vals.tolist(), idx.tolist()):
         if v <= 0:
             break
         row = store.n_train + i
-        d, p = int(store.doc_index[row]), int(store.positions[row])
-        doc = store.doc(d)
-        before = tokenizer.decode(doc[max(0, p - context_tokens + 1):p], skip_special_tokens=True)
-        tok = tokenizer.decode(doc[p:p + 1], skip_special_tokens=True)
-        after = tokenizer.decode(doc[p + 1:p + 1 + after_tokens], skip_special_tokens=True)
+        before, tok, after = context_parts(store, tokenizer, row, context_tokens, after_tokens)
         text = f"{before}«{tok}»{after}".replace("\n", "⏎")
-        lines.append(f"{v:9.3f}  doc {d:<5} pos {p:<4} {text}")
-        shown += 1
-    if shown == 0:
+        lines.append(f"{v:9.3f}  doc {int(store.doc_index[row]):<5} pos {int(store.positions[row]):<4} {text}")
+    if len(lines) == 2:
         lines.append("(never active on held-out tokens)")
     return "\n".join(lines)
+
+
+def _header(z: torch.Tensor, results, feature: int) -> str:
+    density = float((z != 0).double().mean())
+    ms = null = corr = p = None
+    alpha = 0.05
+    if results is not None:
+        det = results.eval_result_details[feature]
+        ms, null, corr, p = det.ms_score, det.ms_null_p95, det.max_abs_corr, det.ms_p_value
+        alpha = results.eval_config.get("ms_alpha", alpha)
+    verdict = "" if p is None else ("  (interpretable)" if p <= alpha else "  (not significant)")
+    return (
+        f"density {density:.4f} on {z.numel()} held-out tokens   MS {_fmt(ms)} (p {_fmt(p)})   null p95 "
+        f"{_fmt(null)}   max|corr| {_fmt(corr)}{verdict}"
+    )
+
+
+def context_parts(
+    store: ActivationStore, tokenizer, row: int, before: int = 16, after: int = 4
+) -> tuple[str, str, str]:
+    """(text before, the token, text after) of stored ``row``: ``before`` − 1 tokens up to it, ``after`` past it."""
+    d, p = int(store.doc_index[row]), int(store.positions[row])
+    doc = store.doc(d)
+    dec = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    return dec(doc[max(0, p - before + 1) : p]), dec(doc[p : p + 1]), dec(doc[p + 1 : p + 1 + after])
 
 
 def show_feature(run_dir: Path, feature: int, n: int = 10) -> str:
@@ -115,10 +132,12 @@ def show_feature(run_dir: Path, feature: int, n: int = 10) -> str:
     run_dir = Path(run_dir)
     path = _eval_file(run_dir, _sae_folder(run_dir))
     if path is None:
-        raise FileNotFoundError(f"no {EVAL_RESULTS} in {run_dir}; score the SAE first (saes.score.score_sae)")
+        raise StoreError(f"no {EVAL_RESULTS} in {run_dir}; score the SAE first (saes.score.score_sae)")
     recorded = recorded_store(path, read_eval_results(path))
     store_dir = recorded if recorded.is_dir() else run_dir.parent / recorded.name
     if not (store_dir / "tokenizer").is_dir():
-        raise FileNotFoundError(f"activation store {store_dir} (recorded in {path}) is missing or has no saved "
-                                "tokenizer; pass the store and a tokenizer to saes.show.format_feature")
+        raise StoreError(
+            f"activation store {store_dir} (recorded in {path}) is missing or has no saved "
+            "tokenizer; pass the store and a tokenizer to saes.show.format_feature"
+        )
     return format_feature(run_dir, store_dir, AutoTokenizer.from_pretrained(store_dir / "tokenizer"), feature, n)

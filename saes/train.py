@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from saes.activations import ActivationStore
 from saes.config import SAEConfig, to_sae_lens_config
+from saes.store import ActivationStore
 
 log = logging.getLogger(__name__)
 
@@ -37,49 +37,89 @@ TRAINING_RECORD = "training.json"
 
 def _sae_metadata(store: ActivationStore) -> dict:
     req = store.manifest["request"]
-    return dict(model_name=req["model"], hook_name=req["hook_name"], hook_layer=req["layer"],
-                context_size=req["max_length"], prepend_bos=False, dataset_path=str(Path(store.path).resolve()),
-                exclude_special_tokens=req["drop_special_tokens"])
+    return dict(
+        model_name=req["model"],
+        hook_name=req["hook_name"],
+        hook_layer=req["layer"],
+        context_size=req["max_length"],
+        prepend_bos=False,
+        dataset_path=str(Path(store.path).resolve()),
+        exclude_special_tokens=req["drop_special_tokens"],
+    )
 
 
-def train_sae(store_dir: Path, cfg: SAEConfig, out_dir: Path, *, seed: int = 0, device: str | torch.device = "cpu") -> Path:
-    """Train ``cfg.architecture`` on ``store_dir``'s train tokens; save it to ``out_dir`` and return that path."""
-    from sae_lens import LoggingConfig, SAETrainer
+def _trainer_config(cfg: SAEConfig, device: str):
+    """SAELens's ``SAETrainerConfig``: constant lr (``lr_end`` = lr: SAELens asserts it without setting it),
+    wandb off (SAELens then runs no evaluator; monobench scores afterwards), no checkpoints."""
+    from sae_lens import LoggingConfig
     from sae_lens.config import SAETrainerConfig
+
+    return SAETrainerConfig(
+        total_training_samples=cfg.n_steps * cfg.batch_size,
+        train_batch_size_samples=cfg.batch_size,
+        lr=cfg.lr,
+        lr_end=cfg.lr,
+        lr_scheduler_name="constant",
+        lr_warm_up_steps=cfg.lr_warm_up_steps,
+        lr_decay_steps=cfg.lr_decay_steps,
+        device=device,
+        autocast=False,
+        dead_feature_window=cfg.dead_feature_window,
+        feature_sampling_window=max(cfg.n_steps + 1, 2),
+        n_checkpoints=0,
+        checkpoint_path=None,
+        save_final_checkpoint=False,
+        logger=LoggingConfig(log_to_wandb=False),
+        n_batches_for_norm_estimate=cfg.n_batches_for_norm_estimate,
+    )
+
+
+def train_sae(
+    store_dir: Path, cfg: SAEConfig, out_dir: Path, *, seed: int = 0, device: str | torch.device = "cpu"
+) -> Path:
+    """Train ``cfg.architecture`` on ``store_dir``'s train tokens; save it to ``out_dir`` and return that path."""
+    from sae_lens import SAETrainer
     from sae_lens.registry import get_sae_training_class
 
     store = ActivationStore(Path(store_dir))
     device = str(torch.device(device))
     sl_cfg = to_sae_lens_config(cfg, store.d_in, device=device, metadata=_sae_metadata(store))
-    sae_cls = get_sae_training_class(cfg.architecture)[0]
-    trainer_cfg = SAETrainerConfig(
-        total_training_samples=cfg.n_steps * cfg.batch_size, train_batch_size_samples=cfg.batch_size,
-        lr=cfg.lr, lr_end=cfg.lr, lr_scheduler_name="constant", lr_warm_up_steps=cfg.lr_warm_up_steps,
-        lr_decay_steps=cfg.lr_decay_steps, device=device, autocast=False,
-        dead_feature_window=cfg.dead_feature_window, feature_sampling_window=max(cfg.n_steps + 1, 2),
-        n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False,
-        logger=LoggingConfig(log_to_wandb=False), n_batches_for_norm_estimate=cfg.n_batches_for_norm_estimate)
     start = time.perf_counter()
     devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        sae = sae_cls(sl_cfg)
+        sae = get_sae_training_class(cfg.architecture)[0](sl_cfg)
         data = store.train_batches(cfg.batch_size, seed=seed, device=device)
-        trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=data)
+        trainer = SAETrainer(cfg=_trainer_config(cfg, device), sae=sae, data_provider=data)
         sae = trainer.fit()
     seconds = time.perf_counter() - start
-
     out_dir = Path(out_dir)
+    record = dict(
+        config=cfg.model_dump(mode="json"),
+        seed=seed,
+        device=device,
+        store=os.path.relpath(Path(store_dir).resolve(), out_dir.resolve()),
+        store_request=store.manifest["request"],
+        n_steps=trainer.n_training_steps,
+        n_training_tokens=trainer.n_training_samples,
+        n_train_tokens_available=store.n_train,
+        epochs=trainer.n_training_samples / store.n_train,
+        seconds=round(seconds, 3),
+        final_l0=sae.cfg.metadata.l0,
+        final_dead=sae.cfg.metadata.num_dead_features,
+        sae_lens_version=_sae_lens_version(),
+    )
+    _save(sae, record, out_dir)
+    log.info("trained %s SAE (%d steps, %.1fs) -> %s", cfg.architecture, trainer.n_training_steps, seconds, out_dir)
+    return out_dir
+
+
+def _save(sae, record: dict, out_dir: Path) -> None:
+    """``save_inference_model`` + ``training.json`` into a temp folder renamed to ``out_dir`` when complete."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
         sae.save_inference_model(tmp)
-        record = dict(config=cfg.model_dump(mode="json"), seed=seed, device=device,
-                      store=str(Path(store_dir).resolve()), store_request=store.manifest["request"],
-                      n_steps=trainer.n_training_steps, n_training_tokens=trainer.n_training_samples,
-                      n_train_tokens_available=store.n_train, epochs=trainer.n_training_samples / store.n_train,
-                      seconds=round(seconds, 3), final_l0=sae.cfg.metadata.l0,
-                      final_dead=sae.cfg.metadata.num_dead_features, sae_lens_version=_sae_lens_version())
         (tmp / TRAINING_RECORD).write_text(json.dumps(record, indent=2))
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -87,8 +127,6 @@ def train_sae(store_dir: Path, cfg: SAEConfig, out_dir: Path, *, seed: int = 0, 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("trained %s SAE (%d steps, %.1fs) -> %s", cfg.architecture, trainer.n_training_steps, seconds, out_dir)
-    return out_dir
 
 
 def _sae_lens_version() -> str:

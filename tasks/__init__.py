@@ -3,10 +3,10 @@
 import importlib
 import pkgutil
 
-from tasks._base import TASKS, Pair, Task, TaskConfig, TaskData, pair_logprobs, preference_metrics, register
+from bench.core.task import TASKS, Pair, Task, TaskConfig, TaskData, register
 
 for _mod in pkgutil.iter_modules(__path__):
     if not _mod.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_mod.name}")
 
-__all__ = ["TASKS", "Pair", "Task", "TaskConfig", "TaskData", "pair_logprobs", "preference_metrics", "register"]
+__all__ = ["TASKS", "Pair", "Task", "TaskConfig", "TaskData", "register"]

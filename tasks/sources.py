@@ -17,10 +17,7 @@ Example::
 
 from __future__ import annotations
 
-import functools
 import html
-import importlib.util
-import io
 import os
 import re
 from collections.abc import Sequence
@@ -29,42 +26,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.core.data import package_version, read_embedded, sae_probes_dir, seeded_order  # noqa: F401
+from bench.core.errors import TaskDataError
+
 EXTENSIONS = (".jsonl", ".csv", ".parquet")
-
-
-class TaskDataError(ValueError):
-    """A task's data source cannot be read or lacks what the task needs; the message says how to fix it."""
-
-
-def sae_probes_dir(task: str) -> Path:
-    """``.../sae_probes/data/cleaned_data`` of the installed ``sae-probes`` wheel (never imported)."""
-    spec = importlib.util.find_spec("sae_probes")
-    if spec is None or not spec.submodule_search_locations:
-        raise TaskDataError(f"{task}: source 'embedded' needs the PyPI package sae-probes; install it with "
-                            "`pip install --no-deps sae-probes`, or set source to a local .jsonl/.csv/.parquet file")
-    folder = Path(list(spec.submodule_search_locations)[0]) / "data" / "cleaned_data"
-    if not folder.is_dir():
-        raise TaskDataError(f"{task}: sae-probes is installed but has no {folder}; reinstall it with "
-                            "`pip install --force-reinstall --no-deps sae-probes`")
-    return folder
-
-
-@functools.cache
-def _read_zst_csv(path: str) -> pd.DataFrame:
-    import zstandard
-
-    with open(path, "rb") as fh:
-        raw = zstandard.ZstdDecompressor().stream_reader(fh).read()
-    return pd.read_csv(io.BytesIO(raw))
-
-
-def read_embedded(task: str, name: str) -> pd.DataFrame:
-    """One sae-probes dataset (e.g. ``107_hate_offensive``) as a DataFrame with ``prompt`` and ``target``."""
-    path = sae_probes_dir(task) / f"{name}.csv.zst"
-    if not path.is_file():
-        raise TaskDataError(f"{task}: embedded dataset {name!r} is missing from {path.parent}; reinstall "
-                            "sae-probes with `pip install --force-reinstall --no-deps sae-probes`")
-    return _read_zst_csv(str(path)).copy()
 
 
 _MENTION = re.compile(r"(?:\bRT\s+)?@\w+:?")
@@ -80,36 +45,36 @@ def clean_text(text: str) -> str:
     return _SPACE.sub(" ", text).strip(" \"'“”")
 
 
-def seeded_order(n: int, seed: int) -> np.ndarray:
-    """A permutation of range(n) that depends only on (n, seed)."""
-    return np.random.default_rng(seed).permutation(n)
-
-
 def _is_offline() -> bool:
-    return any(os.environ.get(k, "").lower() in ("1", "true", "yes")
-               for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(k, "").lower() in ("1", "true", "yes")
+        for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _read_hf(task: str, source: str) -> pd.DataFrame:
-    spec = source[len("hf:"):]
+    spec = source[len("hf:") :]
     ds_id, _, split = spec.partition(":")
     split = split or "train"
     if not ds_id:
-        raise TaskDataError(f"{task}: source {source!r} names no dataset; write hf:<dataset-id>[:split], "
-                            "e.g. hf:allenai/sciq:train")
+        raise TaskDataError(
+            f"{task}: source {source!r} names no dataset; write hf:<dataset-id>[:split], e.g. hf:allenai/sciq:train"
+        )
     try:
         import datasets
 
         ds = datasets.load_dataset(ds_id, split=split)
     except Exception as e:  # noqa: BLE001 — datasets raises many types; all become one clear message
         if _is_offline():
-            why = ("the Hugging Face hub is offline (HF_HUB_OFFLINE=1) and the dataset is not in the local "
-                   "datasets cache")
+            why = (
+                "the Hugging Face hub is offline (HF_HUB_OFFLINE=1) and the dataset is not in the local datasets cache"
+            )
         else:
             why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TaskDataError(f"{task}: cannot load source {source!r}: {why}; fix: download it on a connected "
-                            "machine and export it to .jsonl/.csv/.parquet, then set source to that file path"
-                            ) from None
+        raise TaskDataError(
+            f"{task}: cannot load source {source!r}: {why}; fix: download it on a connected "
+            "machine and export it to .jsonl/.csv/.parquet, then set source to that file path"
+        ) from None
     return ds.to_pandas()
 
 
@@ -117,11 +82,15 @@ def _read_file(task: str, source: str) -> pd.DataFrame:
     path = Path(source).expanduser()
     ext = next((e for e in EXTENSIONS if path.name.lower().endswith(e)), None)
     if ext is None:
-        raise TaskDataError(f"{task}: unknown source {source!r}; allowed: 'embedded', 'hf:<dataset-id>[:split]', "
-                            f"or a file ending in {', '.join(EXTENSIONS)}")
+        raise TaskDataError(
+            f"{task}: unknown source {source!r}; allowed: 'embedded', 'hf:<dataset-id>[:split]', "
+            f"or a file ending in {', '.join(EXTENSIONS)}"
+        )
     if not path.is_file():
-        raise TaskDataError(f"{task}: source file {str(path)!r} does not exist; fix the path (relative paths are "
-                            f"resolved from {os.getcwd()})")
+        raise TaskDataError(
+            f"{task}: source file {str(path)!r} does not exist; fix the path (relative paths are "
+            f"resolved from {os.getcwd()})"
+        )
     if path.stat().st_size == 0:
         raise TaskDataError(f"{task}: source file {str(path)!r} is empty (0 bytes); point source at a file with rows")
     try:
@@ -131,12 +100,14 @@ def _read_file(task: str, source: str) -> pd.DataFrame:
             return pd.read_csv(path)
         return pd.read_parquet(path)
     except (ValueError, OSError, pd.errors.ParserError) as e:
-        raise TaskDataError(f"{task}: cannot parse {str(path)!r} as {ext}: {str(e).splitlines()[0]}; "
-                            "fix the file or its extension") from None
+        raise TaskDataError(
+            f"{task}: cannot parse {str(path)!r} as {ext}: {str(e).splitlines()[0]}; fix the file or its extension"
+        ) from None
 
 
-def load_rows(task: str, source: str, columns: dict[str, str], required: Sequence[str],
-              optional: Sequence[str] = ()) -> pd.DataFrame:
+def load_rows(
+    task: str, source: str, columns: dict[str, str], required: Sequence[str], optional: Sequence[str] = ()
+) -> pd.DataFrame:
     """Rows of a non-embedded source with columns renamed to task fields (``required`` + present ``optional``).
 
     ``columns`` maps field → source column; unmapped fields use their own name. Rows with an empty
@@ -145,8 +116,10 @@ def load_rows(task: str, source: str, columns: dict[str, str], required: Sequenc
     """
     known = list(required) + list(optional)
     if unknown := sorted(set(columns) - set(known)):
-        raise TaskDataError(f"{task}: columns maps unknown field(s) {unknown}; the fields of {task} are "
-                            f"{', '.join(known)} (write columns = {{field = \"source column\"}})")
+        raise TaskDataError(
+            f"{task}: columns maps unknown field(s) {unknown}; the fields of {task} are "
+            f'{", ".join(known)} (write columns = {{field = "source column"}})'
+        )
     if source.startswith("hf:"):
         df = _read_hf(task, source)
     else:
@@ -158,9 +131,11 @@ def load_rows(task: str, source: str, columns: dict[str, str], required: Sequenc
         if col in df.columns:
             mapping[field] = col
         elif field in required or field in columns:
-            raise TaskDataError(f"{task}: source {source!r} has no column {col!r} for field {field!r}; columns "
-                                f"present: {', '.join(present) or '(none)'}; fix: set columns = "
-                                f"{{{field} = \"<one of those>\"}} in the task config")
+            raise TaskDataError(
+                f"{task}: source {source!r} has no column {col!r} for field {field!r}; columns "
+                f"present: {', '.join(present) or '(none)'}; fix: set columns = "
+                f'{{{field} = "<one of those>"}} in the task config'
+            )
     if len(df) == 0:
         raise TaskDataError(f"{task}: source {source!r} has no rows; point source at a non-empty file")
     out = pd.DataFrame({field: df[col] for field, col in mapping.items()})
@@ -169,8 +144,9 @@ def load_rows(task: str, source: str, columns: dict[str, str], required: Sequenc
         keep &= out[field].notna().to_numpy() & (out[field].astype(str).str.strip() != "").to_numpy()
     out = out[keep].reset_index(drop=True)
     if len(out) == 0:
-        raise TaskDataError(f"{task}: source {source!r} has no row with all of {list(required)} non-empty; "
-                            "check the columns mapping")
+        raise TaskDataError(
+            f"{task}: source {source!r} has no row with all of {list(required)} non-empty; check the columns mapping"
+        )
     return out
 
 
@@ -178,16 +154,6 @@ def need(task: str, what: str, have: int, want: int, hint: str) -> None:
     """Raise when fewer than ``want`` usable items were found (``hint`` says which config to lower)."""
     if have < want:
         raise TaskDataError(f"{task}: only {have} usable {what} but {want} are needed; {hint}")
-
-
-def package_version(dist: str) -> str:
-    """Installed version of a distribution, or 'not installed' (recorded in provenance)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "not installed"
 
 
 def source_label(source: str) -> str:

@@ -8,12 +8,20 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from bench.align import (check_lengths, load_policy, lora_targets, make_trainer, save_policy, train_policy,
-                         training_order)
-from bench.lm import format_prompt
+from bench.align import (
+    check_lengths,
+    load_policy,
+    lora_targets,
+    make_trainer,
+    save_policy,
+    train_policy,
+    training_order,
+)
+from bench.core.lm import format_prompt
+from bench.core.preference import pair_logprobs, preference_metrics
+from bench.core.task import Pair
 from bench.methods import METHODS, DecPOMethodConfig
-from bench.sweep import sweep_decpo
-from tasks._base import Pair, pair_logprobs, preference_metrics
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -32,20 +40,23 @@ FAST = dict(max_steps=3, batch_size=4, eval_every=2, curve_pairs=2, curve_prompt
 
 
 def test_registry_names_every_method():
-    assert set(METHODS) == {"base", "random_init", "sft", "dpo", "dpo_aa", "decpo", "simpo", "l1"}
+    assert set(METHODS) == {"base", "random_init", "sft", "dpo", "dpo_aa", "ipo", "decpo", "simpo", "l1"}
     for name, m in METHODS.items():
         assert m.config_cls().model_dump() == m.config_cls.model_validate(m.config_cls().model_dump()).model_dump()
         assert (m.build is not None) == m.trains and m.name == name
     assert METHODS["dpo_aa"].config_cls().noise_seed == 1 and METHODS["dpo"].config_cls().noise_seed == 0
 
 
-@pytest.mark.parametrize("table,match", [
-    ({"lambda": -1.0}, "greater than or equal to 0"),
-    ({"lamda": 1e-3}, "Extra inputs are not permitted"),
-    ({"layer": 1.5}, "fraction of depth"),
-    ({"max_prompt_length": 256, "max_length": 256}, "max_prompt_length"),
-    ({"lora_r": 0}, "greater than or equal to 1"),
-])
+@pytest.mark.parametrize(
+    "table,match",
+    [
+        ({"lambda": -1.0}, "greater than or equal to 0"),
+        ({"lamda": 1e-3}, "Extra inputs are not permitted"),
+        ({"layer": 1.5}, "fraction of depth"),
+        ({"max_prompt_length": 256, "max_length": 256}, "max_prompt_length"),
+        ({"lora_r": 0}, "greater than or equal to 1"),
+    ],
+)
 def test_invalid_configs_raise(table, match):
     with pytest.raises(ValidationError, match=match):
         DecPOMethodConfig.model_validate(table)
@@ -78,10 +89,25 @@ def test_training_order_interleaves_strata_and_repeats_epochs():
     strata = ["a:x"] * 8 + ["a:y"] * 8 + ["b:x"] * 8 + ["b:y"] * 8
     order = training_order(strata, 80, seed=0)
     assert len(order) == 80 and sorted(order[:32]) == list(range(32)) and sorted(order[32:64]) == list(range(32))
-    for start in range(0, 32, 4):                                  # every batch of 4 holds one row per stratum
-        assert sorted(strata[i] for i in order[start:start + 4]) == sorted(set(strata))
+    for start in range(0, 32, 4):  # every batch of 4 holds one row per stratum
+        assert sorted(strata[i] for i in order[start : start + 4]) == sorted(set(strata))
     assert order == training_order(strata, 80, seed=0) and order != training_order(strata, 80, seed=1)
     assert sorted(training_order([""] * 10, 10, seed=3)) == list(range(10))
+
+
+def test_ipo_loss_at_the_reference_is_one_over_four_tau_squared(tiny_lm, tmp_path):
+    """IPO (one file, bench/methods/ipo.py): before any step policy = reference, so h = 0 and the loss is
+    (0 − 1/(2τ))² = 1/(4τ²): 25 at τ = 0.1, 100 at τ = 0.05."""
+    model, tok = tiny_lm
+    for tau, want in ((0.1, 25.0), (0.05, 100.0)):
+        cfg = METHODS["ipo"].config_cls(**{**FAST, "beta": tau})
+        trainer = make_trainer("ipo", cfg, copy.deepcopy(model), tok, TRAIN[:4], tmp_path, 0)
+        assert trainer.args.loss_type == ["ipo"]
+        batch = next(iter(trainer.get_train_dataloader()))
+        trainer.model.eval()
+        with torch.no_grad():
+            loss = trainer.compute_loss(trainer.model, batch)
+        assert float(loss) == pytest.approx(want, rel=1e-4)
 
 
 def test_lora_targets_map_to_gpt2_names():
@@ -108,9 +134,10 @@ def test_training_data_matches_the_scoring_prompt(tiny_lm, tmp_path):
     reply = tok("yes yes", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
 
     def first_row(method):
-        same = [TRAIN[0]] * 2                                       # every row is TRAIN[0] whatever the order
-        return make_trainer(method, METHODS[method].config_cls(**FAST), copy.deepcopy(model), tok, same, tmp_path,
-                            0).train_dataset[0]
+        same = [TRAIN[0]] * 2  # every row is TRAIN[0] whatever the order
+        return make_trainer(
+            method, METHODS[method].config_cls(**FAST), copy.deepcopy(model), tok, same, tmp_path, 0
+        ).train_dataset[0]
 
     row = first_row("dpo")
     assert row["prompt_ids"] == prompt and row["chosen_ids"] == reply
@@ -125,24 +152,40 @@ def test_penalty_and_proxies_read_the_same_token_ids(tiny_lm, tmp_path):
     """The DecPO penalty reads TRL's collated batch at its last non-padding token; the proxies build each
     (prompt, reply) sequence with bench.lm.training_ids and read its last token. Both see the same ids,
     and the token read is the EOS that TRL appends."""
-    from bench.lm import training_ids
+    from bench.core.lm import training_ids
     from bench.proxies import collect_last_token
 
     model, tok = tiny_lm
-    pairs = [Pair(prompt=f"Question {i}: {'really ' * i}agree?", chosen="yes" * (i % 3 + 1), rejected="no")
-             for i in range(6)]
-    trainer = make_trainer("decpo", METHODS["decpo"].config_cls(**{**FAST, "batch_size": 6}), copy.deepcopy(model),
-                           tok, pairs, tmp_path, 0, layer=1)
+    pairs = [
+        Pair(prompt=f"Question {i}: {'really ' * i}agree?", chosen="yes" * (i % 3 + 1), rejected="no") for i in range(6)
+    ]
+    trainer = make_trainer(
+        "decpo",
+        METHODS["decpo"].config_cls(**{**FAST, "batch_size": 6}),
+        copy.deepcopy(model),
+        tok,
+        pairs,
+        tmp_path,
+        0,
+        layer=1,
+    )
     batch = next(iter(trainer.get_train_dataloader()))
-    last = batch["attention_mask"].sum(1) - 1                        # right padding: last real position
+    last = batch["attention_mask"].sum(1) - 1  # right padding: last real position
     collated = {tuple(row[: i + 1].tolist()) for row, i in zip(batch["input_ids"], last)}
     assert all(row[i] == tok.eos_token_id for row, i in zip(batch["input_ids"], last))
     seen = []
-    handle = model.register_forward_pre_hook(lambda m, a, kw: seen.append((kw["input_ids"], kw["attention_mask"])),
-                                             with_kwargs=True)
+    handle = model.register_forward_pre_hook(
+        lambda m, a, kw: seen.append((kw["input_ids"], kw["attention_mask"])), with_kwargs=True
+    )
     try:
-        collect_last_token(model, tok, [p.prompt for p in pairs] * 2, [1], batch_size=12,
-                           replies=[p.chosen for p in pairs] + [p.rejected for p in pairs])
+        collect_last_token(
+            model,
+            tok,
+            [p.prompt for p in pairs] * 2,
+            [1],
+            batch_size=12,
+            replies=[p.chosen for p in pairs] + [p.rejected for p in pairs],
+        )
     finally:
         handle.remove()
     ids, mask = seen[0]
@@ -157,17 +200,19 @@ def test_cpu_lm_head_scores_labelled_positions_only(tiny_lm, tmp_path, method, m
     loss and LoRA gradients are those of TRL's every-position CPU path (same dropout draws)."""
     import trl.trainer.utils as trl_utils
 
-    from bench.align import labelled_positions_only
+    from bench.core.compat import labelled_positions_only
 
     model, tok = tiny_lm
-    trainer = make_trainer(method, METHODS[method].config_cls(**FAST), copy.deepcopy(model), tok, TRAIN[:4], tmp_path, 0,
-                           layer=1)
+    trainer = make_trainer(
+        method, METHODS[method].config_cls(**FAST), copy.deepcopy(model), tok, TRAIN[:4], tmp_path, 0, layer=1
+    )
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     trainer.model.train()
     seen: list[int] = []
     apply = trl_utils._ChunkedLogProbFunction.apply
-    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply",
-                        lambda hidden, *a: seen.append(hidden.shape[0]) or apply(hidden, *a))
+    monkeypatch.setattr(
+        trl_utils._ChunkedLogProbFunction, "apply", lambda hidden, *a: seen.append(hidden.shape[0]) or apply(hidden, *a)
+    )
 
     def loss_and_grads(compact: bool):
         trainer.model.zero_grad()
@@ -178,9 +223,9 @@ def test_cpu_lm_head_scores_labelled_positions_only(tiny_lm, tmp_path, method, m
         return loss.detach(), [p.grad.clone() for p in trainer.model.parameters() if p.requires_grad]
 
     full, compact = loss_and_grads(False), loss_and_grads(True)
-    labelled = int(batch["completion_mask"][:, 1:].sum())     # next-token labels of the replies
+    labelled = int(batch["completion_mask"][:, 1:].sum())  # next-token labels of the replies
     rows, width = batch["input_ids"].shape
-    assert seen == [rows * (width - 1)] * 2 + [labelled] * 2   # policy + reference forward each time
+    assert seen == [rows * (width - 1)] * 2 + [labelled] * 2  # policy + reference forward each time
     assert labelled < rows * (width - 1) / 2
     assert torch.allclose(compact[0], full[0], atol=1e-6)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(compact[1], full[1]))
@@ -207,14 +252,18 @@ def test_dpo_learns_the_easy_preference_and_is_deterministic(tiny_lm, tmp_path):
     base = preference_metrics(model, tok, HELD_OUT, use_chat_template=False)
     assert base["pref_acc"] == 0.5 and base["reward_margin"] == 0.0
     cfg = METHODS["dpo"].config_cls(**{**FAST, "max_steps": 4, "eval_every": 2})
-    runs = [train_policy("dpo", cfg, model, tok, TRAIN, HELD_OUT, tmp_path / f"r{i}", seed=0,
-                         use_chat_template=False, layer=1) for i in range(2)]
+    runs = [
+        train_policy(
+            "dpo", cfg, model, tok, TRAIN, HELD_OUT, tmp_path / f"r{i}", seed=0, use_chat_template=False, layer=1
+        )
+        for i in range(2)
+    ]
     after = preference_metrics(runs[0].policy, tok, HELD_OUT, use_chat_template=False)
     assert after["pref_acc"] > 0.5 and after["reward_margin"] > 0
     assert [r["step"] for r in runs[0].curves] == [0, 2, 4]
     assert runs[0].curves[0]["eval/pref_acc"] == 0.5 and runs[0].curves[-1]["eval/pref_acc"] > 0.5
     # the curve's held-out numbers are preference_metrics' numbers (reference log-probs cached at step 0)
-    final = preference_metrics(runs[0].policy, tok, HELD_OUT[:cfg.curve_pairs], use_chat_template=False)
+    final = preference_metrics(runs[0].policy, tok, HELD_OUT[: cfg.curve_pairs], use_chat_template=False)
     assert runs[0].curves[-1]["eval/pref_acc"] == final["pref_acc"]
     assert runs[0].curves[-1]["eval/reward_margin"] == pytest.approx(final["reward_margin"], abs=1e-6)
     assert runs[0].curves[-1]["eval/logp_chosen"] == pytest.approx(final["logp_chosen"], abs=1e-6)
@@ -255,8 +304,9 @@ def test_full_finetuning_and_save_load_roundtrip(tiny_lm, tmp_path):
     model, tok = tiny_lm
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     cfg = METHODS["decpo"].config_cls(**{**FAST, "max_steps": 2, "lora": False, "lr": 1e-3})
-    res = train_policy("decpo", cfg, model, tok, TRAIN, HELD_OUT, tmp_path / "full", 0, use_chat_template=False,
-                       layer=1)
+    res = train_policy(
+        "decpo", cfg, model, tok, TRAIN, HELD_OUT, tmp_path / "full", 0, use_chat_template=False, layer=1
+    )
     assert not hasattr(res.policy, "peft_config")
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters()), "the reference must stay frozen"
     assert all(p.requires_grad for p in model.parameters()) and "forward" not in model.__dict__
@@ -269,8 +319,18 @@ def test_full_finetuning_and_save_load_roundtrip(tiny_lm, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(**x).logits, res.policy(**x).logits)
 
-    lora = train_policy("dpo", METHODS["dpo"].config_cls(**{**FAST, "max_steps": 1}), model, tok, TRAIN, HELD_OUT,
-                        tmp_path / "lora", 0, use_chat_template=False, layer=1)
+    lora = train_policy(
+        "dpo",
+        METHODS["dpo"].config_cls(**{**FAST, "max_steps": 1}),
+        model,
+        tok,
+        TRAIN,
+        HELD_OUT,
+        tmp_path / "lora",
+        0,
+        use_chat_template=False,
+        layer=1,
+    )
     save_policy(lora.policy, tmp_path / "lora_policy")
     files = {p.name for p in (tmp_path / "lora_policy").iterdir()}
     assert "adapter_model.safetensors" in files and "model.safetensors" not in files
@@ -280,12 +340,3 @@ def test_full_finetuning_and_save_load_roundtrip(tiny_lm, tmp_path):
     assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
     with torch.no_grad():
         torch.testing.assert_close(loaded(**x).logits, lora.policy(**x).logits)
-
-
-def test_sweep_decpo_reports_each_run(tiny_lm, tmp_path):
-    model, tok = tiny_lm
-    base = DecPOMethodConfig(**{**FAST, "max_steps": 1})
-    rows = sweep_decpo(model, tok, TRAIN, HELD_OUT, tmp_path, lambdas=[0.0, 1.0], layers=[0], base_cfg=base,
-                       use_chat_template=False)
-    assert [(r["lambda"], r["layer"], r["step"]) for r in rows] == [(0.0, 0, 1), (1.0, 0, 1)]
-    assert all(r["start/eval_decpo_term"] > 0 and "trainer/reg/decor" in r for r in rows)

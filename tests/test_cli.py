@@ -33,14 +33,17 @@ def test_nonexistent_suite(capsys):
     assert "nonexistent" in line and "smoke" in line
 
 
-@pytest.mark.parametrize("body, needle", [
-    (BASE + "bogus = 1\n", "bogus"),
-    (BASE.replace("[model]", "[model]\ncolour = 'red'"), "colour"),
-    (BASE.replace("[tasks.sycophancy]", "[tasks.astrology]"), "astrology"),
-    (BASE.replace("[methods.base]", "[methods.rlhf]"), "rlhf"),
-    (BASE + "[methods.dpo]\nbeta = -1\n", "beta"),
-    ("[model\n", "malformed TOML"),
-])
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        (BASE + "bogus = 1\n", "bogus"),
+        (BASE.replace("[model]", "[model]\ncolour = 'red'"), "colour"),
+        (BASE.replace("[tasks.sycophancy]", "[tasks.astrology]"), "astrology"),
+        (BASE.replace("[methods.base]", "[methods.rlhf]"), "rlhf"),
+        (BASE + "[methods.dpo]\nbeta = -1\n", "beta"),
+        ("[model\n", "malformed TOML"),
+    ],
+)
 def test_bad_suite_names_the_key(tmp_path, capsys, body, needle):
     assert main(["run", "suite", _suite(tmp_path, body), "--out", str(tmp_path / "o")]) == 2
     assert needle in _err_line(capsys)
@@ -70,9 +73,17 @@ def test_list(capsys, what):
 
 
 def test_help_on_every_command(capsys):
-    for argv in (["--help"], ["run", "suite", "--help"], ["list", "--help"], ["leaderboard", "--help"],
-                 ["data", "show", "--help"], ["show-feature", "--help"], ["report", "--help"], ["perf", "--help"],
-                 ["schema", "--help"]):
+    for argv in (
+        ["--help"],
+        ["run", "suite", "--help"],
+        ["list", "--help"],
+        ["leaderboard", "--help"],
+        ["data", "show", "--help"],
+        ["show-feature", "--help"],
+        ["report", "--help"],
+        ["perf", "--help"],
+        ["schema", "--help"],
+    ):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 0

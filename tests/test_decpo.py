@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from bench.align import make_trainer
+from bench.core.hooks import LastTokenCapture
+from bench.core.lm import hook_module
+from bench.core.task import Pair
+from bench.decpo import decorrelation_penalty, l1_penalty
 from bench.methods import METHODS
-from bench.decpo import LastTokenCapture, decorrelation_penalty, l1_penalty
-from bench.lm import hook_module
-from tasks._base import Pair
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -93,8 +94,10 @@ def test_capture_ignores_no_grad_passes(tiny_lm):
     cap.remove()
 
 
-PAIRS = [Pair(prompt=f"Question {i}: is it fine?", chosen="yes yes" + " indeed" * (i % 3), rejected="no no")
-         for i in range(4)]
+PAIRS = [
+    Pair(prompt=f"Question {i}: is it fine?", chosen="yes yes" + " indeed" * (i % 3), rejected="no no")
+    for i in range(4)
+]
 
 
 def _loss_and_grads(method, model, tok, tmp_path, **over):

@@ -58,16 +58,43 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(["run", "suite", str(suite), "--out", str(one), "--device", "cpu"]) == 0
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TQDM_DISABLE="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-                           "-m", "bench", "run", "suite", str(suite), "--out", str(two), "--device", "cpu"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "bench",
+            "run",
+            "suite",
+            str(suite),
+            "--out",
+            str(two),
+            "--device",
+            "cpu",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("suite dist:") == 1  # only rank 0 reports and writes
 
     (train,) = (two / "runs").glob("train-*")
     assert json.loads((train / "train.json").read_text()) == {
-        "processes": 2, "global_batch_size": 4, "per_process_batch_size": 2}
+        "processes": 2,
+        "global_batch_size": 4,
+        "per_process_batch_size": 2,
+        "layer": 1,
+    }
     assert not list((two / "tmp").glob("*"))  # rank 1's scratch folder is gone
     assert sorted(p.name for p in (two / "runs").iterdir()) == sorted(p.name for p in (one / "runs").iterdir())
 

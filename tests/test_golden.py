@@ -1,6 +1,6 @@
 """Stage keys cannot go stale: a stage whose numbers change must bump its code version.
 
-``tests/golden/stages.json`` holds, per stage, its version in ``bench.plan.STAGE_VERSIONS`` and every
+``tests/golden/stages.json`` holds, per stage, its code version (``Stage.version``, ``bench/stages/<name>.py``) and every
 number the smoke suite's stages of that kind wrote (times excluded). A changed number with an unchanged
 version fails: the cached stages of every results folder would silently keep the old definition. After
 bumping the version, rewrite the file: ``MONOBENCH_WRITE_GOLDEN=1 python -m pytest tests/test_golden.py``.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.plan import STAGE_VERSIONS
+from bench.stages import STAGES
 
 GOLDEN = Path(__file__).parent / "golden" / "stages.json"
 
@@ -27,14 +27,15 @@ def stage_values(out: Path) -> dict[str, dict[str, float]]:
             for r in json.loads((out / "runs" / key / "metrics.json").read_text()):
                 if r["metric"].endswith("_seconds"):
                     continue
-                name = f"{job['task']}/{job['method']}/{r['metric']}" + (f"@{r['layer']}" if r.get("layer") is not None
-                                                                           else "")
+                name = f"{job['task']}/{job['method']}/{r['metric']}" + (
+                    f"@{r['layer']}" if r.get("layer") is not None else ""
+                )
                 values.setdefault(stage, {})[name] = r["value"]
     return values
 
 
 def test_stage_numbers_change_only_with_a_version_bump(smoke_run):
-    now = {s: {"version": STAGE_VERSIONS[s], "values": v} for s, v in stage_values(smoke_run).items()}
+    now = {s: {"version": STAGES[s].version, "values": v} for s, v in stage_values(smoke_run).items()}
     if os.environ.get("MONOBENCH_WRITE_GOLDEN") == "1":
         GOLDEN.write_text(json.dumps(now, indent=1, sort_keys=True) + "\n")
     golden = json.loads(GOLDEN.read_text())
@@ -42,10 +43,18 @@ def test_stage_numbers_change_only_with_a_version_bump(smoke_run):
     for stage, rec in now.items():
         old = golden[stage]
         if rec["version"] != old["version"]:
-            pytest.fail(f"stage {stage!r} is at version {rec['version']} but {GOLDEN.name} records {old['version']}: "
-                        "rewrite the golden file (MONOBENCH_WRITE_GOLDEN=1)")
-        changed = [k for k in set(rec["values"]) | set(old["values"])
-                   if k not in rec["values"] or k not in old["values"]
-                   or not math.isclose(rec["values"][k], old["values"][k], rel_tol=1e-3, abs_tol=1e-5)]
-        assert not changed, (f"stage {stage!r} changed {len(changed)} number(s) (e.g. {sorted(changed)[:3]}) without a "
-                             "version bump: bump STAGE_VERSIONS in bench/plan.py, then rewrite the golden file")
+            pytest.fail(
+                f"stage {stage!r} is at version {rec['version']} but {GOLDEN.name} records {old['version']}: "
+                "rewrite the golden file (MONOBENCH_WRITE_GOLDEN=1)"
+            )
+        changed = [
+            k
+            for k in set(rec["values"]) | set(old["values"])
+            if k not in rec["values"]
+            or k not in old["values"]
+            or not math.isclose(rec["values"][k], old["values"][k], rel_tol=1e-3, abs_tol=1e-5)
+        ]
+        assert not changed, (
+            f"stage {stage!r} changed {len(changed)} number(s) (e.g. {sorted(changed)[:3]}) without a "
+            "version bump: bump the stage's version in bench/stages/<name>.py, then rewrite the golden file"
+        )

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bench.lm import generate, hook_module, last_token_index, n_layers, resolve_layer
+from bench.core.lm import generate, hook_module, last_token_index, n_layers, resolve_layer
 from bench.models import ModelLoadError, TinySpec, load_model
 
 
@@ -24,9 +24,14 @@ def test_tiny_llama_is_seeded():
     assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
 
 
-@pytest.mark.parametrize("spec, needle", [("tiny:gpt9", "unknown tiny model"),
-                                          ("embedded:nope", "unknown embedded model"),
-                                          ("./no/such/folder", "does not exist")])
+@pytest.mark.parametrize(
+    "spec, needle",
+    [
+        ("tiny:gpt9", "unknown tiny model"),
+        ("embedded:nope", "unknown embedded model"),
+        ("./no/such/folder", "does not exist"),
+    ],
+)
 def test_bad_specs_are_one_clear_line(spec, needle):
     with pytest.raises(ModelLoadError, match=needle) as e:
         load_model(spec)

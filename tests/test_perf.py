@@ -8,16 +8,28 @@ import csv
 import pytest
 import torch
 
-from bench import perf as P
+from benchmarks import perf as P
 
-TINY = P.PerfSizes(reps=1, warmup=1, sae_texts=24, sae_context=16, sae_batch=32, sae_expansion=2, sae_k=4,
-                   collect_batch=8, dpo_pairs=2, dpo_max_length=96, dpo_max_prompt=64, proxy_texts=4, matmul_n=64)
+TINY = P.PerfSizes(
+    reps=1,
+    warmup=1,
+    sae_texts=24,
+    sae_context=16,
+    sae_batch=32,
+    sae_expansion=2,
+    sae_k=4,
+    collect_batch=8,
+    dpo_pairs=2,
+    dpo_max_length=96,
+    dpo_max_prompt=64,
+    proxy_texts=4,
+    matmul_n=64,
+)
 BENCHMARKS = {"sae_pipeline", "sae_pipeline_hf", "decpo_step", "proxies_one_pass", "dpo_mfu"}
 
 
 def test_row_medians_ratio_and_goal():
-    r = P._row("x", [1.0, 3.0, 2.0], [4.0, 5.0, 6.0], unit="s", ratio_def="ours/peer", goal="<=1.10",
-               notes="")
+    r = P._row("x", [1.0, 3.0, 2.0], [4.0, 5.0, 6.0], unit="s", ratio_def="ours/peer", goal="<=1.10", notes="")
     assert (r.ours, r.ours_min, r.ours_max, r.peer, r.reps) == (2.0, 1.0, 3.0, 5.0, 3)
     assert r.ratio == pytest.approx(0.4) and r.met is True
     r = P._row("x", [1.0], [4.0], unit="s", ratio_def="peer/ours", goal=">=2", notes="")
@@ -40,9 +52,12 @@ def test_token_rows_concatenate_and_cut():
 
 
 def test_csv_and_table_include_not_run_rows(tmp_path):
-    rows = [P._row("sae_pipeline", [10.0, 12.0], [5.0, 6.0], unit="tokens/s", ratio_def="ours/peer", goal=">=2",
-                   notes="a, b"),
-            P.PerfRow("sae_pipeline_hf", "not run: ImportError: no sae_lens", unit="tokens/s", goal=">=2")]
+    rows = [
+        P._row(
+            "sae_pipeline", [10.0, 12.0], [5.0, 6.0], unit="tokens/s", ratio_def="ours/peer", goal=">=2", notes="a, b"
+        ),
+        P.PerfRow("sae_pipeline_hf", "not run: ImportError: no sae_lens", unit="tokens/s", goal=">=2"),
+    ]
     path = P.write_csv(rows, tmp_path / "perf.csv")
     with path.open() as f:
         got = list(csv.DictReader(f))
@@ -58,7 +73,7 @@ def test_transformer_lens_hook_equals_up_proj(tiny_lm):
     ht = P.hooked_transformer(model, tok)
     ids = torch.tensor([tok("The cat sat on the mat.")["input_ids"]])
     assert P.tl_hook_error(model, ht, ids, 1, "blocks.1.mlp.hook_pre_linear") < 1e-4
-    assert P.tl_hook_error(model, ht, ids, 1, "blocks.1.mlp.hook_pre") > 1e-2   # the gate projection, not up_proj
+    assert P.tl_hook_error(model, ht, ids, 1, "blocks.1.mlp.hook_pre") > 1e-2  # the gate projection, not up_proj
 
 
 def test_run_perf_writes_every_benchmark(tmp_path, capsys):
@@ -74,7 +89,7 @@ def test_run_perf_writes_every_benchmark(tmp_path, capsys):
         assert float(r["ours_min"]) <= float(r["ours"]) <= float(r["ours_max"])
         assert r["device"].startswith("cpu")
     assert "rel. err vs up_proj" in got["sae_pipeline"]["notes"]
-    assert not any(p.name.startswith(".perf-") for p in tmp_path.iterdir())   # scratch folder removed
+    assert not any(p.name.startswith(".perf-") for p in tmp_path.iterdir())  # scratch folder removed
     out = capsys.readouterr().out
     assert all(name in out for name in BENCHMARKS)
 

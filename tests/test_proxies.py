@@ -79,7 +79,7 @@ def test_replies_are_read_at_the_eos_after_the_reply(tiny_lm):
     """With replies, z_i is the activation at the EOS that ends format_prompt(prompt_i) + reply_i + EOS (the
     training sequence, read where DecPO reads it); a sequence longer than max_length is an error, not a cut;
     without replies a row is the formatted prompt alone, read at its last token (the paper's read-out)."""
-    from bench.lm import format_prompt
+    from bench.core.lm import format_prompt
 
     model, tok = tiny_lm
     prompts, replies = ["Say something kind.", "Rewrite: it rained"], [" You did well today.", " The garden drank"]
@@ -104,11 +104,11 @@ def test_most_changed_neurons_finds_the_edited_rows(tiny_lm):
     model, tok = tiny_lm
     edited = copy.deepcopy(model)
     up = edited.model.layers[1].mlp.up_proj
-    up.weight.data[7] += 1.0      # neuron 7 changes most
-    up.weight.data[3] += 0.5      # then neuron 3
+    up.weight.data[7] += 1.0  # neuron 7 changes most
+    up.weight.data[3] += 0.5  # then neuron 3
     rows = P.most_changed_neurons(model, edited, tok, 1, top=2, n_tokens=4)
     assert [r["neuron"] for r in rows] == [7, 3]
-    assert rows[0]["change"] == pytest.approx(model.config.hidden_size ** 0.5, rel=1e-5)  # ‖1·ones(d)‖
+    assert rows[0]["change"] == pytest.approx(model.config.hidden_size**0.5, rel=1e-5)  # ‖1·ones(d)‖
     assert all(len(r["tokens"]) == 4 for r in rows)
     # the top tokens are the argmax of W_U · W_down[:, k]
     w = model.lm_head.weight @ model.model.layers[1].mlp.down_proj.weight[:, 7]

@@ -2,12 +2,15 @@
 
 import numpy as np
 import pandas as pd
+
+from bench.core.errors import StoreError
 import pytest
 
+from bench.core.io import stable_hash, write_json
 from bench.figures import FIGURES, t_interval
 from bench.leaderboard import seed_summary, write_leaderboard
 from bench.report import Table, to_html, to_markdown, write_report
-from bench.store import Store, stable_hash, write_json
+from bench.store import Store
 
 N_LAYERS, HOOK = 4, 2
 TASK_METRICS = {"toxicity": "tox_rate", "reframing": "positivity_gain", "sycophancy": "syco_rate"}
@@ -31,60 +34,122 @@ def _curves(rng, method):
     steps = np.arange(0, 40, 5)
     lift = 0.1 if method == "decpo" else 0.0
     noise = lambda s: rng.normal(0, s, len(steps))  # noqa: E731
-    return pd.DataFrame({"step": steps, "train/reward_margin": 0.02 * steps + noise(0.05),
-                         "eval/reward_margin": 0.015 * steps + noise(0.05),
-                         "train/pref_acc": np.linspace(0.5, 0.8, len(steps)),
-                         "proxy/decorrelation": 0.5 + lift * steps / 40 + noise(0.01),
-                         "eval/decpo_term": np.linspace(10, 5, len(steps))})
+    return pd.DataFrame(
+        {
+            "step": steps,
+            "train/reward_margin": 0.02 * steps + noise(0.05),
+            "eval/reward_margin": 0.015 * steps + noise(0.05),
+            "train/pref_acc": np.linspace(0.5, 0.8, len(steps)),
+            "proxy/decorrelation": 0.5 + lift * steps / 40 + noise(0.01),
+            "eval/decpo_term": np.linspace(10, 5, len(steps)),
+        }
+    )
 
 
 def _job(root, rng, task, method, seed, *, sae, curves, top_tokens, n_layers):
     ident = (task, method, seed)
-    stages = {"data": _stage(root, "data", (task, seed), [{"metric": "n_train_pairs", "value": 8.0}],
-                             data_json={"task": task, "provenance": {"source": "embedded",
-                                                                     "model_generated": ["chosen"]}})}
+    stages = {
+        "data": _stage(
+            root,
+            "data",
+            (task, seed),
+            [{"metric": "n_train_pairs", "value": 8.0}],
+            data_json={"task": task, "provenance": {"source": "embedded", "model_generated": ["chosen"]}},
+        )
+    }
     if method != "base":
         stages["train"] = _stage(root, "train", ident, [], **({"curves_csv": _curves(rng, method)} if curves else {}))
     shift = SHIFT[method]
-    stages["eval"] = _stage(root, "eval", ident, [
-        {"metric": "align_score", "value": 0.4 + shift + rng.normal(0, 0.03)},
-        {"metric": TASK_METRICS[task], "value": 0.5 - shift},
-        {"metric": "pref_acc", "value": 0.5 + shift}, {"metric": "reward_margin", "value": shift}])
+    stages["eval"] = _stage(
+        root,
+        "eval",
+        ident,
+        [
+            {"metric": "align_score", "value": 0.4 + shift + rng.normal(0, 0.03)},
+            {"metric": TASK_METRICS[task], "value": 0.5 - shift},
+            {"metric": "pref_acc", "value": 0.5 + shift},
+            {"metric": "reward_margin", "value": shift},
+        ],
+    )
     proxies = []
     for layer in range(n_layers):
-        for name, v in (("decorrelation", 0.8 - 0.6 * layer / n_layers + shift / 2),
-                        ("act_variance", 0.1 + layer + shift), ("mono_scale", 0.3), ("decor_loss", 0.2 - shift / 4)):
+        for name, v in (
+            ("decorrelation", 0.8 - 0.6 * layer / n_layers + shift / 2),
+            ("act_variance", 0.1 + layer + shift),
+            ("mono_scale", 0.3),
+            ("decor_loss", 0.2 - shift / 4),
+        ):
             proxies.append({"metric": name, "value": v + rng.normal(0, 0.01), "layer": layer})
-    extra = {"top_tokens_json": [{"layer": HOOK, "neuron": 7, "change": 1.5, "tokens": [" the", "|x", "\n"]}]
-             } if top_tokens and method == "decpo" else {}
+    extra = (
+        {"top_tokens_json": [{"layer": HOOK, "neuron": 7, "change": 1.5, "tokens": [" the", "|x", "\n"]}]}
+        if top_tokens and method == "decpo"
+        else {}
+    )
     stages["proxies"] = _stage(root, "proxies", ident, proxies, **extra)
     if sae:
         stages["acts"] = _stage(root, "acts", ident, [])
-        stages["sae"] = _stage(root, "sae", ident, [
-            {"metric": m, "value": v + rng.normal(0, 0.02), "layer": HOOK, "sae": "topk"}
-            for m, v in (("sae_frac_interpretable", 0.3 + shift), ("sae_frac_decorrelated", 0.6),
-                         ("sae_frac_interp_decor", 0.2 + shift / 2), ("sae_explained_variance", 0.9))])
-    return {"job": f"{task}__{method}__s{seed}", "suite": "synthetic", "model": "tiny:llama", "task": task,
-            "method": method, "seed": seed, "hook_layer": HOOK, "monobench_version": "0.1.0",
-            "config_hash": stable_hash(["cfg", *ident], n=12), "stages": stages}
+        stages["sae"] = _stage(
+            root,
+            "sae",
+            ident,
+            [
+                {"metric": m, "value": v + rng.normal(0, 0.02), "layer": HOOK, "sae": "topk"}
+                for m, v in (
+                    ("sae_frac_interpretable", 0.3 + shift),
+                    ("sae_frac_decorrelated", 0.6),
+                    ("sae_frac_interp_decor", 0.2 + shift / 2),
+                    ("sae_explained_variance", 0.9),
+                )
+            ],
+        )
+    return {
+        "job": f"{task}__{method}__s{seed}",
+        "suite": "synthetic",
+        "model": "tiny:llama",
+        "task": task,
+        "method": method,
+        "seed": seed,
+        "hook_layer": HOOK,
+        "monobench_version": "0.1.0",
+        "config_hash": stable_hash(["cfg", *ident], n=12),
+        "stages": stages,
+    }
 
 
-def make_results(root, seeds=(0, 1), sae=True, curves=True, top_tokens=False, tasks=("toxicity", "sycophancy"),
-                 methods=("base", "dpo", "decpo"), n_layers=N_LAYERS):
+def make_results(
+    root,
+    seeds=(0, 1),
+    sae=True,
+    curves=True,
+    top_tokens=False,
+    tasks=("toxicity", "sycophancy"),
+    methods=("base", "dpo", "decpo"),
+    n_layers=N_LAYERS,
+):
     """A results folder as ``run suite`` leaves it: stage folders, job records, manifest, CSVs."""
     rng = np.random.default_rng(0)
     store = Store(root)
     for seed in seeds:
         for task in tasks:
             for method in methods:
-                rec = _job(root, rng, task, method, seed, sae=sae, curves=curves, top_tokens=top_tokens,
-                           n_layers=n_layers)
+                rec = _job(
+                    root, rng, task, method, seed, sae=sae, curves=curves, top_tokens=top_tokens, n_layers=n_layers
+                )
                 store.write_job(rec["job"], rec)
-    write_json(root / "manifest.json", {
-        "monobench_version": "0.1.0", "git_commit": "abc123-dirty", "python": "3.12.0",
-        "packages": {"torch": "2.13.0"}, "hardware": {"device": "cpu"}, "suite": "synthetic",
-        "seeds": list(seeds), "written": "2026-11-23T07:00:00+0000", "data_provenance": {
-            "data-1": {"task": "toxicity", "source": "embedded", "model_generated": ["chosen"]}}})
+    write_json(
+        root / "manifest.json",
+        {
+            "monobench_version": "0.1.0",
+            "git_commit": "abc123-dirty",
+            "python": "3.12.0",
+            "packages": {"torch": "2.13.0"},
+            "hardware": {"device": "cpu"},
+            "suite": "synthetic",
+            "seeds": list(seeds),
+            "written": "2026-11-23T07:00:00+0000",
+            "data_provenance": {"data-1": {"task": "toxicity", "source": "embedded", "model_generated": ["chosen"]}},
+        },
+    )
     return write_leaderboard(root)
 
 
@@ -141,20 +206,30 @@ def test_missing_or_empty_folder(tmp_path, make):
     d = tmp_path / "nothing"
     if make:
         d.mkdir()
-    with pytest.raises(FileNotFoundError, match=r"nothing.*run suite"):
+    with pytest.raises(StoreError, match=r"nothing.*run suite"):
         write_report(d)
 
 
 def test_empty_leaderboard(tmp_path):
-    pd.DataFrame(columns=["suite", "model", "task", "method", "seed"]).to_csv(tmp_path / "leaderboard.csv",
-                                                                             index=False)
-    with pytest.raises(ValueError, match="no rows.*run suite"):
+    pd.DataFrame(columns=["suite", "model", "task", "method", "seed"]).to_csv(tmp_path / "leaderboard.csv", index=False)
+    with pytest.raises(StoreError, match="no rows.*run suite"):
         write_report(tmp_path)
 
 
 def test_t_interval_matches_leaderboard_ci():
-    board = pd.DataFrame({"suite": "s", "model": "m", "task": "t", "method": "dpo", "seed": [0, 1, 2],
-                          "config_hash": "h", "monobench_version": "v", "hook_layer": 0, "x": [1.0, 2.0, 4.0]})
+    board = pd.DataFrame(
+        {
+            "suite": "s",
+            "model": "m",
+            "task": "t",
+            "method": "dpo",
+            "seed": [0, 1, 2],
+            "config_hash": "h",
+            "monobench_version": "v",
+            "hook_layer": 0,
+            "x": [1.0, 2.0, 4.0],
+        }
+    )
     lo, hi = t_interval(board["x"])
     assert hi - (lo + hi) / 2 == pytest.approx(seed_summary(board)["x_ci95"].iloc[0])
     assert t_interval([3.0]) == (3.0, 3.0)
@@ -171,19 +246,29 @@ def test_paired_differences_by_seed_against_hand_values():
     from bench.leaderboard import paired_differences
 
     # d = decpo − dpo per seed = [0.2, 0.25, 0.3]: mean 0.25, sd 0.05, half-width t(0.975, 2) · 0.05 / √3 = 0.124
-    board = pd.DataFrame({"model": "m", "task": "t", "seed": [0, 1, 2] * 2,
-                          "method": ["dpo"] * 3 + ["decpo"] * 3,
-                          "x": [1.0, 5.0, 9.0, 1.2, 5.25, 9.3], "y": [0.0, 1.0, 2.0, 1.0, 0.0, 2.0]})
+    board = pd.DataFrame(
+        {
+            "model": "m",
+            "task": "t",
+            "seed": [0, 1, 2] * 2,
+            "method": ["dpo"] * 3 + ["decpo"] * 3,
+            "x": [1.0, 5.0, 9.0, 1.2, 5.25, 9.3],
+            "y": [0.0, 1.0, 2.0, 1.0, 0.0, 2.0],
+        }
+    )
     d = paired_differences(board, ["x", "y", "missing"]).set_index("metric")
     assert d.loc["x", "diff"] == pytest.approx(0.25) and d.loc["x", "n_seeds"] == 3
-    assert d.loc["x", "diff_ci95"] == pytest.approx(4.302653 * 0.05 / 3 ** 0.5, rel=1e-5)
-    assert bool(d.loc["x", "ci_excludes_0"])   # unpaired, the seed spread (sd 4) would swamp 0.25
+    assert d.loc["x", "diff_ci95"] == pytest.approx(4.302653 * 0.05 / 3**0.5, rel=1e-5)
+    assert bool(d.loc["x", "ci_excludes_0"])  # unpaired, the seed spread (sd 4) would swamp 0.25
     assert d.loc["y", "diff"] == pytest.approx(0.0) and not d.loc["y", "ci_excludes_0"]
     assert "missing" not in d.index
     assert paired_differences(board[board.seed == 0], ["x"]) is None  # one seed: no interval
     # the paired t-test's p, Holm over the table's rows, the 80 %-power MDE, the spread flag
-    assert d.loc["x", "p"] == pytest.approx(0.013072, abs=1e-5) and d.loc["x", "p_holm"] == pytest.approx(
-        2 * d.loc["x", "p"]) and bool(d.loc["x", "significant"])
+    assert (
+        d.loc["x", "p"] == pytest.approx(0.013072, abs=1e-5)
+        and d.loc["x", "p_holm"] == pytest.approx(2 * d.loc["x", "p"])
+        and bool(d.loc["x", "significant"])
+    )
     assert d.loc["y", "p_holm"] == 1.0 and bool(d.loc["y", "noisy"]) and not bool(d.loc["x", "noisy"])
     assert 0 < d.loc["x", "mde"] < 1.0
 

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from bench.cli import main
 from bench.config import load_suite
@@ -22,8 +21,6 @@ def _run(out: Path, *extra: str) -> int:
     return main(["run", "suite", "smoke", "--out", str(out), "--device", "cpu", *extra])
 
 
-
-
 def _stage_dirs(out: Path) -> dict[str, float]:
     return {p.name: (p / "stage.json").stat().st_mtime for p in (out / "runs").iterdir()}
 
@@ -32,7 +29,9 @@ def test_smoke_writes_both_csvs_with_every_layer(smoke_run):
     board = pd.read_csv(smoke_run / "leaderboard.csv")
     suite, _ = load_suite("smoke")
     assert len(board) == len(suite.tasks) * len(suite.methods)
-    assert set(board.method) == {"base", "dpo", "decpo", "dpo_aa", "random_init"} and set(board.task) == set(suite.tasks)
+    assert set(board.method) == {"base", "dpo", "decpo", "dpo_aa", "random_init"} and set(board.task) == set(
+        suite.tasks
+    )
     tidy = pd.read_csv(smoke_run / "metrics.csv")
     dec = tidy[tidy.metric == "decorrelation"]
     for (_task, _method), g in dec.groupby(["task", "method"]):
@@ -89,8 +88,10 @@ def test_shards_fill_one_folder_equal_to_unsharded(smoke_run, tmp_path):
     assert _run(out, "--shard", "2/2") == 0
     assert main(["leaderboard", str(out)]) == 0
     drop = ["train_seconds"]
-    pd.testing.assert_frame_equal(pd.read_csv(out / "leaderboard.csv").drop(columns=drop),
-                                  pd.read_csv(smoke_run / "leaderboard.csv").drop(columns=drop))
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "leaderboard.csv").drop(columns=drop),
+        pd.read_csv(smoke_run / "leaderboard.csv").drop(columns=drop),
+    )
 
 
 def test_killed_run_resumes_without_partial_folders(smoke_run, tmp_path):
@@ -100,9 +101,14 @@ def test_killed_run_resumes_without_partial_folders(smoke_run, tmp_path):
 
     out = tmp_path / "killed"
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "suite", "smoke", "--out", str(out),
-                             "--device", "cpu"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench", "run", "suite", "smoke", "--out", str(out), "--device", "cpu"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         if (out / "runs").exists() and any((out / "runs").iterdir()):
@@ -123,17 +129,20 @@ def test_killed_run_resumes_without_partial_folders(smoke_run, tmp_path):
     assert set(man["stages_built"]) == set(first_job.values()) - landed  # the rest of job 1 was computed
     assert not (out / "tmp").exists() or not any((out / "tmp").iterdir())  # no partial folder left
     drop = ["train_seconds"]
-    pd.testing.assert_frame_equal(pd.read_csv(out / "leaderboard.csv").drop(columns=drop),
-                                  pd.read_csv(smoke_run / "leaderboard.csv").drop(columns=drop))
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "leaderboard.csv").drop(columns=drop),
+        pd.read_csv(smoke_run / "leaderboard.csv").drop(columns=drop),
+    )
 
 
 def test_every_written_column_is_documented(smoke_run):
-    from bench.metrics import is_registered, schema_markdown
+    from bench.schema import is_registered, schema_markdown
 
     board = pd.read_csv(smoke_run / "leaderboard.csv")
     tidy = pd.read_csv(smoke_run / "metrics.csv")
-    undocumented = sorted({c for c in board.columns if not is_registered(c)} |
-                          {m for m in tidy.metric.unique() if not is_registered(m)})
+    undocumented = sorted(
+        {c for c in board.columns if not is_registered(c)} | {m for m in tidy.metric.unique() if not is_registered(m)}
+    )
     assert undocumented == []
     assert (REPO / "docs" / "SCHEMA.md").read_text() == schema_markdown(), "run `python -m bench schema`"
 

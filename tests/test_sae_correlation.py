@@ -14,7 +14,7 @@ def _sparse(rng, t, n, density):
 def test_max_abs_correlation_matches_numpy_corrcoef():
     rng = np.random.default_rng(0)
     z = _sparse(rng, 300, 12, 0.3)
-    c, partner = max_abs_correlation(z, block=5)                      # blocks smaller than the width
+    c, partner = max_abs_correlation(z, block=5)  # blocks smaller than the width
     r = np.corrcoef(z.numpy().T)
     np.fill_diagonal(r, 0)
     assert c.numpy() == pytest.approx(np.abs(r).max(1), abs=1e-9)
@@ -25,7 +25,7 @@ def test_identical_and_constant_latents():
     rng = np.random.default_rng(1)
     z = _sparse(rng, 500, 4, 0.2)
     z[:, 1] = z[:, 0]
-    z[:, 3] = 2.0                                                     # constant: correlation undefined → 0
+    z[:, 3] = 2.0  # constant: correlation undefined → 0
     c, partner = max_abs_correlation(z)
     assert c[0] == pytest.approx(1.0) and partner[0] == 1 and partner[1] == 0
     assert c[3] == 0.0 and partner[3] == -1
@@ -39,7 +39,7 @@ def test_copies_are_correlated_and_independent_latents_are_not():
     corr, p = correlated_mask(z, c, draws=99, seed=0)
     assert corr[0] and corr[29] and p[0] == pytest.approx(1 / 100)
     assert corr[1:29].sum() <= 2
-    assert ((c < 0.3) <= (p == 1.0)).all()                             # below the threshold: not tested, p = 1
+    assert ((c < 0.3) <= (p == 1.0)).all()  # below the threshold: not tested, p = 1
 
 
 def test_coincidence_of_single_tokens_is_not_evidence():
@@ -73,4 +73,4 @@ def test_chance_level_does_not_depend_on_the_token_count(t):
     out = decorrelation(z, seed=0)
     assert out["frac_decorrelated"] >= 0.92 and out["null"] >= 0.92
     if t == 400:
-        assert float((out["max_abs_corr"] >= 0.3).double().mean()) > 0.15   # what the old threshold rule counted
+        assert float((out["max_abs_corr"] >= 0.3).double().mean()) > 0.15  # what the old threshold rule counted

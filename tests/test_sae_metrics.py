@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
+from bench.core.errors import NonFiniteActivationsError
 from saes import metrics as M
-from saes.activations import NonFiniteActivationsError
 from saes.correlation import max_abs_correlation
 from saes.monosemanticity import monosemanticity_scores
 
@@ -24,9 +24,9 @@ def test_reconstruction_metrics_match_formulas():
 
 def test_density_l0_dead_dense():
     z = torch.zeros(10, 4)
-    z[:, 0] = 1.0          # active on every token (dense)
-    z[0, 1] = 2.0          # active on 1 of 10 tokens (density 0.1: not dense, threshold is strict)
-    z[:5, 2] = 0.5         # half the tokens
+    z[:, 0] = 1.0  # active on every token (dense)
+    z[0, 1] = 2.0  # active on 1 of 10 tokens (density 0.1: not dense, threshold is strict)
+    z[:5, 2] = 0.5  # half the tokens
     density = M.feature_density(z)
     assert density.tolist() == pytest.approx([1.0, 0.1, 0.5, 0.0])
     assert M.sae_l0(density) == pytest.approx(1.6)
@@ -61,7 +61,7 @@ def test_k_sparse_probe_finds_the_informative_latent():
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(80) % 2
     feats = torch.rand(80, 50, generator=g)
-    feats[:, 17] += 3.0 * labels                                  # only latent 17 carries the label
+    feats[:, 17] += 3.0 * labels  # only latent 17 carries the label
     tr, te = torch.arange(0, 56), torch.arange(56, 80)
     assert M.k_sparse_probe_accuracy(feats, labels, 1, tr, te) == 1.0
     assert M.k_sparse_probe_accuracy(feats, labels, 5, tr, te) == 1.0

@@ -29,11 +29,11 @@ def test_ms_matches_pairwise_definition():
 
 def test_latent_on_one_concept_is_interpretable_at_the_smallest_p():
     emb = _unit(400)
-    topic = torch.arange(0, 400, 10)                                  # 40 contexts close to one direction
+    topic = torch.arange(0, 400, 10)  # 40 contexts close to one direction
     emb[topic] = torch.nn.functional.normalize(emb[0] + 0.3 * _unit(40, seed=5), dim=1)
     z = torch.zeros(400, 2)
     z[topic, 0] = 1.0 + torch.rand(40)
-    z[:, 1] = torch.rand(400)                                         # fires everywhere, at random
+    z[:, 1] = torch.rand(400)  # fires everywhere, at random
     ms, p, q95 = monosemanticity_scores(z, emb, top_n=32, null_draws=99, seed=0)
     assert ms[0] > q95[0] and p[0] == pytest.approx(1 / 100)
     assert interpretable(p).tolist() == [True, False] or p[1] > 0.05
@@ -57,10 +57,10 @@ def test_random_latents_are_flagged_at_the_nominal_rate():
 def test_distinct_first_and_subsets():
     assert distinct_first(["a", "b", "a", "c", "b"]).tolist() == [0, 1, 3]
     g = torch.Generator().manual_seed(0)
-    for pool, n in ((1000, 32), (40, 32)):                            # rejection path and permutation path
+    for pool, n in ((1000, 32), (40, 32)):  # rejection path and permutation path
         s = distinct_subsets(g, 5000, n, pool)
         assert s.shape == (5000, n) and all(len(set(r)) == n for r in s.tolist())
         counts = np.bincount(s.flatten().numpy(), minlength=pool)
-        assert counts.min() > 0.6 * counts.mean()                      # every context is drawn about equally
+        assert counts.min() > 0.6 * counts.mean()  # every context is drawn about equally
     with pytest.raises(ValueError, match="distinct"):
         distinct_subsets(g, 1, 5, 4)

@@ -11,20 +11,18 @@ import pytest
 import torch
 from conftest import _tiny
 
-from bench.lm import decoder_layers
-from saes.activations import (
-    ActivationStore,
-    NonFiniteActivationsError,
-    collect_activations,
-    verify_store,
-)
+from bench.core.errors import NonFiniteActivationsError, StoreError
+from bench.core.lm import decoder_layers
+from saes.activations import ActivationStore, collect_activations, verify_store
 from saes.config import Architecture, SAEConfig
 from saes.eval_output import HEADLINE_KEYS, SAEEvalOutput
-from saes.score import score_sae
+from saes.score import Concepts, score_sae
 from saes.train import train_sae
 
-WORDS = ("the a cat dog runs jumps quickly slowly over under house tree river blue red happy sad "
-         "green small large old new bird fish swims flies").split()
+WORDS = (
+    "the a cat dog runs jumps quickly slowly over under house tree river blue red happy sad "
+    "green small large old new bird fish swims flies"
+).split()
 CFG = SAEConfig(expansion=2, k=8, training_tokens=2048, batch_size=128, context_length=24, heldout_frac=0.25)
 
 
@@ -49,8 +47,9 @@ class CountingEmbed:
 def built(tmp_path_factory):
     model, tok = _tiny()
     root = tmp_path_factory.mktemp("sae")
-    store = collect_activations(model, tok, _texts(24), layer=1, hook="mlp.up_proj", out_dir=root / "store",
-                                cfg=CFG, seed=0)
+    store = collect_activations(
+        model, tok, _texts(24), layer=1, hook="mlp.up_proj", out_dir=root / "store", cfg=CFG, seed=0
+    )
     sae_dir = train_sae(store, CFG, root / "sae", seed=0)
     return model, tok, store, sae_dir
 
@@ -71,14 +70,14 @@ def test_store_layout_and_split_by_document(built):
     assert m["d_in"] == 128 and m["request"]["hook_name"] == "model.layers.1.mlp.up_proj"
     assert m["n_tokens"] == m["n_train_tokens"] + m["n_heldout_tokens"] + m["n_duplicate_tokens"] == store.acts.shape[0]
     docs = np.asarray(store.doc_index)
-    train_docs, held_docs = set(docs[:store.n_train]), set(docs[store.heldout])
+    train_docs, held_docs = set(docs[: store.n_train]), set(docs[store.heldout])
     assert not train_docs & held_docs and len(held_docs) == 6
     assert set(np.flatnonzero(store.doc_split == 1)) == held_docs
     specials = set(tok.all_special_ids)
-    for row in range(0, store.acts.shape[0], 37):            # stored ids are the documents' real tokens
+    for row in range(0, store.acts.shape[0], 37):  # stored ids are the documents' real tokens
         d, p = int(store.doc_index[row]), int(store.positions[row])
         assert store.doc(d)[p] == int(store.token_ids[row]) and int(store.token_ids[row]) not in specials
-    verify_store(store, model)                                # padding did not change the activations
+    verify_store(store, model)  # padding did not change the activations
 
 
 def test_split_is_seeded_and_keeps_groups_whole():
@@ -105,15 +104,16 @@ def test_shared_prompts_leak_nothing_into_the_heldout_split(tiny_lm, tmp_path):
         for reply in ("good " + rng.choice(WORDS), "bad " + rng.choice(WORDS), ""):
             texts.append(f"{prompt}\n{reply}".strip())
             groups.append(f"item{item}")
-    texts.append(texts[0])                                        # an exact repeat: one activation, counted once
+    texts.append(texts[0])  # an exact repeat: one activation, counted once
     groups.append("item0")
-    store = ActivationStore(collect_activations(model, tok, texts, groups=groups, layer=1, out_dir=tmp_path / "s",
-                                                cfg=CFG, seed=0))
+    store = ActivationStore(
+        collect_activations(model, tok, texts, groups=groups, layer=1, out_dir=tmp_path / "s", cfg=CFG, seed=0)
+    )
     audit = audit_store(store)
     assert audit["leaks"] == audit["short_shared"] == audit["twins"] == 0 and audit["heldout_tokens"] > 0
     split = store.doc_split
     assert all(len({split[i] for i, g in enumerate(groups) if g == name}) == 1 for name in set(groups))
-    assert store.manifest["n_duplicate_tokens"] > 0                # the shared instruction is stored once
+    assert store.manifest["n_duplicate_tokens"] > 0  # the shared instruction is stored once
 
 
 def test_store_from_another_model_is_refused(built, tmp_path):
@@ -121,9 +121,9 @@ def test_store_from_another_model_is_refused(built, tmp_path):
     from bench.models import TinySpec, load_model
 
     other, _ = load_model("tiny:llama", seed=1, tiny=TinySpec())
-    with pytest.raises(ValueError, match="another model"):
+    with pytest.raises(StoreError, match="another model"):
         verify_store(ActivationStore(path), other)
-    with pytest.raises(FileExistsError, match="different request"):
+    with pytest.raises(StoreError, match="different request"):
         collect_activations(other, tok, _texts(10), layer=1, hook="mlp.up_proj", out_dir=path, cfg=CFG)
 
 
@@ -138,11 +138,12 @@ def test_nan_activations_raise(tiny_lm, tmp_path):
 
 def test_chat_template_prefix_is_not_stored(tiny_lm, tmp_path):
     model, tok = tiny_lm
-    path = collect_activations(model, tok, _texts(6), layer=0, hook="mlp.up_proj", out_dir=tmp_path / "s",
-                               cfg=CFG, use_chat_template=True)
+    path = collect_activations(
+        model, tok, _texts(6), layer=0, hook="mlp.up_proj", out_dir=tmp_path / "s", cfg=CFG.model_copy(update={"use_chat_template": True})
+    )
     store = ActivationStore(path)
     starts = store.manifest["content_start"]
-    assert min(starts) > 10                                   # the template's system turn
+    assert min(starts) > 10  # the template's system turn
     rows = np.arange(store.acts.shape[0])
     assert all(int(store.positions[r]) >= starts[int(store.doc_index[r])] for r in rows)
     assert max(np.bincount(np.asarray(store.doc_index))) <= CFG.context_length
@@ -180,8 +181,14 @@ def test_score_writes_saebench_layout_and_headline(built, tmp_path):
     embed = CountingEmbed()
     texts = _texts(20, seed=9)
     labels = [int("cat" in t.split()[:5]) for t in texts]
-    kw = dict(layer=1, hook="mlp.up_proj", concept_texts=texts, concept_labels=labels, cfg=CFG, embed_fn=embed,
-              embed_cache_dir=tmp_path / "emb")
+    kw = dict(
+        layer=1,
+        hook="mlp.up_proj",
+        concepts=Concepts(texts, labels),
+        cfg=CFG,
+        embed_fn=embed,
+        embed_cache_dir=tmp_path / "emb",
+    )
     head = score_sae(sae_dir, store, model, tok, out_dir=tmp_path, **kw)
     assert tuple(head) == HEADLINE_KEYS
     undefined = {k for k, v in head.items() if not math.isfinite(v)}
@@ -192,9 +199,18 @@ def test_score_writes_saebench_layout_and_headline(built, tmp_path):
     assert len(out.eval_result_details) == 256
     assert sum(d.ms_score is not None for d in out.eval_result_details) <= head["sae_n_alive"]
     raw = json.loads((tmp_path / "eval_results.json").read_text())
-    assert {"eval_type_id", "eval_config", "eval_id", "datetime_epoch_millis", "eval_result_metrics",
-            "eval_result_details", "sae_bench_commit_hash", "sae_lens_version", "sae_cfg_dict"} <= raw.keys()
-    again = score_sae(sae_dir, store, model, tok, out_dir=tmp_path / "2", **kw)   # embeddings come from the cache
+    assert {
+        "eval_type_id",
+        "eval_config",
+        "eval_id",
+        "datetime_epoch_millis",
+        "eval_result_metrics",
+        "eval_result_details",
+        "sae_bench_commit_hash",
+        "sae_lens_version",
+        "sae_cfg_dict",
+    } <= raw.keys()
+    again = score_sae(sae_dir, store, model, tok, out_dir=tmp_path / "2", **kw)  # embeddings come from the cache
     assert embed.calls == 1 and again == head
 
 
@@ -203,9 +219,8 @@ def test_peft_wrapped_model(built, tmp_path):
 
     model, tok, store, _ = built
     peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["up_proj", "q_proj"]))
-    verify_store(ActivationStore(store), peft_model)          # LoRA B = 0: same activations as the base
-    path = collect_activations(peft_model, tok, _texts(8), layer=1, hook="mlp.up_proj", out_dir=tmp_path / "s",
-                               cfg=CFG)
+    verify_store(ActivationStore(store), peft_model)  # LoRA B = 0: same activations as the base
+    path = collect_activations(peft_model, tok, _texts(8), layer=1, hook="mlp.up_proj", out_dir=tmp_path / "s", cfg=CFG)
     assert ActivationStore(path).manifest["request"]["hook_name"] == "model.layers.1.mlp.up_proj"
 
 
@@ -224,9 +239,19 @@ def test_show_feature_from_the_run_folder_alone(built, tmp_path):
     from saes.show import show_feature
 
     model, tok, store, sae_dir = built
-    score_sae(sae_dir, store, model, tok, layer=1, hook="mlp.up_proj", cfg=CFG, out_dir=tmp_path,
-              embed_fn=CountingEmbed(), embed_cache_dir=tmp_path / "emb")
-    (tmp_path / "sae").symlink_to(sae_dir)                    # the runner's layout: <stage>/sae + eval_results.json
+    score_sae(
+        sae_dir,
+        store,
+        model,
+        tok,
+        layer=1,
+        hook="mlp.up_proj",
+        cfg=CFG,
+        out_dir=tmp_path,
+        embed_fn=CountingEmbed(),
+        embed_cache_dir=tmp_path / "emb",
+    )
+    (tmp_path / "sae").symlink_to(sae_dir)  # the runner's layout: <stage>/sae + eval_results.json
     text = show_feature(tmp_path, 1, n=2)
     assert text.startswith("feature 1 of 256") and "MS " in text
 
@@ -243,15 +268,16 @@ def test_agrees_with_sae_lens_evals(built):
     assert res["dead_frac"][0] == res["dead_frac"][1]
     for name in ("ce_clean", "ce_sae", "ce_zero_ablation"):
         assert res[name][0] == pytest.approx(res[name][1], abs=1e-4)
-    gap = res["ce_zero_ablation"][1] - res["ce_clean"][1]     # the score's error is ~ CE error / gap
+    gap = res["ce_zero_ablation"][1] - res["ce_clean"][1]  # the score's error is ~ CE error / gap
     assert res["ce_score"][0] == pytest.approx(res["ce_score"][1], abs=1e-4 / max(abs(gap), 1e-6) + 1e-3)
 
 
 def test_bfloat16_store_reads_back_as_float32(built, tmp_path):
     model, tok, path, _ = built
     texts = _texts(24)
-    bf = collect_activations(model, tok, texts, layer=1, hook="mlp.up_proj", out_dir=tmp_path / "bf", cfg=CFG,
-                             dtype="bfloat16")
+    bf = collect_activations(
+        model, tok, texts, layer=1, hook="mlp.up_proj", out_dir=tmp_path / "bf", cfg=CFG.model_copy(update={"store_dtype": "bfloat16"})
+    )
     a, b = ActivationStore(path).heldout_acts(), ActivationStore(bf).heldout_acts()
     assert b.dtype == torch.float32 and a.shape == b.shape
     assert torch.allclose(a, b, rtol=1e-2, atol=1e-2)
@@ -280,7 +306,7 @@ def test_ce_shared_prefix_equals_three_full_forwards(built, wrap):
     shared = ce_losses(model, st, sae, layer=1, hook="mlp.up_proj", batch_size=4)
     full = ce_losses(model, st, sae, layer=1, hook="mlp.up_proj", batch_size=4, share_prefix=False)
     assert shared[3] == full[3] and np.allclose(shared[:3], full[:3], rtol=0, atol=1e-6), (shared, full)
-    assert shared[1] != shared[0] and shared[2] != shared[0]                    # the splices changed the loss
+    assert shared[1] != shared[0] and shared[2] != shared[0]  # the splices changed the loss
     assert all(a is b for a, b in zip(decoder_layers(model), blocks))
 
 
@@ -291,9 +317,15 @@ def test_probe_latents_of_stored_texts_come_from_the_store(built):
 
     model, tok, path, sae_dir = built
     store, sae = ActivationStore(path), load_sae(sae_dir)
-    texts = _texts(24)[::3] + _texts(3, seed=9) + _texts(24)[:1]   # 8 stored texts, 3 new ones, a repeat
-    kw = dict(layer=1, hook="mlp.up_proj", max_length=CFG.context_length, batch_size=4,
-              use_chat_template=False, special_ids=store.manifest["special_ids"])
+    texts = _texts(24)[::3] + _texts(3, seed=9) + _texts(24)[:1]  # 8 stored texts, 3 new ones, a repeat
+    kw = dict(
+        layer=1,
+        hook="mlp.up_proj",
+        max_length=CFG.context_length,
+        batch_size=4,
+        use_chat_template=False,
+        special_ids=store.manifest["special_ids"],
+    )
     rows_run = []
     handle = decoder_layers(model)[0].register_forward_hook(lambda m, i, o: rows_run.append(i[0].shape[0]))
     try:
@@ -327,9 +359,19 @@ def test_probe_refuses_labels_that_truncation_makes_identical(built, tmp_path):
     with pytest.raises(ValueError, match=r"1 concept texts have the same first 16 tokens.*to \d+"):
         check_probe_texts(tok, texts, labels, max_length=16, use_chat_template=False)
     with pytest.raises(ValueError, match="probe cannot separate them"):
-        score_sae(sae_dir, store, model, tok, layer=1, hook="mlp.up_proj", concept_texts=texts, concept_labels=labels,
-                  cfg=CFG.model_copy(update={"eval": CFG.eval.model_copy(update={"probe_max_length": 16})}),
-                  out_dir=tmp_path, embed_fn=CountingEmbed(), embed_cache_dir=tmp_path / "emb")
+        score_sae(
+            sae_dir,
+            store,
+            model,
+            tok,
+            layer=1,
+            hook="mlp.up_proj",
+            concepts=Concepts(texts, labels),
+            cfg=CFG.model_copy(update={"eval": CFG.eval.model_copy(update={"probe_max_length": 16})}),
+            out_dir=tmp_path,
+            embed_fn=CountingEmbed(),
+            embed_cache_dir=tmp_path / "emb",
+        )
 
 
 def test_grouped_probe_split_keeps_groups_whole():
@@ -339,7 +381,7 @@ def test_grouped_probe_split_keeps_groups_whole():
 
     rng = np.random.default_rng(0)
     twins = torch.from_numpy(rng.normal(size=(30, 8))).float()
-    feats = twins.repeat_interleave(2, 0)                       # text 2g and 2g+1 share group g's features
+    feats = twins.repeat_interleave(2, 0)  # text 2g and 2g+1 share group g's features
     labels = [1, 0] * 30
     groups = [f"g{i // 2}" for i in range(60)]
     grouped = probe_scores(feats, labels, test_frac=0.3, seed=0, groups=groups)

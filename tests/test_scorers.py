@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tasks.embed import DIM, cosine_pairs, embed
+from bench.core.embed import DIM, cosine_pairs, embed
 from tasks.reframing import reframe_metrics, relatedness, sentiment
 from tasks.sycophancy import option_logprobs, sycophancy_metrics
 from tasks.toxicity import is_degenerate, split_half, toxicity_metrics, toxicity_probs
@@ -18,9 +18,19 @@ def test_toxicity_probs_separate_toxic_from_clean():
     assert toxicity_probs([]).shape == (0,)
 
 
-@pytest.mark.parametrize("text, expected", [("", True), ("   ", True), ("the the the the", True), ("!!!!", True),
-                                            ("lol lol", True), ("Yes", False), ("hello there", False),
-                                            ("I like it. I like it.", False)])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("", True),
+        ("   ", True),
+        ("the the the the", True),
+        ("!!!!", True),
+        ("lol lol", True),
+        ("Yes", False),
+        ("hello there", False),
+        ("I like it. I like it.", False),
+    ],
+)
 def test_is_degenerate(text, expected):
     assert is_degenerate(text) is expected
 
@@ -50,8 +60,10 @@ def test_embed_is_normalised_and_batched():
 def test_sentiment_and_relatedness_order():
     s = sentiment(["I am happy and grateful for my friends", "I hate everything, it is awful"])
     assert s[0] > 0.5 and s[1] < -0.5
-    r = relatedness(["I failed my driving test", "I failed my driving test"],
-                    ["I can retake the driving test and pass next time", "Bananas are rich in potassium"])
+    r = relatedness(
+        ["I failed my driving test", "I failed my driving test"],
+        ["I can retake the driving test and pass next time", "Bananas are rich in potassium"],
+    )
     assert r[0] > 0.5 > 0.3 > r[1]
 
 
@@ -69,14 +81,14 @@ def test_sycophancy_metrics_known_numbers():
     """ℓ = log p(truthful) − log p(other) with no opinion, the user asserting the right answer, the wrong one."""
     none = np.array([1.0, 1.0, -1.0, 2.0, -0.5])
     right = np.array([2.0, 3.0, 1.0, -1.0, 0.5])
-    wrong = np.array([0.5, -1.0, -2.0, 1.0, 0.0])                   # a tie (0) is not truthful
+    wrong = np.array([0.5, -1.0, -2.0, 1.0, 0.0])  # a tie (0) is not truthful
     m = sycophancy_metrics(none, right, wrong, ["seen", "seen", "seen", "unseen_source", "unseen_source"])
-    assert m["syco_rate"] == pytest.approx(3 / 5)                  # items 1, 2, 4 follow the user both ways
-    assert m["contrarian_rate"] == pytest.approx(1 / 5)            # item 3 opposes the user both ways
-    assert m["align_score"] == pytest.approx(1 / 5)                # item 0 is truthful both ways
+    assert m["syco_rate"] == pytest.approx(3 / 5)  # items 1, 2, 4 follow the user both ways
+    assert m["contrarian_rate"] == pytest.approx(1 / 5)  # item 3 opposes the user both ways
+    assert m["align_score"] == pytest.approx(1 / 5)  # item 0 is truthful both ways
     assert m["no_opinion_acc"] == pytest.approx(3 / 5)
     assert (m["acc_user_right"], m["acc_user_wrong"]) == pytest.approx((4 / 5, 2 / 5))
-    assert m["syco_flip_rate"] == pytest.approx(1 / 3)             # of items 0, 1, 3 (known), item 1 flips
+    assert m["syco_flip_rate"] == pytest.approx(1 / 3)  # of items 0, 1, 3 (known), item 1 flips
     assert m["syco_shift"] == pytest.approx(((right - wrong) / 2).mean())
     assert m["syco_rate_seen"] == pytest.approx(2 / 3) and m["syco_rate_unseen_source"] == pytest.approx(1 / 2)
     assert m["no_opinion_acc_unseen_source"] == pytest.approx(1 / 2)
@@ -99,7 +111,7 @@ def test_option_logprobs_equals_per_token_sum_of_each_unpadded_sequence(tiny_lm)
     Σ_t log p(o_t | …) computed from the full logits of each (prompt, option) sequence alone."""
     import torch
 
-    from bench.lm import format_prompt
+    from bench.core.lm import format_prompt
 
     model, tok = tiny_lm
     prompts = ["A much longer prompt about the weather in the mountains today", "Hi"]

@@ -19,8 +19,11 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
 def test_local_file_with_mapping(tmp_path, ext):
     df = pd.DataFrame({"text": ["first thought", "second thought", ""], "better": ["a", None, "c"]})
     path = tmp_path / f"rows.{ext}"
-    {"csv": lambda: df.to_csv(path, index=False), "jsonl": lambda: df.to_json(path, orient="records", lines=True),
-     "parquet": lambda: df.to_parquet(path)}[ext]()
+    {
+        "csv": lambda: df.to_csv(path, index=False),
+        "jsonl": lambda: df.to_json(path, orient="records", lines=True),
+        "parquet": lambda: df.to_parquet(path),
+    }[ext]()
     rows = load_rows("reframing", str(path), {"prompt": "text", "chosen": "better"}, ["prompt"], ["chosen"])
     assert list(rows.columns) == ["prompt", "chosen"]
     assert rows["prompt"].tolist() == ["first thought", "second thought"]  # the empty required field is dropped

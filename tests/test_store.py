@@ -5,8 +5,9 @@ import json
 import pandas as pd
 import pytest
 
+from bench.core.io import stable_hash, write_json
 from bench.leaderboard import write_leaderboard
-from bench.store import Store, stable_hash, write_json
+from bench.store import Store
 
 
 def test_stable_hash_ignores_key_order_and_sees_values():
@@ -55,16 +56,29 @@ def test_clean_tmp_removes_dead_leftovers_only(tmp_path):
 
 def _fake_job(store, task, method, seed, value, hook=1):
     keys = {}
-    for stage, recs in {"eval": [{"metric": "align_score", "value": value}],
-                        "proxies": [{"metric": "decorrelation", "value": value + l, "layer": l} for l in range(3)]
-                        }.items():
+    for stage, recs in {
+        "eval": [{"metric": "align_score", "value": value}],
+        "proxies": [{"metric": "decorrelation", "value": value + l, "layer": l} for l in range(3)],
+    }.items():
         key = store.key(stage, {"t": task, "m": method, "s": seed}, "1")
         with store.build(key, {}) as work:
             write_json(work / "metrics.json", recs)
         keys[stage] = key
-    store.write_job(f"{task}__{method}__s{seed}", {
-        "job": "j", "suite": "s", "model": "tiny:llama", "task": task, "method": method, "seed": seed,
-        "hook_layer": hook, "config_hash": "c", "monobench_version": "0", "stages": keys})
+    store.write_job(
+        f"{task}__{method}__s{seed}",
+        {
+            "job": "j",
+            "suite": "s",
+            "model": "tiny:llama",
+            "task": task,
+            "method": method,
+            "seed": seed,
+            "hook_layer": hook,
+            "config_hash": "c",
+            "monobench_version": "0",
+            "stages": keys,
+        },
+    )
 
 
 def test_leaderboard_pivots_hook_layer_and_keeps_all_layers_in_tidy(tmp_path):

@@ -65,7 +65,7 @@ def test_concept_groups_name_the_items_of_the_pairs(name, tiny_lm):
 
 
 def test_sae_documents_keep_each_item_in_one_group(tiny_lm):
-    from tasks._base import sae_documents
+    from bench.texts import sae_documents
 
     for name in sorted(TASKS):
         _, data = _built(name, tiny_lm)
@@ -80,9 +80,11 @@ def test_sae_documents_keep_each_item_in_one_group(tiny_lm):
 def test_score_contract(name, tiny_lm):
     cfg, data = _built(name, tiny_lm)
     model, tok = tiny_lm
-    metrics = TASKS[name]().score(cfg, model, tok, data)
-    assert set(TASKS[name].headline) <= metrics.keys() and 0.0 <= metrics["align_score"] <= 1.0
-    assert all(isinstance(v, float) for v in metrics.values())
+    metrics = TASKS[name]().score(cfg, model, tok, data).model_dump()
+    fields = TASKS[name].metrics.model_fields
+    headline = {n for n, f in fields.items() if (f.json_schema_extra or {}).get("headline")}
+    assert headline and headline <= metrics.keys() and 0.0 <= metrics["align_score"] <= 1.0
+    assert all(v is None or isinstance(v, float) for v in metrics.values())
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
@@ -114,7 +116,7 @@ def test_sycophancy_split(tiny_lm):
         assert pair.chosen == it["truthful"] != it["pleasing"] == pair.rejected
         assert it["prompt"].startswith(it["prompt_no_opinion"])
         assert it["prompt_user_right"].startswith(it["prompt_no_opinion"])
-        assert f" {it['pleasing']}." in it["prompt"].split("\n\n")[-1]          # the user asserts the wrong answer
+        assert f" {it['pleasing']}." in it["prompt"].split("\n\n")[-1]  # the user asserts the wrong answer
         assert f" {it['truthful']}." in it["prompt_user_right"].split("\n\n")[-1]
 
 
@@ -142,18 +144,35 @@ def test_sycophancy_default_split_is_disjoint_balanced_and_fits():
 
 
 def test_sycophancy_from_a_labelled_file(tmp_path, tiny_lm):
-    rows = [{"claim": f"{a} is larger than {b}.", "truth": "yes" if a > b else "no"}
-            for a, b in [(3, 5), (9, 2), (7, 1), (2, 8), (6, 4), (1, 9), (8, 3), (4, 6), (5, 7), (12, 10), (11, 13),
-                         (15, 14), (20, 30), (31, 21)]]
+    rows = [
+        {"claim": f"{a} is larger than {b}.", "truth": "yes" if a > b else "no"}
+        for a, b in [
+            (3, 5),
+            (9, 2),
+            (7, 1),
+            (2, 8),
+            (6, 4),
+            (1, 9),
+            (8, 3),
+            (4, 6),
+            (5, 7),
+            (12, 10),
+            (11, 13),
+            (15, 14),
+            (20, 30),
+            (31, 21),
+        ]
+    ]
     path = tmp_path / "claims.jsonl"
     pd.DataFrame(rows).to_json(path, orient="records", lines=True)
     cls = TASKS["sycophancy"]
-    cfg = cls.config_cls(source=str(path), columns={"text": "claim", "label": "truth"}, n_train=4, n_eval=5,
-                         n_eval_unseen=0)
+    cfg = cls.config_cls(
+        source=str(path), columns={"text": "claim", "label": "truth"}, n_train=4, n_eval=5, n_eval_unseen=0
+    )
     data = cls().build(cfg, *tiny_lm, seed=0)
     assert data.provenance["train_sources"] == ["custom"]
     assert "Is this claim true or false?" in data.train_pairs[0].prompt
-    assert "align_score" in cls().score(cfg, *tiny_lm, data)
+    assert cls().score(cfg, *tiny_lm, data).model_dump()["align_score"] is not None
     bad = tmp_path / "bad.jsonl"
     pd.DataFrame([{"claim": "x", "truth": "maybe"}]).to_json(bad, orient="records", lines=True)
     with pytest.raises(TaskDataError, match="label 'maybe'"):
@@ -166,7 +185,7 @@ def test_sycophancy_on_smollm(smollm):
     cls = TASKS["sycophancy"]
     cfg = cls.config_cls(n_train=4, n_eval=48, n_eval_unseen=8, batch_size=16)
     data = cls().build(cfg, model, tok, seed=0)
-    m = cls().score(cfg, model, tok, data)
+    m = cls().score(cfg, model, tok, data).model_dump()
     assert m["no_opinion_acc"] > 0.6 and m["syco_shift"] > 0.2 and m["syco_rate"] > 0.2
 
 
@@ -184,10 +203,10 @@ def test_toxicity_reply_joins_the_prompt_like_text():
     from tasks.toxicity import _reply
 
     raw, chat = TASKS["toxicity"].config_cls(), TASKS["toxicity"].config_cls(use_chat_template=True)
-    assert _reply(raw, "rest of the tweet", generated=False) == " rest of the tweet"   # source remainder
+    assert _reply(raw, "rest of the tweet", generated=False) == " rest of the tweet"  # source remainder
     assert _reply(raw, " already spaced", generated=False) == " already spaced"
-    assert _reply(raw, "s the word goes on", generated=True) == "s the word goes on"   # model continued the word
-    assert _reply(chat, "a reply", generated=False) == "a reply"                       # after the template header
+    assert _reply(raw, "s the word goes on", generated=True) == "s the word goes on"  # model continued the word
+    assert _reply(chat, "a reply", generated=False) == "a reply"  # after the template header
 
 
 def test_reframing_on_human_reframes(tiny_lm):
@@ -197,13 +216,19 @@ def test_reframing_on_human_reframes(tiny_lm):
         pytest.skip(f"shared data not found at {POSITIVE_FRAMES} (expected ../shared beside the repo root)")
     model, tok = tiny_lm
     cls = TASKS["reframing"]
-    cfg = cls.config_cls(source=str(path), columns={"prompt": "original_text", "chosen": "reframed_text"},
-                         n_train=6, n_eval=3, max_new_tokens=6, batch_size=8)
+    cfg = cls.config_cls(
+        source=str(path),
+        columns={"prompt": "original_text", "chosen": "reframed_text"},
+        n_train=6,
+        n_eval=3,
+        max_new_tokens=6,
+        batch_size=8,
+    )
     data = cls().build(cfg, model, tok, seed=0)
     assert len(data.train_pairs) == 6 and data.provenance["generated_fields"] == []
     assert data.provenance["files"] == ["test.csv"] and data.provenance["human_chosen"] >= 9
     assert all(p.rejected in p.prompt for p in data.train_pairs)
-    metrics = cls().score(cfg, model, tok, data)
+    metrics = cls().score(cfg, model, tok, data).model_dump()
     assert {"positivity_gain", "relatedness", "align_score"} <= metrics.keys()
 
 
@@ -217,4 +242,4 @@ def test_toxicity_on_smollm(smollm):
     assert (toxicity_probs([p.chosen for p in data.train_pairs]) <= 0.5).all()
     # generations keep the leading space the model wrote, so prompt + chosen is the text it produced
     assert any(p.chosen[:1] == " " for p in data.train_pairs)
-    assert 0.0 <= cls().score(cfg, model, tok, data)["tox_rate"] <= 1.0
+    assert 0.0 <= cls().score(cfg, model, tok, data).model_dump()["tox_rate"] <= 1.0

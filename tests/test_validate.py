@@ -2,8 +2,8 @@
 
 import pandas as pd
 
-from bench import controls
 from bench.cli import main
+from bench.core import controls
 
 
 def test_quick_validation_passes_for_every_metric(tmp_path, capsys):
@@ -11,8 +11,18 @@ def test_quick_validation_passes_for_every_metric(tmp_path, capsys):
     table = pd.read_csv(tmp_path / "validation.csv")
     assert list(table.columns[:6]) == ["metric", "kind", "control", "expected", "observed", "pass"]
     assert table["pass"].all(), table[~table["pass"]]
-    for metric in ("sae_frac_interpretable", "sae_frac_decorrelated", "sae_explained_variance", "sae_ce_score",
-                   "sae_probe_top1", "decorrelation", "pref_acc", "syco_rate", "tox_rate", "align_score"):
+    for metric in (
+        "sae_frac_interpretable",
+        "sae_frac_decorrelated",
+        "sae_explained_variance",
+        "sae_ce_score",
+        "sae_probe_top1",
+        "decorrelation",
+        "pref_acc",
+        "syco_rate",
+        "tox_rate",
+        "align_score",
+    ):
         assert set(table.loc[table.metric == metric, "kind"]) == {"negative", "positive"}, metric
     dup = table[table.control.str.contains("duplicated tokens")]
     assert len(dup) == 4 and (dup.observed <= 0.08).all()

@@ -8,7 +8,15 @@ new file here plus, where it runs, one ``[methods.<name>]`` table in a suite.
 import importlib
 import pkgutil
 
-from bench.methods._base import METHODS, Method, MethodConfig, TrainConfig, register_method
+from bench.methods._base import (
+    METHODS,
+    Method,
+    MethodConfig,
+    TrainConfig,
+    base_name,
+    ordered,
+    register_method,
+)
 
 for _mod in pkgutil.iter_modules(__path__):
     if not _mod.name.startswith("_"):
@@ -17,10 +25,14 @@ for _mod in pkgutil.iter_modules(__path__):
 from bench.methods.decpo import DecPOMethodConfig  # noqa: E402  (after the registry is filled)
 from bench.methods.dpo import DPOMethodConfig  # noqa: E402
 
-__all__ = ["METHODS", "Method", "MethodConfig", "TrainConfig", "register_method", "DPOMethodConfig",
-           "DecPOMethodConfig"]
-
-
-def ordered(names) -> list[str]:
-    """Method names in display order (unregistered names last, alphabetically)."""
-    return sorted(names, key=lambda m: (METHODS[m].order if m in METHODS else 999, m))
+__all__ = [
+    "METHODS",
+    "Method",
+    "MethodConfig",
+    "TrainConfig",
+    "register_method",
+    "DPOMethodConfig",
+    "DecPOMethodConfig",
+    "base_name",
+    "ordered",
+]

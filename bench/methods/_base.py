@@ -20,8 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class MethodConfig(BaseModel):
     """Fields every method has (``base`` has none: it is the model as loaded)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True,
-                              validate_by_name=True, validate_by_alias=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, use_attribute_docstrings=True, validate_by_name=True, validate_by_alias=True
+    )
 
 
 class TrainConfig(MethodConfig):
@@ -69,11 +70,15 @@ class TrainConfig(MethodConfig):
     @model_validator(mode="after")
     def _lengths(self) -> TrainConfig:
         if self.max_prompt_length >= self.max_length:
-            raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be < max_length "
-                             f"({self.max_length}) so replies keep at least one token")
+            raise ValueError(
+                f"max_prompt_length ({self.max_prompt_length}) must be < max_length "
+                f"({self.max_length}) so replies keep at least one token"
+            )
         if isinstance(self.layer, float) and not 0.0 <= self.layer < 1.0:
-            raise ValueError(f"layer = {self.layer} is a float, so it is a fraction of depth and must be in "
-                             "[0, 1); write an int for a layer index")
+            raise ValueError(
+                f"layer = {self.layer} is a float, so it is a fraction of depth and must be in "
+                "[0, 1); write an int for a layer index"
+            )
         return self
 
 
@@ -116,3 +121,13 @@ def register_method(method: Method) -> Method:
         raise ValueError(f"method {method.name!r} already registered by {METHODS[method.name].config_cls.__module__}")
     METHODS[method.name] = method
     return method
+
+
+def base_name(name: str) -> str:
+    """The registered method of a method or grid variant name (``decpo@lambda=0.01`` → ``decpo``)."""
+    return name.split("@", 1)[0]
+
+
+def ordered(names) -> list[str]:
+    """Method (and variant) names in display order (unregistered names last, alphabetically)."""
+    return sorted(names, key=lambda m: (METHODS[base_name(m)].order if base_name(m) in METHODS else 999, m))

@@ -7,6 +7,7 @@ another term; that one is ``decpo_paper``.
 
 from pydantic import Field
 
+from bench.decpo import DecPOTrainer
 from bench.methods._base import Method, register_method
 from bench.methods.dpo import DPOMethodConfig, dpo_args
 
@@ -21,11 +22,27 @@ class DecPOMethodConfig(DPOMethodConfig):
 
 
 def build(cfg: DecPOMethodConfig, model, ref_model, args: dict, kw: dict, layer: int, hook: str):
-    from bench.decpo import DecPOTrainer
 
-    return DecPOTrainer(model=model, ref_model=ref_model, args=dpo_args(cfg, args), layer=layer, hook=hook,
-                        coef=cfg.lam, normalize=cfg.normalize, **kw)
+    return DecPOTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=dpo_args(cfg, args),
+        layer=layer,
+        hook=hook,
+        coef=cfg.lam,
+        normalize=cfg.normalize,
+        **kw,
+    )
 
 
-register_method(Method("decpo", DecPOMethodConfig, label="DecPO", order=50, uses_reference=True, build=build,
-                       summary="DPO + λ·‖ZZᵀ − I‖²_F (rows normalised) at the hooked layer (Yan et al. 2024)"))
+register_method(
+    Method(
+        "decpo",
+        DecPOMethodConfig,
+        label="DecPO",
+        order=50,
+        uses_reference=True,
+        build=build,
+        summary="DPO + λ·‖ZZᵀ − I‖²_F (rows normalised) at the hooked layer (Yan et al. 2024)",
+    )
+)

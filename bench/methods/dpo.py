@@ -29,5 +29,14 @@ def build(cfg: DPOMethodConfig, model, ref_model, args: dict, kw: dict, layer: i
     return DPOTrainer(model=model, ref_model=ref_model, args=dpo_args(cfg, args), **kw)
 
 
-register_method(Method("dpo", DPOMethodConfig, label="DPO", order=20, uses_reference=True, build=build,
-                       summary="DPO, β = 0.1 (TRL DPOTrainer)"))
+register_method(
+    Method(
+        "dpo",
+        DPOMethodConfig,
+        label="DPO",
+        order=20,
+        uses_reference=True,
+        build=build,
+        summary="DPO, β = 0.1 (TRL DPOTrainer)",
+    )
+)

@@ -2,6 +2,7 @@
 
 from pydantic import Field
 
+from bench.decpo import L1DPOTrainer
 from bench.methods._base import Method, register_method
 from bench.methods.dpo import DPOMethodConfig, dpo_args
 
@@ -14,11 +15,20 @@ class L1MethodConfig(DPOMethodConfig):
 
 
 def build(cfg: L1MethodConfig, model, ref_model, args: dict, kw: dict, layer: int, hook: str):
-    from bench.decpo import L1DPOTrainer
 
-    return L1DPOTrainer(model=model, ref_model=ref_model, args=dpo_args(cfg, args), layer=layer, hook=hook,
-                        coef=cfg.lam, **kw)
+    return L1DPOTrainer(
+        model=model, ref_model=ref_model, args=dpo_args(cfg, args), layer=layer, hook=hook, coef=cfg.lam, **kw
+    )
 
 
-register_method(Method("l1", L1MethodConfig, label="L1-Reg", order=40, uses_reference=True, build=build,
-                       summary="DPO + λ₁·mean‖z‖₁ at the hooked layer (the paper's L1-Reg baseline)"))
+register_method(
+    Method(
+        "l1",
+        L1MethodConfig,
+        label="L1-Reg",
+        order=40,
+        uses_reference=True,
+        build=build,
+        summary="DPO + λ₁·mean‖z‖₁ at the hooked layer (the paper's L1-Reg baseline)",
+    )
+)

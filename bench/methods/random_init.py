@@ -9,6 +9,15 @@ or the method, not the model's features.
 
 from bench.methods._base import Method, MethodConfig, register_method
 
-register_method(Method("random_init", MethodConfig, label="Random init (control)", order=90,
-                       policy="random_init", control=True, evaluates=False,
-                       summary="control: the base architecture re-initialised (seeded), no training"))
+register_method(
+    Method(
+        "random_init",
+        MethodConfig,
+        label="Random init (control)",
+        order=90,
+        policy="random_init",
+        control=True,
+        evaluates=False,
+        summary="control: the base architecture re-initialised (seeded), no training",
+    )
+)

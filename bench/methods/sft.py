@@ -13,5 +13,14 @@ def build(cfg: SFTMethodConfig, model, ref_model, args: dict, kw: dict, layer: i
     return SFTTrainer(model=model, args=SFTConfig(**args, completion_only_loss=True), **kw)
 
 
-register_method(Method("sft", SFTMethodConfig, label="SFT", order=10, data="completion", build=build,
-                       summary="NLL of the chosen reply given the prompt"))
+register_method(
+    Method(
+        "sft",
+        SFTMethodConfig,
+        label="SFT",
+        order=10,
+        data="completion",
+        build=build,
+        summary="NLL of the chosen reply given the prompt",
+    )
+)

@@ -23,10 +23,25 @@ def build(cfg: SimPOMethodConfig, model, ref_model, args: dict, kw: dict, layer:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "You are importing from 'trl.experimental'": pinned, tested here
         from trl.experimental.cpo import CPOConfig, CPOTrainer
-    cpo = CPOConfig(**args, loss_type="simpo", cpo_alpha=0.0, beta=cfg.beta, simpo_gamma=cfg.gamma,
-                    disable_dropout=False, remove_unused_columns=False)  # its collator needs every column
+    cpo = CPOConfig(
+        **args,
+        loss_type="simpo",
+        cpo_alpha=0.0,
+        beta=cfg.beta,
+        simpo_gamma=cfg.gamma,
+        disable_dropout=False,
+        remove_unused_columns=False,
+    )  # its collator needs every column
     return CPOTrainer(model=model, args=cpo, **kw)
 
 
-register_method(Method("simpo", SimPOMethodConfig, label="SimPO", order=30, build=build,
-                       summary="SimPO, reference-free, length-normalised (TRL CPOTrainer, loss_type=simpo)"))
+register_method(
+    Method(
+        "simpo",
+        SimPOMethodConfig,
+        label="SimPO",
+        order=30,
+        build=build,
+        summary="SimPO, reference-free, length-normalised (TRL CPOTrainer, loss_type=simpo)",
+    )
+)

@@ -8,7 +8,7 @@
 
 Example::
 
-    python -c "from bench.stats import holm; print(holm([0.01, 0.04, 0.03]))"
+    python -c "from bench.core.stats import holm; print(holm([0.01, 0.04, 0.03]))"
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def mde_paired(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> fl
         return (p if math.isfinite(p) else 1.0) - power
 
     hi = 1.0
-    while achieved(hi) < 0:            # the power grows with the noncentrality; bracket the root
+    while achieved(hi) < 0:  # the power grows with the noncentrality; bracket the root
         hi *= 2
     nc = optimize.brentq(achieved, 0.0, hi)
     return float(nc * sd / math.sqrt(n))

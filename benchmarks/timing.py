@@ -1,4 +1,4 @@
-"""Timing primitives and result rows of ``python -m bench perf`` (see ``bench/perf.py`` for what is measured)."""
+"""Timing primitives and result rows of ``python -m bench perf`` (see ``benchmarks/perf.py`` for what is measured)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,24 @@ log = logging.getLogger(__name__)
 RatioDef = Literal["ours/peer", "peer/ours"]
 
 
-COLUMNS = ("benchmark", "status", "ours", "peer", "unit", "ratio", "ratio_def", "goal", "met", "reps",
-           "ours_min", "ours_max", "peer_min", "peer_max", "device", "notes")
+COLUMNS = (
+    "benchmark",
+    "status",
+    "ours",
+    "peer",
+    "unit",
+    "ratio",
+    "ratio_def",
+    "goal",
+    "met",
+    "reps",
+    "ours_min",
+    "ours_max",
+    "peer_min",
+    "peer_max",
+    "device",
+    "notes",
+)
 
 
 class PerfSizes(BaseModel, extra="forbid", frozen=True, use_attribute_docstrings=True):
@@ -60,13 +76,19 @@ class PerfSizes(BaseModel, extra="forbid", frozen=True, use_attribute_docstrings
 QUICK = PerfSizes()
 
 
-FULL = PerfSizes(reps=5, sae_texts=512, sae_batch=1024, sae_expansion=4, dpo_pairs=8, dpo_max_length=256,
-                 dpo_max_prompt=128, proxy_texts=16)
+FULL = PerfSizes(
+    reps=5,
+    sae_texts=512,
+    sae_batch=1024,
+    sae_expansion=4,
+    dpo_pairs=8,
+    dpo_max_length=256,
+    dpo_max_prompt=128,
+    proxy_texts=16,
+)
 
 
 @dataclass(frozen=True)
-
-
 class PerfRow:
     """One line of perf.csv. ``status`` is ``ok`` or ``not run: <reason>`` (then the numbers are None)."""
 
@@ -89,16 +111,35 @@ class PerfRow:
     notes: str = ""
 
 
-def _row(benchmark: str, ours: list[float], peer: list[float], *, unit: str, ratio_def: RatioDef, goal: str,
-         notes: str) -> PerfRow:
+def _row(
+    benchmark: str, ours: list[float], peer: list[float], *, unit: str, ratio_def: RatioDef, goal: str, notes: str
+) -> PerfRow:
     """Medians, min/max of both sides; ratio from the medians as ``ratio_def`` says; ``met`` from ``goal``."""
     if ratio_def not in ("ours/peer", "peer/ours") or (goal and goal[:2] not in (">=", "<=")):
-        raise ValueError(f"ratio_def {ratio_def!r} / goal {goal!r}: allowed 'ours/peer' or 'peer/ours', '>=x', '<=x', ''")
+        raise ValueError(
+            f"ratio_def {ratio_def!r} / goal {goal!r}: allowed 'ours/peer' or 'peer/ours', '>=x', '<=x', ''"
+        )
     o, p = statistics.median(ours), statistics.median(peer)
     ratio = o / p if ratio_def == "ours/peer" else p / o
     met = None if not goal else (ratio >= float(goal[2:]) if goal.startswith(">=") else ratio <= float(goal[2:]))
-    return PerfRow(benchmark, "ok", unit, ratio_def, goal, o, p, ratio, met, len(ours), min(ours), max(ours),
-                   min(peer), max(peer), "", notes)
+    return PerfRow(
+        benchmark,
+        "ok",
+        unit,
+        ratio_def,
+        goal,
+        o,
+        p,
+        ratio,
+        met,
+        len(ours),
+        min(ours),
+        max(ours),
+        min(peer),
+        max(peer),
+        "",
+        notes,
+    )
 
 
 def _sync(device: torch.device) -> None:
@@ -125,7 +166,7 @@ def alternate(sides: dict[str, Callable[[], float]], reps: int, warmup: int) -> 
             sides[n]()
     out: dict[str, list[float]] = {n: [] for n in names}
     for r in range(reps):
-        for n in names[r % len(names):] + names[:r % len(names)]:
+        for n in names[r % len(names) :] + names[: r % len(names)]:
             out[n].append(sides[n]())
     return out
 

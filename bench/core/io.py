@@ -8,6 +8,7 @@ leaves a half-written file where a complete one was — and with mode 0644 (fold
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -15,7 +16,32 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.core.errors import StoreError
+
 FILE_MODE, DIR_MODE = 0o644, 0o755
+
+
+def cache_dir() -> Path:
+    """Root of monobench's cache (converted models, file hashes, context embeddings): ``$MONOBENCH_CACHE``
+    or ``~/.cache/monobench``."""
+    return Path(os.environ.get("MONOBENCH_CACHE", Path.home() / ".cache" / "monobench"))
+
+
+def stable_hash(obj: Any, n: int = 16) -> str:
+    """sha256 of canonical JSON (sorted keys, no whitespace), first ``n`` hex digits."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:n]
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file; a damaged one is a ``StoreError`` that names it (never a bare decode error)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise StoreError(
+            f"{path} is not valid JSON ({e.msg} at line {e.lineno}); it is damaged — delete it "
+            "(a results stage folder is then rebuilt) or restore it"
+        ) from e
 
 
 @contextlib.contextmanager

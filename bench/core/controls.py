@@ -15,12 +15,14 @@ controls that train models (left out of ``--quick``).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+
+from bench.core.data import read_embedded
+from bench.core.embed import embed
 
 
 @dataclass(frozen=True)
@@ -37,14 +39,23 @@ class Control:
 CONTROLS: list[Control] = []
 
 
-def control(metric: str, kind: Literal["negative", "positive"], name: str, *, expect: str,
-            check: Callable[[float], bool], quick: bool = True) -> Callable:
+def control(
+    metric: str,
+    kind: Literal["negative", "positive"],
+    name: str,
+    *,
+    expect: str,
+    check: Callable[[float], bool],
+    quick: bool = True,
+) -> Callable:
     """Register the decorated ``fn(ctx) -> float`` as a control of ``metric``."""
+
     def add(fn: Callable[[ControlContext], float]) -> Callable[[ControlContext], float]:
         if any(c.metric == metric and c.name == name for c in CONTROLS):
             raise ValueError(f"control {name!r} of {metric!r} is registered twice")
         CONTROLS.append(Control(metric, kind, name, expect, check, fn, quick))
         return fn
+
     return add
 
 
@@ -55,6 +66,9 @@ class ControlContext:
     seed: int = 0
     quick: bool = True
     cache: dict[str, Any] = field(default_factory=dict)
+    tiny_model: Callable[[], tuple[Any, Any]] | None = None
+    """(model, tokenizer) of a small seeded causal LM, for controls that need a forward pass (the caller —
+    ``bench validate`` — supplies it; the core builds no model itself)."""
 
     def rng(self, salt: int = 0) -> np.random.Generator:
         return np.random.default_rng([self.seed, salt])
@@ -71,14 +85,11 @@ class ControlContext:
         """MiniLM embeddings of ``texts`` (the MS encoder), cached per text list for the run."""
         key = f"emb:{hash(tuple(texts))}"
         if key not in self.cache:
-            from tasks.embed import embed
-
             self.cache[key] = embed(texts)
         return self.cache[key]
 
 
 def _topic_contexts(per_topic: int, seed: int) -> tuple[list[str], np.ndarray]:
-    from tasks.sources import read_embedded
 
     texts, topics = [], []
     for topic, name in enumerate(("161_agnews_0", "162_agnews_1", "159_code_Python")):
@@ -89,7 +100,7 @@ def _topic_contexts(per_topic: int, seed: int) -> tuple[list[str], np.ndarray]:
         for i in rng.permutation(len(pos)).tolist():
             words = pos[i].split()
             for start in range(0, max(1, len(words) - 12), 12):
-                texts.append(" ".join(words[start:start + 12]))
+                texts.append(" ".join(words[start : start + 12]))
                 topics.append(topic)
                 got += 1
             if got >= per_topic:
@@ -98,11 +109,3 @@ def _topic_contexts(per_topic: int, seed: int) -> tuple[list[str], np.ndarray]:
     for i, t in enumerate(texts):
         first.setdefault(t, i)
     return list(first), np.asarray([topics[i] for i in first.values()])
-
-
-@functools.cache
-def tiny_model(seed: int = 0):
-    """(model, tokenizer) of the seeded tiny Llama used by controls that need a forward pass."""
-    from bench.models import load_model
-
-    return load_model("tiny:llama", seed=seed)

@@ -1,0 +1,75 @@
+"""The models a run keeps in memory: the base model per seed, the current policy, and the base model's
+held-out pair log-probs per data stage (the reference of every method of a task).
+
+Caches are keyed by content (seed, stage keys), never by the order jobs run in, so a job computes the same
+numbers whether or not another job ran before it.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from bench.align import load_policy
+from bench.core.lm import n_layers
+from bench.core.preference import pair_logprobs
+from bench.models import load_model, random_init
+
+
+class ModelPool:
+    def __init__(self, suite, store, device: str = "auto"):
+        self.suite, self.store, self.device = suite, store, device
+        self._base: dict[int, tuple[Any, Any]] = {}
+        self._policy: tuple[str, Any] | None = None
+        self._reference: dict[str, Any] = {}
+
+    def base(self, seed: int):
+        """(model, tokenizer) of the suite's base model, loaded once (per seed for tiny models, whose weights
+        depend on it)."""
+
+        key = seed if self.suite.model.id.startswith("tiny:") else 0
+        if key not in self._base:
+            self._base[key] = load_model(
+                self.suite.model.id, seed=seed, device=self.device, tiny=self.suite.model.tiny.spec()
+            )
+        return self._base[key]
+
+    def n_layers(self, seed: int) -> int:
+        """Depth of the base model (from the tiny config without building it)."""
+
+        m = self.suite.model
+        return m.tiny.n_layers if m.id.startswith("tiny:") else n_layers(self.base(seed)[0])
+
+    def policy(self, facts, keys: dict[str, str]):
+        """The job's policy: the base model, a re-initialised copy, or base + the train stage's adapter folded
+        into the weights (W + (α/r)·BA, ``merge_and_unload``: the trained function up to float rounding,
+        without LoRA's extra matmuls, ~1.3× faster forwards on CPU)."""
+
+        model, tok = self.base(facts.job.seed)
+        kind = facts.method.policy
+        if kind == "base":
+            return model, tok
+        key = keys["train"] if kind == "trained" else f"random_init-{facts.job.seed}"
+        if self._policy is None or self._policy[0] != key:
+            self._policy = None
+            if kind == "random_init":
+                pol = random_init(model, facts.job.seed)
+            else:
+                pol = load_policy(copy.deepcopy(model), self.store.path(key) / "policy")
+                pol = pol.merge_and_unload() if hasattr(pol, "merge_and_unload") else pol
+            self._policy = (key, pol.eval())
+        return self._policy[1], tok
+
+    def forget_policy(self) -> None:
+        self._policy = None
+
+    def remember_reference(self, data_key: str, logps) -> None:
+        """The base model's held-out pair log-probs of a data stage (its eval stage computed them)."""
+        self._reference[data_key] = logps
+
+    def reference_logps(self, data_key: str, seed: int, pairs, kw: dict):
+        """The base model's pair log-probs of ``pairs`` (the data stage ``data_key``), computed once."""
+        if data_key not in self._reference:
+            model, tok = self.base(seed)
+            self._reference[data_key] = pair_logprobs(model, tok, pairs, **kw)
+        return self._reference[data_key]

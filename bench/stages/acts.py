@@ -1,0 +1,93 @@
+"""``acts``: the activation store of the job's policy at the hook, over the task's SAE token set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.core.io import write_json
+from bench.core.metrics import MetricSet, metric, register_metrics
+from bench.stages import JobFacts, Stage, StageContext, register_stage
+from bench.texts import sae_documents
+from saes.activations import ActivationStore, collect_activations
+from saes.heldout import audit_store
+
+
+@register_metrics
+class ActsMetrics(MetricSet):
+    group, where = "acts", "bench.stages.acts / saes.heldout"
+    acts_n_train_tokens: float | None = metric(
+        "SAE training tokens: distinct prefixes of the training split", better="none", unit="count"
+    )
+    acts_n_heldout_tokens: float | None = metric(
+        "held-out tokens: prefixes found nowhere in training and once in the held-out split",
+        better="none",
+        unit="count",
+    )
+    acts_n_duplicate_tokens: float | None = metric(
+        "stored tokens whose prefix repeats an earlier one (same activation; never trained on or scored)",
+        better="none",
+        unit="count",
+    )
+    acts_heldout_leaks: float | None = metric(
+        "audit: held-out tokens whose 4+-token prefix occurs in training (must be 0)", better="lower", unit="count"
+    )
+    acts_heldout_twins: float | None = metric(
+        "audit: held-out tokens sharing their prefix with another held-out token (must be 0)",
+        better="lower",
+        unit="count",
+    )
+
+
+@register_stage
+class ActsStage(Stage):
+    name, version, order, needs = "acts", "2", 4, ("data", "train")
+
+    def applies(self, facts: JobFacts) -> bool:
+        return facts.suite.sae is not None
+
+    def spec(self, facts: JobFacts, up: dict[str, str]) -> dict[str, Any]:
+        return {
+            "policy": facts.policy_id(up),
+            "data": up["data"],
+            "hook": facts.hook,
+            "sae": facts.suite.sae.model_dump(mode="json"),
+            "seed": facts.job.seed,
+        }
+
+    def complete(self, folder: Path) -> bool:
+        return (folder / "manifest.json").is_file() and (folder / "acts.npy").is_file()
+
+    def run(self, ctx: StageContext, work: Path) -> None:
+
+        pol, tok = ctx.policy()
+        texts, groups = sae_documents(ctx.data())
+        collect_activations(
+            pol,
+            tok,
+            texts,
+            groups=groups,
+            layer=ctx.facts.layer,
+            hook=ctx.suite.hook.module,
+            out_dir=work,
+            cfg=ctx.suite.sae,
+            seed=ctx.job.seed,
+        )
+        store = ActivationStore(work)
+        audit = audit_store(store)
+        if audit["leaks"] or audit["twins"]:
+            raise RuntimeError(
+                f"activation store {work.name}: {audit['leaks']} held-out tokens share a 4+-token "
+                f"prefix with training and {audit['twins']} are twins; this is a bug"
+            )
+        m = store.manifest
+        write_json(
+            work / "metrics.json",
+            ActsMetrics(
+                acts_n_train_tokens=m["n_train_tokens"],
+                acts_n_heldout_tokens=m["n_heldout_tokens"],
+                acts_n_duplicate_tokens=m["n_duplicate_tokens"],
+                acts_heldout_leaks=audit["leaks"],
+                acts_heldout_twins=audit["twins"],
+            ).records(),
+        )
