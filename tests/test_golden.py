@@ -1,7 +1,7 @@
 """Stage keys cannot go stale: a stage whose numbers change must bump its code version.
 
-``tests/golden/stages.json`` holds, per stage, its code version (``Stage.version``, ``bench/stages/<name>.py``) and every
-number the smoke suite's stages of that kind wrote (times excluded). A changed number with an unchanged
+``tests/golden/stages.json`` holds, per stage, its code version (``Stage.version`` in ``bench/stages/<name>.py``)
+and every number the smoke suite's stages of that kind wrote (times excluded). A changed number with an unchanged
 version fails: the cached stages of every results folder would silently keep the old definition. After
 bumping the version, rewrite the file: ``MONOBENCH_WRITE_GOLDEN=1 python -m pytest tests/test_golden.py``.
 """

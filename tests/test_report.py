@@ -2,10 +2,9 @@
 
 import numpy as np
 import pandas as pd
-
-from bench.core.errors import StoreError
 import pytest
 
+from bench.core.errors import StoreError
 from bench.core.io import stable_hash, write_json
 from bench.figures import FIGURES, t_interval
 from bench.leaderboard import seed_summary, write_leaderboard

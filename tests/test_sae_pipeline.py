@@ -24,6 +24,8 @@ WORDS = (
     "green small large old new bird fish swims flies"
 ).split()
 CFG = SAEConfig(expansion=2, k=8, training_tokens=2048, batch_size=128, context_length=24, heldout_frac=0.25)
+CHAT_CFG = CFG.model_copy(update={"use_chat_template": True})
+BF16_CFG = CFG.model_copy(update={"store_dtype": "bfloat16"})
 
 
 def _texts(n: int, seed: int = 0) -> list[str]:
@@ -139,7 +141,13 @@ def test_nan_activations_raise(tiny_lm, tmp_path):
 def test_chat_template_prefix_is_not_stored(tiny_lm, tmp_path):
     model, tok = tiny_lm
     path = collect_activations(
-        model, tok, _texts(6), layer=0, hook="mlp.up_proj", out_dir=tmp_path / "s", cfg=CFG.model_copy(update={"use_chat_template": True})
+        model,
+        tok,
+        _texts(6),
+        layer=0,
+        hook="mlp.up_proj",
+        out_dir=tmp_path / "s",
+        cfg=CFG.model_copy(update={"use_chat_template": True}),
     )
     store = ActivationStore(path)
     starts = store.manifest["content_start"]
@@ -276,7 +284,13 @@ def test_bfloat16_store_reads_back_as_float32(built, tmp_path):
     model, tok, path, _ = built
     texts = _texts(24)
     bf = collect_activations(
-        model, tok, texts, layer=1, hook="mlp.up_proj", out_dir=tmp_path / "bf", cfg=CFG.model_copy(update={"store_dtype": "bfloat16"})
+        model,
+        tok,
+        texts,
+        layer=1,
+        hook="mlp.up_proj",
+        out_dir=tmp_path / "bf",
+        cfg=CFG.model_copy(update={"store_dtype": "bfloat16"}),
     )
     a, b = ActivationStore(path).heldout_acts(), ActivationStore(bf).heldout_acts()
     assert b.dtype == torch.float32 and a.shape == b.shape
