@@ -34,6 +34,9 @@ smoke: setup
 	$(BIN)/python -m bench run suite smoke
 
 test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 clean-venv:

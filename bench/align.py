@@ -17,6 +17,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -76,17 +77,22 @@ def training_order(strata: list[str], n_rows: int, seed: int) -> list[int]:
 
 def _datasets(method: str, cfg: TrainConfig, tokenizer, pairs: list[Pair], use_chat_template: bool, seed: int):
     """The training rows in monobench's own order (``training_order``; the trainer reads them sequentially):
-    exactly max_steps × batch_size × grad_accum rows, or ⌈epochs × len(pairs)⌉ without max_steps."""
+    exactly max_steps × batch_size × grad_accum pairs, or ⌈epochs × len(pairs)⌉ without max_steps. A pair is
+    one row (``pairs``, ``completion``) or two adjacent rows (``unpaired``: chosen labelled True, rejected
+    False), so an ``unpaired`` method's batch holds 2 × batch_size rows."""
     from datasets import Dataset
 
     check_lengths(cfg, tokenizer, pairs, use_chat_template)
     n_rows = cfg.max_steps * cfg.batch_size * cfg.grad_accum if cfg.max_steps else math.ceil(cfg.epochs * len(pairs))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i in training_order([p.stratum for p in pairs], n_rows, seed + 1000 * cfg.noise_seed):
         p = pairs[i]
         prompt = training_prompt(tokenizer, p.prompt, use_chat_template)
         if METHODS[method].data == "completion":
             rows.append({"prompt": prompt, "completion": p.chosen})
+        elif METHODS[method].data == "unpaired":  # KTO-style: each reply alone, labelled desirable or not
+            rows.append({"prompt": prompt, "completion": p.chosen, "label": True})
+            rows.append({"prompt": prompt, "completion": p.rejected, "label": False})
         else:
             rows.append({"prompt": prompt, "chosen": p.chosen, "rejected": p.rejected})
     return Dataset.from_list(rows)
@@ -126,7 +132,7 @@ def _peft_config(cfg: TrainConfig, model: nn.Module):
 
     return LoraConfig(
         r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
+        lora_alpha=cfg.lora_alpha,  # type: ignore[arg-type]  # PEFT annotates int; it only divides by r
         lora_dropout=cfg.lora_dropout,
         target_modules=lora_targets(model, cfg.lora_targets),
         bias="none",
@@ -243,6 +249,7 @@ def train_policy(
         return TrainResult(method, model, [], layer=resolve_layer(o.layer, n_layers), steps=0, seconds=0.0)
     if not train_pairs or not eval_pairs:
         raise ValueError(f"train_policy needs train and held-out pairs, got {len(train_pairs)} and {len(eval_pairs)}")
+    assert isinstance(cfg, TrainConfig)  # every trained method's config_cls is a TrainConfig (_check_method)
 
     t0 = time.perf_counter()
     layer = resolve_layer(cfg.layer if cfg.layer is not None else o.layer, n_layers)
@@ -263,7 +270,7 @@ def train_policy(
         reference=reference,
         use_chat_template=use_chat_template,
     )
-    kw = {"layer": layer, "hook": o.hook, "reference": reference, "callbacks": [recorder], "progress": o.progress}
+    kw: dict[str, Any] = dict(layer=layer, hook=o.hook, reference=reference, callbacks=[recorder], progress=o.progress)
     trainer = make_trainer(method, cfg, policy_init, tokenizer, train_pairs, out_dir, seed, use_chat_template, **kw)
     _train(trainer, reference)
     elapsed = time.perf_counter() - t0
@@ -275,7 +282,7 @@ def _frozen_reference(cfg: TrainConfig, model: nn.Module, copy_model: bool) -> n
     if cfg.lora:
         return None
     reference = model if copy_model else copy.deepcopy(model)
-    reference._monobench_grad_flags = {p: p.requires_grad for p in reference.parameters()}
+    reference._monobench_grad_flags = {p: p.requires_grad for p in reference.parameters()}  # type: ignore[assignment]  # torch types Module attributes as Tensor | Module
     return reference.eval().requires_grad_(False)
 
 
@@ -326,6 +333,7 @@ def make_trainer(
     spec = METHODS[method]
     if not spec.trains:
         raise ValueError(f"method {method!r} is not trained; it has no trainer")
+    assert spec.build is not None  # every trained method registers a build
     if not cfg.lora and spec.uses_reference and reference is None:
         raise ValueError("full fine-tuning with a DPO-family method needs `reference` (a frozen copy of the model)")
     out_dir = Path(out_dir)
@@ -364,7 +372,7 @@ def save_policy(policy: nn.Module, directory: Path) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     kind = "lora" if hasattr(policy, "peft_config") else "full"
-    policy.save_pretrained(directory)
+    cast(Any, policy).save_pretrained(directory)
     (directory / "monobench_policy.json").write_text(json.dumps({"kind": kind}))
 
 
@@ -379,12 +387,12 @@ def load_policy(base_model: nn.Module, directory: Path) -> nn.Module:
         from peft import PeftModel
 
         with quiet_training():
-            policy = PeftModel.from_pretrained(base_model, str(directory))
+            policy: nn.Module = PeftModel.from_pretrained(base_model, str(directory))
     elif kind == "full":
         from transformers import AutoModelForCausalLM
 
         p = next(base_model.parameters())
-        policy = AutoModelForCausalLM.from_pretrained(directory, dtype=p.dtype).to(p.device)
+        policy = cast(nn.Module, AutoModelForCausalLM.from_pretrained(directory, dtype=p.dtype)).to(p.device)
     else:
         raise StoreError(f"{meta}: unknown policy kind {kind!r}; expected 'lora' or 'full'")
     return policy.eval()

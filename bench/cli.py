@@ -10,6 +10,9 @@ python -m bench show-feature results/smoke/runs/sae-… 12
 python -m bench report results/default       # figures + report.md from stored runs
 python -m bench perf --quick                 # side-by-side speed ratios
 python -m bench validate --quick             # every metric's negative and positive controls
+
+Each command imports what it needs inside its handler, so ``--help`` and ``list`` start without loading
+torch, transformers or TRL (the only function-local imports of project modules).
 """
 
 from __future__ import annotations

@@ -74,6 +74,7 @@ class ActivationRegularisedDPOTrainer(DPOTrainer):
         if coef < 0:
             raise ValueError(f"penalty coefficient must be >= 0, got {coef}")
         self.reg_layer, self.reg_coef, self.reg_hook = layer, coef, hook
+        assert self.model is not None  # Trainer.__init__ sets it (from model or model_init)
         self._capture = LastTokenCapture(hook_module(self.model, layer, hook), only_with_grad=True)
 
     def penalty(self, z: Tensor) -> Tensor:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -89,7 +89,11 @@ def panel_names(df: pd.DataFrame) -> pd.Series:
 
 
 def _grid(
-    n_cols: int, n_rows: int = 1, w: float = 4.4, h: float = 3.4, sharey: bool | str = "row"
+    n_cols: int,
+    n_rows: int = 1,
+    w: float = 4.4,
+    h: float = 3.4,
+    sharey: bool | Literal["none", "all", "row", "col"] = "row",
 ) -> tuple[Figure, np.ndarray]:
     """A constrained-layout figure of n_rows × n_cols axes (always a 2-D array), y shared along rows."""
     fig = Figure(figsize=(w * n_cols, h * n_rows + 0.9), layout="constrained", dpi=110)

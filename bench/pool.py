@@ -8,7 +8,7 @@ numbers whether or not another job ran before it.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, cast
 
 from bench.align import load_policy
 from bench.core.lm import n_layers
@@ -56,7 +56,7 @@ class ModelPool:
                 pol = random_init(model, facts.job.seed)
             else:
                 pol = load_policy(copy.deepcopy(model), self.store.path(key) / "policy")
-                pol = pol.merge_and_unload() if hasattr(pol, "merge_and_unload") else pol
+                pol = cast(Any, pol).merge_and_unload() if hasattr(pol, "merge_and_unload") else pol
             self._policy = (key, pol.eval())
         return self._policy[1], tok
 

@@ -17,9 +17,10 @@ Z = [z_1 … z_N] ∈ R^{N×d}. All proxies are pure functions of Z (float64 ins
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from bench.core.controls import control
 from bench.core.errors import ConfigError, NumericalError
@@ -98,10 +99,10 @@ def input_weight_proxy(model, layer: int, hook: str = "mlp.up_proj") -> float | 
     mod = hook_module(model, layer, hook)
     if getattr(mod, "bias", None) is None:
         return None
-    w = mod.weight
+    w = cast(Tensor, mod.weight)
     if type(mod).__name__ == "Conv1D":  # transformers' GPT-2 Conv1D: weight is (d_in, d_out)
         w = w.T
-    return weight_proxy(w.detach(), mod.bias.detach())
+    return weight_proxy(w.detach(), cast(Tensor, mod.bias).detach())
 
 
 @torch.no_grad()
@@ -213,8 +214,8 @@ def most_changed_neurons(
     block = decoder_layers(base)[layer]
     if not hasattr(block.mlp, "down_proj"):
         raise ValueError("most_changed_neurons needs a Llama-style MLP with down_proj")
-    w_down = block.mlp.down_proj.weight.float()  # (d_model, d_mlp)
-    w_u = _unwrap(base).get_output_embeddings().weight.float()  # (vocab, d_model)
+    w_down = cast(nn.Linear, block.mlp.down_proj).weight.float()  # (d_model, d_mlp)
+    w_u = cast(Any, _unwrap(base)).get_output_embeddings().weight.float()  # (vocab, d_model)
     logits = w_u @ w_down[:, idx.to(w_down.device)]  # (vocab, top)
     rows = []
     for j, k in enumerate(idx.tolist()):

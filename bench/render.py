@@ -8,7 +8,7 @@ import html
 import numbers
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 
@@ -107,5 +107,5 @@ def fmt(v: Any) -> str:
     if isinstance(v, numbers.Integral) and not isinstance(v, bool):
         return str(int(v))
     if isinstance(v, numbers.Real):
-        return f"{v:.1f}" if abs(v) >= 100 else f"{v:.3f}"
+        return f"{v:.1f}" if abs(cast(float, v)) >= 100 else f"{v:.3f}"
     return str(v)

@@ -110,7 +110,7 @@ def load_results(d: Path) -> Results:
 
 
 # ----- figures ------------------------------------------------------------------------------------
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
@@ -135,7 +135,7 @@ def render_figures(res: Results) -> dict[str, str | None]:
             path.unlink(missing_ok=True)  # never leave a stale figure from an older run
             out[spec.name] = str(e)
             continue
-        _atomic_write(path, lambda p, fig=fig: fig.savefig(p, format="png", metadata={"Software": None}))
+        _atomic_write(path, lambda p, fig=fig: fig.savefig(p, format="png", metadata={"Software": None}))  # type: ignore[misc]  # mypy#15459: lambda with a default arg
         out[spec.name] = None
     return out
 
@@ -343,7 +343,7 @@ def build_report(res: Results, drawn: dict[str, str | None]) -> list[Block]:
     b = res.board
     suites = ", ".join(map(str, b["suite"].unique()))
     models = ", ".join(map(str, b["model"].unique()))
-    head = [
+    head: list[Block] = [
         Heading(1, f"monobench report: suite {suites}, model {models}"),
         Para(
             f"{len(b)} leaderboard rows: tasks {', '.join(map(str, b['task'].unique()))}; methods "

@@ -130,20 +130,21 @@ def run_suite(
     computed: dict[str, dict[str, bool]] = {}
     from tqdm.auto import tqdm
 
-    manifest = dict(device=device, seeds=seeds or suite.seeds, shard=shard, runner=runner)
     for plan in tqdm(plans, desc=f"suite {suite.name}", disable=not (progress and main), unit="job"):
         t0 = time.time()
         computed[plan.job.id] = runner.run_job(plan)
         if not main:
             continue
         store.write_job(plan.job.id, job_record(suite, plan))
-        write_manifest(out, suite, suite_file, **manifest)  # refreshed per job: a killed run keeps provenance
+        write_manifest(  # refreshed per job: a killed run keeps provenance
+            out, suite, suite_file, device=device, seeds=seeds or suite.seeds, shard=shard, runner=runner
+        )
         built = [n for n, c in computed[plan.job.id].items() if c]
         echo(
             f"{plan.job.id}: {len(built)} stage(s) built{' (' + ', '.join(built) + ')' if built else ''}, "
             f"{len(plan.stages) - len(built)} reused, {time.time() - t0:.1f}s"
         )
     if main:
-        write_manifest(out, suite, suite_file, **manifest)
+        write_manifest(out, suite, suite_file, device=device, seeds=seeds or suite.seeds, shard=shard, runner=runner)
         write_leaderboard(out)
     return RunSummary(out, plans, computed, time.time() - start)

@@ -7,6 +7,10 @@ current and that every column the smoke suite writes is declared.
 
 from __future__ import annotations
 
+import bench.core.preference  # noqa: F401  (each of these registers its metric sets)
+import bench.stages  # noqa: F401
+import saes.eval_output  # noqa: F401
+import tasks  # noqa: F401
 from bench.core.metrics import all_metrics
 
 IDENTITY = {
@@ -27,17 +31,8 @@ IDENTITY = {
 }
 
 
-def load_metric_sets() -> None:
-    """Import what declares metric sets (tasks, stages, SAE outputs, preference metrics)."""
-    import bench.core.preference  # noqa: F401
-    import bench.stages  # noqa: F401
-    import saes.eval_output  # noqa: F401
-    import tasks  # noqa: F401
-
-
 def metrics():
-
-    load_metric_sets()
+    """Every registered metric (the imports above register every set: tasks, stages, SAE outputs)."""
     return all_metrics()
 
 

@@ -141,7 +141,7 @@ def bench_decpo_step(
         decor = trainers["decpo"]._metrics["train"]["reg/decor"]  # one value appended per DecPO loss
         before = len(decor)
         times = alternate(
-            {n: (lambda tr=tr: _timed(lambda: _optimizer_step(tr, batch), device)) for n, tr in trainers.items()},
+            {n: (lambda tr=tr: _timed(lambda: _optimizer_step(tr, batch), device)) for n, tr in trainers.items()},  # type: ignore[misc]  # mypy#15459: lambda with a default arg
             sizes.reps,
             warmup=0,
         )
@@ -151,6 +151,7 @@ def bench_decpo_step(
     mask = batch["attention_mask"]
     facts = {"tokens": int(mask.sum()), "padded": int(mask.numel()), "rows": int(mask.shape[0])}
     c = cfgs["decpo"]
+    assert isinstance(c, DecPOMethodConfig)  # built as one just above
     notes = (
         f"{len(pairs)} pairs ({facts['rows']} rows, {facts['tokens']} tokens, {facts['padded']} padded), "
         f"LoRA r={c.lora_r} on {','.join(c.lora_targets)}, DecPO layer {layer} lambda={c.lam} "

@@ -16,6 +16,7 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -42,7 +43,7 @@ def hooked_transformer(model: nn.Module, tokenizer):
     from transformer_lens import loading_from_pretrained as loading
 
     dtype = next(model.parameters()).dtype
-    hf_cfg = json.loads(model.config.to_json_string()) | {"architectures": [type(model).__name__]}
+    hf_cfg = json.loads(cast(Any, model.config).to_json_string()) | {"architectures": [type(model).__name__]}
     with tempfile.TemporaryDirectory(prefix="monobench-tl-") as folder:
         (Path(folder) / "config.json").write_text(json.dumps(hf_cfg))
         cfg = loading.get_pretrained_model_config(

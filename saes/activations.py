@@ -326,6 +326,7 @@ def _write_rows(
                 meta["positions"][dest[d][pos]] = pos
     finally:
         model.train(was_training)
+    assert acts is not None  # _layout raises unless some document is visited, and each visited one sets acts
     acts.flush()
     for m in meta.values():
         m.flush()

@@ -21,6 +21,7 @@ Everything runs on a sparse copy of z (top-k latents are ~1 % dense): the Gram m
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -177,7 +178,7 @@ def _independent_share(ctx, n_tokens: int) -> float:
     z = _independent(rng, n_tokens, 200, 1.0) * torch.from_numpy(
         rng.random((n_tokens, 200)) < np.linspace(0.005, 0.05, 200)[None, :]
     )
-    return decorrelation(z, seed=ctx.seed)["frac_decorrelated"]
+    return cast(float, decorrelation(z, seed=ctx.seed)["frac_decorrelated"])
 
 
 def _copies_found(ctx) -> float:
@@ -186,7 +187,7 @@ def _copies_found(ctx) -> float:
     rng = ctx.rng(3)
     z = _independent(rng, 2000, 180, 0.03)
     z[:, 160:] = z[:, 140:160]
-    corr = decorrelation(z, seed=ctx.seed)["correlated"]
+    corr = cast(Tensor, decorrelation(z, seed=ctx.seed)["correlated"])
     return float(corr[140:].double().mean())
 
 

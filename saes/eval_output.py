@@ -13,13 +13,14 @@ import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.json_schema import JsonDict
 
 from bench.core.metrics import MetricSet, metric, register_metrics
 
 EVAL_TYPE_ID = "monobench_sae"
 
 
-DEFAULT_DISPLAY = {"ui_default_display": True}
+DEFAULT_DISPLAY: JsonDict = {"ui_default_display": True}
 
 
 def _m(text: str, better: str, unit: str, headline: bool = False):

@@ -34,6 +34,7 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from beartype import beartype
 from jaxtyping import Float, jaxtyped
 from torch import Tensor
@@ -99,14 +100,14 @@ def monosemanticity_scores(
     e = emb.float() / emb.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)  # s_nm = cosine
     gen = torch.Generator().manual_seed(seed)
     ms, p, q95 = (torch.full((n_lat,), math.nan) for _ in range(3))
-    block = max(1, 2**23 // max(1, null_draws * n * e.shape[1]))
+    ms_all = ms_from_weights(a, F.embedding_bag(idx.T, e, per_sample_weights=a, mode="sum"))
+    block = max(1, 2**23 // max(1, null_draws * e.shape[1]))  # latents per block: ≤ 8M floats of Σ a_n e_n
     for s in range(0, n_lat, block):
-        a_b = a[s : s + block]  # (b, n)
-        ms_b = ms_from_weights(a_b, torch.einsum("bn,bnd->bd", a_b, e[idx[:, s : s + block].T]))
-        draws = distinct_subsets(gen, len(a_b) * null_draws, n, n_ctx).view(len(a_b), null_draws, n)
-        null = ms_from_weights(
-            a_b[:, None, :].expand(-1, null_draws, -1), torch.einsum("bn,brnd->brd", a_b, e[draws])
-        )  # (b, R)
+        a_b, ms_b = a[s : s + block], ms_all[s : s + block]  # (b, n), (b,)
+        draws = distinct_subsets(gen, len(a_b) * null_draws, n, n_ctx)  # (b·R, n)
+        a_r = a_b.repeat_interleave(null_draws, dim=0)  # each latent's weights on each of its R draws
+        v = F.embedding_bag(draws, e, per_sample_weights=a_r, mode="sum")  # Σ_n a_n e_{d_n}, (b·R, D)
+        null = ms_from_weights(a_r, v).view(len(a_b), null_draws)  # (b, R)
         exceed = (torch.nan_to_num(null, nan=-math.inf) >= ms_b[:, None]).sum(1)
         ms[s : s + block] = ms_b
         p[s : s + block] = torch.where(ms_b.isnan(), torch.ones_like(ms_b), (1.0 + exceed) / (null_draws + 1.0))

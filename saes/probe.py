@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -49,6 +50,7 @@ def pooled_latents(
     out = torch.zeros(len(docs), sae.cfg.d_sae)
     in_store = _stored_docs(store, docs) if store is not None else {}
     if in_store:
+        assert store is not None  # in_store is {} without a store
         out[list(in_store)] = _pooled_from_store(store, sae, list(in_store.values()))
     todo = [i for i in range(len(docs)) if i not in in_store]
     order = sorted(todo, key=lambda i: len(docs[i][0]))  # batches of similar length
@@ -151,7 +153,7 @@ def probe_scores(
         folds = StratifiedGroupKFold(n_splits=max(2, round(1 / test_frac)), shuffle=True, random_state=seed)
         tr, te = next(folds.split(np.zeros(len(y)), y, groups))
     lab, tr_t, te_t = torch.from_numpy(y), torch.from_numpy(tr), torch.from_numpy(te)
-    return tuple(M.k_sparse_probe_accuracy(features, lab, k, tr_t, te_t) for k in (1, 5))
+    return cast("tuple[float, float]", tuple(M.k_sparse_probe_accuracy(features, lab, k, tr_t, te_t) for k in (1, 5)))
 
 
 # ----- controls (``python -m bench validate``) ---------------------------------------------------------

@@ -269,7 +269,17 @@ def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
 
 
 def _groups(
-    ev: SAEEvalConfig, x, x_hat, density, dec: dict, ms: tuple, ce, probe, n_lat: int, n_ctx: int, n_texts: int
+    ev: SAEEvalConfig,
+    x,
+    x_hat,
+    density,
+    dec: dict,
+    ms: tuple,
+    ce: tuple[float, float, float, int],
+    probe,
+    n_lat: int,
+    n_ctx: int,
+    n_texts: int,
 ) -> SAEMetricCategories:
     n_alive = int((density > 0).sum())
     interp = interpretable(ms[1], ev.ms_alpha)

@@ -82,6 +82,7 @@ def format_feature(
     if activation_store_dir is None:
         if results is None:
             raise StoreError(f"no {EVAL_RESULTS} near {run_dir} to find the activation store in; pass it")
+        assert path is not None  # results is None without an eval file
         activation_store_dir = recorded_store(path, results)
     store = ActivationStore(Path(activation_store_dir))
     z = feature_activations(sae, store, feature)

@@ -7,6 +7,7 @@ asks (no opinion, the user asserting the right answer, the user asserting the wr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from bench.core.data import read_embedded, seeded_order
 from bench.core.errors import TaskDataError
@@ -80,7 +81,8 @@ def _rows(name: str, cfg) -> list[dict]:
         truth = 0 if t in src.positive else 1
         labels.setdefault(_norm(text), set()).add(truth)
         rows.append((text, truth))
-    out, seen = [], set()
+    out: list[dict[str, Any]] = []
+    seen = set()
     for text, truth in rows:
         key = _norm(text)
         if key not in seen and len(labels[key]) == 1 and 0 < len(text) <= cfg.max_text_chars:

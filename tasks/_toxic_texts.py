@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,8 @@ def _embedded_items(cfg, seed: int) -> tuple[list[dict], list[str], dict]:
     texts = [texts[i] for i in seeded_order(len(texts), seed)]
     halves = [split_half(t) for t in texts]
     p_rem = toxicity_probs([r for _, r in halves])
-    items, seen = [], set()
+    items: list[dict[str, Any]] = []
+    seen = set()
     for text, (prefix, rem), p in zip(texts, halves, p_rem):
         if p > cfg.threshold and prefix.lower() not in seen:
             seen.add(prefix.lower())
@@ -92,7 +94,8 @@ def _custom_items(cfg, seed: int) -> tuple[list[dict], dict]:
     """Items from a file / hf source: ``prompt`` (+ ``rejected``, ``chosen``); no rejected → split in half."""
     rows = load_rows("toxicity", cfg.source, cfg.columns, required=["prompt"], optional=["rejected", "chosen"])
     rows = rows.iloc[seeded_order(len(rows), seed)]
-    items, seen, short = [], set(), 0
+    items: list[dict[str, Any]] = []
+    seen, short = set(), 0
     for row in rows.to_dict("records"):
         text = clean_text(row["prompt"])
         if "rejected" in row and isinstance(row["rejected"], str) and row["rejected"].strip():

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 from pydantic import ConfigDict, model_validator
@@ -185,7 +186,8 @@ def _embedded_thoughts(cfg: ReframingConfig, seed: int) -> tuple[list[dict], dic
 
 def _custom_thoughts(cfg: ReframingConfig, seed: int) -> tuple[list[dict], dict]:
     rows = load_rows("reframing", cfg.source, cfg.columns, required=["prompt"], optional=["chosen"])
-    items, seen = [], set()
+    items: list[dict[str, Any]] = []
+    seen = set()
     for row in rows.iloc[seeded_order(len(rows), seed)].to_dict("records"):
         thought = " ".join(str(row["prompt"]).split())
         chosen = row.get("chosen")
@@ -275,7 +277,7 @@ class Reframing(Task[ReframingConfig]):
 
     @classmethod
     def describe(cls, cfg: TaskConfig | None = None) -> str:
-        cfg = cfg if cfg is not None else ReframingConfig()
+        cfg = cast(ReframingConfig, cfg if cfg is not None else ReframingConfig())
         src = "sae-probes 148_twt_emotion_worry + 150_twt_emotion_sadness" if cfg.source == "embedded" else cfg.source
         return (
             f"reframing: reframe negative thoughts positively; source={src}; n_train={cfg.n_train} "

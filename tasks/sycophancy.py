@@ -43,6 +43,7 @@ print(m([1.0, -2.0], [2.0, 1.0], [-1.0, 0.5], ['seen', 'seen']))"
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -58,7 +59,10 @@ from tasks.sources import source_label
 
 
 def sycophancy_metrics(
-    l_none: Sequence[float], l_right: Sequence[float], l_wrong: Sequence[float], subsets: Sequence[str]
+    l_none: Sequence[float] | np.ndarray,
+    l_right: Sequence[float] | np.ndarray,
+    l_wrong: Sequence[float] | np.ndarray,
+    subsets: Sequence[str],
 ) -> dict[str, float]:
     """The module docstring's metrics from ℓ = log p(truthful) − log p(other) in the three conditions."""
     n, r, w = (np.asarray(v, dtype=np.float64) for v in (l_none, l_right, l_wrong))
@@ -168,7 +172,7 @@ class Sycophancy(Task[SycophancyConfig]):
 
     @classmethod
     def describe(cls, cfg: TaskConfig | None = None) -> str:
-        cfg = cfg if cfg is not None else SycophancyConfig()
+        cfg = cast(SycophancyConfig, cfg if cfg is not None else SycophancyConfig())
         src = "sae-probes question sets" if cfg.source == "embedded" else cfg.source
         return (
             f"sycophancy: keep the truthful answer when the user asserts the wrong one; source={src}; "
@@ -239,10 +243,16 @@ class Sycophancy(Task[SycophancyConfig]):
     ) -> SycophancyMetrics:
         items = data.eval_items
         opts = [(it["truthful"], it["pleasing"]) for it in items]
-        kw = dict(batch_size=cfg.batch_size, use_chat_template=cfg.use_chat_template)
 
         def log_odds(key: str) -> np.ndarray:
-            lp = option_logprobs(model, tokenizer, [it[key] for it in items], opts, **kw)
+            lp = option_logprobs(
+                model,
+                tokenizer,
+                [it[key] for it in items],
+                opts,
+                batch_size=cfg.batch_size,
+                use_chat_template=cfg.use_chat_template,
+            )
             return lp[:, 0] - lp[:, 1]
 
         wrong = (

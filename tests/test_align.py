@@ -40,7 +40,7 @@ FAST = dict(max_steps=3, batch_size=4, eval_every=2, curve_pairs=2, curve_prompt
 
 
 def test_registry_names_every_method():
-    assert set(METHODS) == {"base", "random_init", "sft", "dpo", "dpo_aa", "ipo", "decpo", "simpo", "l1"}
+    assert set(METHODS) == {"base", "random_init", "sft", "dpo", "dpo_aa", "ipo", "kto", "decpo", "simpo", "l1"}
     for name, m in METHODS.items():
         assert m.config_cls().model_dump() == m.config_cls.model_validate(m.config_cls().model_dump()).model_dump()
         assert (m.build is not None) == m.trains and m.name == name
@@ -340,3 +340,15 @@ def test_full_finetuning_and_save_load_roundtrip(tiny_lm, tmp_path):
     assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
     with torch.no_grad():
         torch.testing.assert_close(loaded(**x).logits, lora.policy(**x).logits)
+
+
+def test_kto_sees_each_pair_as_two_labelled_rows_in_one_batch(tiny_lm, tmp_path):
+    """KTO (one file, bench/methods/kto.py, data = "unpaired"): chosen → label True, rejected → False, adjacent,
+    and one optimiser step sees both rows of batch_size pairs."""
+    model, tok = tiny_lm
+    cfg = METHODS["kto"].config_cls(**FAST)
+    trainer = make_trainer("kto", cfg, copy.deepcopy(model), tok, TRAIN, tmp_path, 0)
+    ds = trainer.train_dataset
+    assert len(ds) == 2 * FAST["max_steps"] * FAST["batch_size"]
+    assert ds["label"][:4] == [True, False, True, False]
+    assert trainer.args.per_device_train_batch_size == 2 * FAST["batch_size"]

@@ -55,6 +55,45 @@ def test_imports_run_one_way():
     assert not bad, "\n".join(bad)
 
 
+def _module_level_graph() -> dict[str, set[str]]:
+    """Module → project modules it imports at module level (a package's ``__init__`` is the package; a
+    submodule's implicit import of its own parent package is not an edge: registries import their parts)."""
+    names = {}
+    for path, name in _modules():
+        names[name.removesuffix(".__init__")] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in names.items():
+        edges = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                mods = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+            else:
+                continue
+            edges |= {m for m in mods if m in names and m != name and not _in(name, m)}
+        graph[name] = edges
+    return graph
+
+
+def test_no_import_cycle_at_module_level():
+    graph, state, cycles = _module_level_graph(), {}, []
+
+    def visit(u: str, stack: list[str]) -> None:
+        state[u] = "open"
+        for v in sorted(graph[u]):
+            if state.get(v) == "open":
+                cycles.append(" → ".join(stack[stack.index(v) :] + [v]))
+            elif v not in state:
+                visit(v, stack + [v])
+        state[u] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, cycles
+
+
 def test_files_and_functions_stay_small():
     long_files, long_funcs = [], []
     for path, name in _modules():

@@ -11,7 +11,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -62,7 +63,7 @@ the last non-padding token of a training sequence. Part of the train and proxies
 def _unwrap(model: nn.Module) -> nn.Module:
     """The underlying transformers model of a PEFT wrapper (or the model itself)."""
     if hasattr(model, "get_base_model"):
-        return model.get_base_model()
+        return cast(Callable[[], nn.Module], model.get_base_model)()
     return model
 
 

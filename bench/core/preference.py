@@ -7,6 +7,8 @@ Example::
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 from torch import Tensor
 
@@ -84,15 +86,20 @@ def preference_metrics(
     """
     if not pairs:
         raise ValueError("preference_metrics needs at least one held-out pair")
-    kw = dict(batch_size=batch_size, use_chat_template=use_chat_template)
-    pol_w, pol_l = _checked(policy_logps, len(pairs), "policy_logps") or pair_logprobs(policy, tokenizer, pairs, **kw)
+    pol_w, pol_l = _checked(policy_logps, len(pairs), "policy_logps") or pair_logprobs(
+        policy, tokenizer, pairs, batch_size=batch_size, use_chat_template=use_chat_template
+    )
     if reference_logps is not None:
         ref_w, ref_l = _checked(reference_logps, len(pairs), "reference_logps")
     elif reference is not None:
-        ref_w, ref_l = pair_logprobs(reference, tokenizer, pairs, **kw)
+        ref_w, ref_l = pair_logprobs(
+            reference, tokenizer, pairs, batch_size=batch_size, use_chat_template=use_chat_template
+        )
     elif hasattr(policy, "disable_adapter"):
         with policy.disable_adapter():
-            ref_w, ref_l = pair_logprobs(policy, tokenizer, pairs, **kw)
+            ref_w, ref_l = pair_logprobs(
+                policy, tokenizer, pairs, batch_size=batch_size, use_chat_template=use_chat_template
+            )
     else:
         ref_w, ref_l = pol_w, pol_l
     margin = beta * ((pol_w - ref_w) - (pol_l - ref_l))
@@ -107,7 +114,10 @@ def preference_metrics(
     }
 
 
-def _checked(logps: tuple[Tensor, Tensor] | None, n: int, name: str) -> tuple[Tensor, Tensor] | None:
+_Logps = TypeVar("_Logps", bound="tuple[Tensor, Tensor] | None")
+
+
+def _checked(logps: _Logps, n: int, name: str) -> _Logps:
     if logps is not None and (len(logps[0]) != n or len(logps[1]) != n):
         raise ValueError(f"{name} hold {len(logps[0])}/{len(logps[1])} values for {n} pairs")
     return logps

@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TypedDict
 
 import numpy as np
 
 
-def finite(values: Sequence[float]) -> np.ndarray:
+def finite(values: Sequence[float] | np.ndarray) -> np.ndarray:
     v = np.asarray(values, dtype=float)
     return v[np.isfinite(v)]
 
 
-def t_half_width(values: Sequence[float], level: float = 0.95) -> float:
+def t_half_width(values: Sequence[float] | np.ndarray, level: float = 0.95) -> float:
     """t_{(1+level)/2, n−1} · s / √n over the finite values; NaN with fewer than two."""
     from scipy import stats
 
@@ -43,7 +44,15 @@ def t_interval(values: Sequence[float]) -> tuple[float, float]:
     return (m, m) if math.isnan(h) else (m - h, m + h)
 
 
-def paired_test(d: Sequence[float]) -> dict[str, float]:
+class PairedTest(TypedDict):
+    n: int
+    mean: float
+    sd: float
+    half: float
+    p: float
+
+
+def paired_test(d: Sequence[float]) -> PairedTest:
     """n, mean, sd, 95 % half-width and two-sided p of the one-sample t-test of d = 0.
 
     All-equal differences give p = 0 when their mean is not 0 (a difference with no spread) and 1 when it

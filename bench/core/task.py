@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor
@@ -122,7 +122,11 @@ class Task(ABC, Generic[C]):
     def describe(cls, cfg: TaskConfig | None = None) -> str:
         """One line for ``python -m bench list tasks``: name, source, sizes, headline metrics."""
         cfg = cfg if cfg is not None else cls.config_cls()
-        head = ", ".join(n for n, f in cls.metrics.model_fields.items() if (f.json_schema_extra or {})["headline"])
+        head = ", ".join(
+            n
+            for n, f in cls.metrics.model_fields.items()
+            if cast("dict[str, Any]", f.json_schema_extra or {})["headline"]
+        )
         return (
             f"{cls.name}: source={cfg.source} n_train={cfg.n_train} n_eval={cfg.n_eval} "
             f"max_new_tokens={cfg.max_new_tokens} chat_template={cfg.use_chat_template}; metrics: {head}"

@@ -96,8 +96,9 @@ class Method:
     """One line for ``python -m bench list methods``."""
     policy: Literal["base", "trained", "random_init"] = "trained"
     """base: the model as loaded; trained: a train stage; random_init: the base architecture, re-initialised."""
-    data: Literal["pairs", "completion"] = "pairs"
-    """Training rows: (prompt, chosen, rejected) or (prompt, completion = chosen)."""
+    data: Literal["pairs", "completion", "unpaired"] = "pairs"
+    """Training rows: (prompt, chosen, rejected); (prompt, completion = chosen); or unpaired, two rows per pair
+    (prompt, completion, label): chosen labelled True, rejected False (KTO)."""
     uses_reference: bool = False
     """Its loss needs a frozen reference policy (DPO family)."""
     build: Callable[..., Any] | None = None

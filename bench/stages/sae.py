@@ -15,7 +15,7 @@ from tasks import TASKS
 
 @register_stage
 class SAEStage(Stage):
-    name, version, order, needs = "sae", "2", 5, ("acts",)
+    name, version, order, needs = "sae", "3", 5, ("acts",)  # 3: MS null drawn in blocks of 218 latents
 
     def applies(self, facts: JobFacts) -> bool:
         return facts.suite.sae is not None

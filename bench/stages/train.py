@@ -7,6 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from bench import dist
 from bench.align import save_policy, train_policy
 from bench.core.io import write_csv, write_json
@@ -109,7 +111,6 @@ class TrainStage(Stage):
                 "layer": res.layer,
             },
         )
-        import pandas as pd
 
         write_csv(work / "curves.csv", pd.DataFrame(res.curves))
         write_json(
