@@ -233,10 +233,11 @@ def cmd_report(args) -> int:
 
 
 def cmd_schema(args) -> int:
+    from bench.core.io import write_text
     from bench.schema import schema_markdown
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(schema_markdown())
+    write_text(args.out, schema_markdown())
     print(f"schema → {args.out}")
     return 0
 

@@ -14,9 +14,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
+from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from bench.core.errors import ConfigError
+from bench.core.settings import Settings
 from bench.methods import METHODS
 from bench.models import TinySpec
 from saes.config import SAEConfig
@@ -27,8 +28,8 @@ class SuiteError(ConfigError):
     """A suite that cannot be found or does not validate; the message names the bad key."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+class _Strict(Settings):
+    """Suite tables: unknown keys, non-finite floats and booleans-for-numbers are errors (``Settings``)."""
 
 
 class TinyModelConfig(_Strict):
@@ -90,6 +91,7 @@ class SuiteConfig(_Strict):
     name: str
     description: str = ""
     seeds: list[int] = [0]
+    """Random seeds, one job per (task, method, seed): non-empty, non-negative, each once."""
     model: ModelConfig = ModelConfig()
     hook: HookConfig = HookConfig()
     proxies: ProxyConfig = ProxyConfig()
@@ -104,6 +106,25 @@ class SuiteConfig(_Strict):
     """Sweeps as ordinary jobs: ``"methods.<method>.<field>" = [v1, v2, …]`` replaces ``<method>`` by one variant
     per combination of the listed values (``decpo@lambda=0.01,layer=7``), each cached, resumable, sharded and
     on the leaderboard like any method."""
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int]) -> list[int]:
+        if not seeds:
+            raise ValueError("seeds = [] runs nothing; give at least one seed, e.g. seeds = [0]")
+        if bad := [s for s in seeds if s < 0]:
+            raise ValueError(f"seeds {bad} are negative; seeds must be ≥ 0")
+        if dup := sorted({s for s in seeds if seeds.count(s) > 1}):
+            raise ValueError(f"seeds {dup} are listed twice; list each seed once")
+        return seeds
+
+    def needs_hub(self) -> bool:
+        """Whether any input is a hub id: a model that is not embedded, tiny or a local folder, or a task
+        source ``hf:<dataset>``. Without one the runner keeps every library offline (``compat.hub_offline``)."""
+        mid = self.model.id
+        local_model = mid.startswith(("embedded:", "tiny:")) or Path(mid).expanduser().exists()
+        sources = [str(getattr(t, "source", "")) for t in self.tasks.values()]
+        return not local_model or any(src.startswith("hf:") for src in sources)
 
     @model_validator(mode="before")
     @classmethod
@@ -132,7 +153,20 @@ def _validate(cls: type[BaseModel], table: Any, where: str) -> BaseModel:
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
-        raise ValueError(f"[{where}] {loc}: {err['msg']}") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg += f"; allowed keys here: {', '.join(_allowed_keys(cls, err['loc'][:-1]))}"
+        raise ValueError(f"[{where}] {loc}: {msg}" if loc else f"[{where}] {msg}") from None
+
+
+def _allowed_keys(cls: type[BaseModel], path: tuple) -> list[str]:
+    """The keys a (nested) table of ``cls`` accepts, e.g. ``[sae.eval]`` for path ("eval",)."""
+    for part in path:
+        ann = cls.model_fields[str(part)].annotation if str(part) in cls.model_fields else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return sorted(cls.model_fields)
+        cls = ann
+    return [f.alias or n for n, f in cls.model_fields.items()]
 
 
 def _resolve_tables(kind: str, tables: Any, registry: dict[str, type[BaseModel]]) -> dict[str, BaseModel]:

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from bench.core.errors import ModelLoadError
-from bench.core.io import cache_dir
+from bench.core.io import cache_dir, write_text
 from bench.models import embedded_gguf
 
 MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".gguf", ".tiktoken")
@@ -42,11 +40,7 @@ def _load_cache() -> dict[str, str]:
 def _save_cache(cache: dict[str, str]) -> None:
     path = _cache_file()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".file-hashes.", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(cache, f)
-        os.replace(tmp, path)
+        write_text(path, json.dumps(cache))
     except OSError:  # a read-only cache only costs a re-hash next time
         pass
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.core.io import read_json
+from bench.core.io import read_json, write_csv
 from bench.core.stats import holm, mde_paired, paired_test, t_half_width
 from bench.methods import ordered
 from bench.schema import metrics
@@ -147,9 +147,9 @@ def write_leaderboard(out: Path, sources: list[Path] | None = None) -> pd.DataFr
     tidy, table = tidy_metrics([Path(s) for s in sources])
     board = leaderboard(tidy, table)
     out.mkdir(parents=True, exist_ok=True)
-    tidy[TIDY_COLS].to_csv(out / "metrics.csv", index=False)
-    board.to_csv(out / "leaderboard.csv", index=False)
+    write_csv(out / "metrics.csv", tidy[TIDY_COLS])
+    write_csv(out / "leaderboard.csv", board)
     summary = seed_summary(board)
     if summary is not None:
-        summary.to_csv(out / "leaderboard_seeds.csv", index=False)
+        write_csv(out / "leaderboard_seeds.csv", summary)
     return board

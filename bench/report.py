@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +24,7 @@ import pandas as pd
 
 from bench import figures as F
 from bench.core.errors import StoreError
-from bench.core.io import read_json
+from bench.core.io import read_json, write_with
 from bench.leaderboard import seed_summary, write_leaderboard
 from bench.render import Block, Bullets, Heading, Image, Para, Table, fmt, to_html, to_markdown
 from bench.report_stats import paired_sections, validation_section
@@ -110,19 +107,6 @@ def load_results(d: Path) -> Results:
 
 
 # ----- figures ------------------------------------------------------------------------------------
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def render_figures(res: Results) -> dict[str, str | None]:
     """Save every figure to ``figures/<name>.png``; name → None when drawn, else why it was skipped."""
     out: dict[str, str | None] = {}
@@ -135,7 +119,7 @@ def render_figures(res: Results) -> dict[str, str | None]:
             path.unlink(missing_ok=True)  # never leave a stale figure from an older run
             out[spec.name] = str(e)
             continue
-        _atomic_write(path, lambda p, fig=fig: fig.savefig(p, format="png", metadata={"Software": None}))  # type: ignore[misc]  # mypy#15459: lambda with a default arg
+        write_with(path, lambda p, fig=fig: fig.savefig(p, format="png", metadata={"Software": None}))
         out[spec.name] = None
     return out
 
@@ -369,7 +353,7 @@ def write_report(dir: Path) -> Path:
     drawn = render_figures(res)
     blocks = build_report(res, drawn)
     md = res.dir / "report.md"
-    _atomic_write(md, lambda p: p.write_text(to_markdown(blocks), encoding="utf-8"))
+    write_with(md, lambda p: p.write_text(to_markdown(blocks), encoding="utf-8"))
     title = blocks[0].text if isinstance(blocks[0], Heading) else "monobench report"
-    _atomic_write(res.dir / "report.html", lambda p: p.write_text(to_html(blocks, title), encoding="utf-8"))
+    write_with(res.dir / "report.html", lambda p: p.write_text(to_html(blocks, title), encoding="utf-8"))
     return md

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bench import __version__, dist
 from bench.config import SuiteConfig
+from bench.core.compat import hub_offline
 from bench.leaderboard import write_leaderboard
 from bench.manifest import write_manifest
 from bench.plan import Plan, dry_run_lines, expand_jobs, plan_job, select_shard
@@ -114,6 +115,8 @@ def run_suite(
     """Run (or, with ``dry_run``, list) a suite's jobs into ``out``; returns what was computed."""
 
     start = time.time()
+    if not suite.needs_hub():
+        hub_offline()
     if not dry_run:
         dist.init(device)
     main = dist.is_main()

@@ -13,8 +13,10 @@ shards or machines can fill one folder and ``bench leaderboard`` merges them.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,7 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from bench import __version__
-from bench.core.io import read_json, stable_hash, write_json
+from bench.core.errors import StoreError
+from bench.core.io import DIR_MODE, read_json, stable_hash, write_json
+
+log = logging.getLogger(__name__)
+HOST = socket.gethostname().replace(".", "_") or "host"
+"""This machine's name as it appears in temp-folder names (``<key>.<host>.<pid>.<random>``)."""
+STALE_SECONDS = 24 * 3600
+"""Another host's temp folder is removed only when untouched this long (its PID means nothing here)."""
 
 
 def _alive(pid: int) -> bool:
@@ -54,14 +63,34 @@ class Store:
         return self.runs / key
 
     def done(self, key: str) -> bool:
-        return (self.path(key) / "stage.json").is_file()
+        """A finished stage: ``stage.json`` is readable and every file it lists has its recorded size (a
+        stage written before file lists existed is trusted as it is). A damaged stage is logged with the file
+        and the reason, and reported as not done, so it is rebuilt."""
+        record = self.path(key) / "stage.json"
+        if not record.is_file():
+            return False
+        try:
+            files = read_json(record).get("files")
+        except StoreError as e:
+            log.warning("stage %s is damaged (%s); rebuilding it", key, e)
+            return False
+        for name, size in (files or {}).items():
+            f = self.path(key) / name
+            why = "is missing" if not f.is_file() else None
+            if why is None and f.stat().st_size != size:
+                why = f"has {f.stat().st_size} bytes, not the {size} recorded"
+            if why:
+                log.warning("stage %s: %s %s; rebuilding the stage", key, name, why)
+                return False
+        return True
 
     @contextlib.contextmanager
     def build(self, key: str, spec: dict[str, Any], identity: dict[str, Any] | None = None) -> Iterator[Path]:
         """Yield an empty temp folder; on success it becomes ``runs/<key>`` (replacing any old one)."""
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.runs.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f"{key}.{os.getpid()}.", dir=self.tmp))
+        work = Path(tempfile.mkdtemp(prefix=f"{key}.{HOST}.{os.getpid()}.", dir=self.tmp))
+        os.chmod(work, DIR_MODE)  # mkdtemp makes 0700; results folders are shared
         start = time.time()
         try:
             yield work
@@ -71,6 +100,7 @@ class Store:
                     "key": key,
                     "spec": spec,
                     "identity": identity or {},
+                    "files": _file_sizes(work),
                     "seconds": round(time.time() - start, 3),
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "monobench_version": __version__,
@@ -78,7 +108,7 @@ class Store:
             )
             final = self.path(key)
             if final.exists():  # --force, or a concurrent shard finished the same stage first
-                trash = self.tmp / f"{key}.old.{os.getpid()}"
+                trash = self.tmp / f"{key}.{HOST}.{os.getpid()}.old"
                 os.replace(final, trash)
                 os.replace(work, final)
                 shutil.rmtree(trash, ignore_errors=True)
@@ -89,13 +119,17 @@ class Store:
             shutil.rmtree(work, ignore_errors=True)
             raise
 
-    def clean_tmp(self) -> list[str]:
-        """Remove leftovers of killed runs: temp folders whose process is gone (shards may share tmp/)."""
-        removed = []
+    def clean_tmp(self, *, now: float | None = None) -> list[str]:
+        """Remove leftovers of killed runs (shards and machines may share tmp/): this host's temp folders
+        whose process is gone, and any folder untouched for ``STALE_SECONDS`` (another host's live work,
+        whose PID cannot be checked from here, is left alone)."""
+        removed, now = [], time.time() if now is None else now
         for p in self.tmp.glob("*") if self.tmp.exists() else []:
             parts = p.name.split(".")
-            pid = int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
-            if pid is None or not _alive(pid):
+            host, pid = (parts[1], parts[2]) if len(parts) > 3 else (None, None)
+            mine = host == HOST and pid is not None and pid.isdigit()
+            stale = now - p.stat().st_mtime > STALE_SECONDS
+            if (mine and not _alive(int(pid))) or stale:
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p.name)
         return removed
@@ -107,3 +141,8 @@ class Store:
         if not self.jobs.exists():
             return []
         return [read_json(p) for p in sorted(self.jobs.glob("*.json"))]
+
+
+def _file_sizes(folder: Path) -> dict[str, int]:
+    """Relative path → size in bytes of every file under ``folder`` (the stage record's integrity list)."""
+    return {str(f.relative_to(folder)): f.stat().st_size for f in sorted(folder.rglob("*")) if f.is_file()}

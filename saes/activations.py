@@ -36,8 +36,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +46,7 @@ from torch import nn
 
 from bench.core.errors import ConfigError, StoreError, check_finite
 from bench.core.hooks import hooked_activations
+from bench.core.io import write_text
 from bench.core.lm import _unwrap, format_prompt, hook_module
 from saes.heldout import DUPLICATE, HELDOUT, TRAIN, split_groups, token_roles
 from saes.store import STORE_VERSION, ActivationStore, verify_store
@@ -262,10 +261,7 @@ def _write_docs_and_manifest(
     np.save(out_dir / "doc_tokens.npy", np.array([t for ids, _ in docs for t in ids], dtype=np.int32))
     np.save(out_dir / "doc_offsets.npy", offsets)
     np.save(out_dir / "doc_split.npy", split)
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=out_dir)
-    with os.fdopen(fd, "w") as f:
-        json.dump(manifest, f, indent=2)
-    os.replace(tmp, out_dir / "manifest.json")
+    write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2))
 
 
 def _destinations(roles: list[np.ndarray], order: list[int], n_role: dict[int, int]) -> list[np.ndarray]:

@@ -18,7 +18,9 @@ from dataclasses import fields
 from itertools import pairwise
 from typing import Any, Literal
 
-from pydantic import BaseModel, model_validator
+from pydantic import model_validator
+
+from bench.core.settings import Settings
 
 Architecture = Literal["topk", "batchtopk", "jumprelu", "standard", "matryoshka_batchtopk"]
 
@@ -35,7 +37,7 @@ _ARCH_FIELDS: dict[str, tuple[str, ...]] = {
 _OWNED = {"architecture", "d_in", "d_sae", "metadata", "device", "dtype"}
 
 
-class SAEEvalConfig(BaseModel, extra="forbid", frozen=True, use_attribute_docstrings=True):
+class SAEEvalConfig(Settings):
     """Parameters of the held-out SAE scores (SPEC.md §5)."""
 
     dense_threshold: float = 0.1
@@ -102,7 +104,7 @@ class SAEEvalConfig(BaseModel, extra="forbid", frozen=True, use_attribute_docstr
         return self
 
 
-class SAEConfig(BaseModel, extra="forbid", frozen=True, use_attribute_docstrings=True):
+class SAEConfig(Settings):
     """SAE collection + training config; seed-free (the suite passes one seed for every model)."""
 
     architecture: Architecture = "topk"

@@ -22,7 +22,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -34,7 +33,7 @@ import torch
 
 from bench.core.embed import embed
 from bench.core.errors import check_finite
-from bench.core.io import cache_dir
+from bench.core.io import cache_dir, write_text, write_with
 from saes import metrics as M
 from saes.ce import ce_losses
 from saes.config import SAEConfig, SAEEvalConfig
@@ -125,11 +124,7 @@ def context_embeddings(
     emb = np.asarray(embed_fn(list(texts)), dtype=np.float32)
     if emb.shape[0] != len(texts):
         raise ValueError(f"the embedder returned {emb.shape[0]} rows for {len(texts)} contexts")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".ctx_emb.", suffix=".npy", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, emb)
-    os.replace(tmp, path)
+    write_with(path, lambda p: np.save(p, emb))
     return torch.from_numpy(emb)
 
 
@@ -345,11 +340,7 @@ def _details(density, alive, dec: dict, ms: tuple, ev: SAEEvalConfig) -> list[Fe
 
 
 def _write(path: Path, out: SAEEvalOutput) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(out.model_dump_json(indent=1))
-    os.replace(tmp, path)
+    write_text(path, out.model_dump_json(indent=1))
 
 
 def read_eval_results(path: Path) -> SAEEvalOutput:

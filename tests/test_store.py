@@ -43,15 +43,57 @@ def test_rebuild_replaces_old_folder(tmp_path):
     assert [p.name for p in store.runs.iterdir()] == [key]
 
 
-def test_clean_tmp_removes_dead_leftovers_only(tmp_path):
+def test_clean_tmp_removes_this_hosts_dead_leftovers_only(tmp_path):
+    """Another host's temp folder is live work whose PID means nothing here: it is kept until stale."""
     import os
+    import time
+
+    from bench.store import HOST, STALE_SECONDS
 
     store = Store(tmp_path)
-    (store.tmp / "data-abc.999999999.x").mkdir(parents=True)
-    (store.tmp / f"data-abc.{os.getpid()}.y").mkdir()
-    removed = store.clean_tmp()
-    assert removed == ["data-abc.999999999.x"]
-    assert (store.tmp / f"data-abc.{os.getpid()}.y").exists()
+    dead, live = f"data-abc.{HOST}.999999999.x", f"data-abc.{HOST}.{os.getpid()}.y"
+    other = "data-abc.otherhost.1.z"  # PID 1 is alive here, but on another machine it means nothing
+    gone_other = "data-abc.otherhost.2.w"
+    for name in (dead, live, other, gone_other):
+        (store.tmp / name).mkdir(parents=True)
+    old = time.time() - STALE_SECONDS - 60
+    os.utime(store.tmp / gone_other, (old, old))
+    assert sorted(store.clean_tmp()) == sorted([dead, gone_other])
+    assert (store.tmp / live).exists() and (store.tmp / other).exists()
+
+
+def test_a_stage_with_a_missing_or_damaged_file_is_rebuilt(tmp_path, caplog):
+    store = Store(tmp_path)
+    key = store.key("eval", {}, "1")
+    with store.build(key, {}) as work:
+        write_json(work / "metrics.json", [{"metric": "m", "value": 1.0}])
+        (work / "sub").mkdir()
+        (work / "sub" / "w.bin").write_bytes(b"1234")
+    rec = json.loads((store.path(key) / "stage.json").read_text())
+    assert rec["files"]["sub/w.bin"] == 4 and "metrics.json" in rec["files"]
+    assert store.done(key)
+    (store.path(key) / "sub" / "w.bin").write_bytes(b"12")  # truncated
+    assert not store.done(key) and "sub/w.bin has 2 bytes, not the 4 recorded" in caplog.text
+    (store.path(key) / "metrics.json").unlink()
+    assert not store.done(key) and "metrics.json is missing" in caplog.text
+    (store.path(key) / "stage.json").write_text('{"key": ')
+    assert not store.done(key) and "is damaged" in caplog.text
+
+
+def test_stage_folders_and_files_are_readable_by_others(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        store = Store(tmp_path)
+        key = store.key("eval", {}, "1")
+        with store.build(key, {}) as work:
+            write_json(work / "metrics.json", [])
+    finally:
+        os.umask(old)
+    assert store.path(key).stat().st_mode & 0o777 == 0o755
+    assert (store.path(key) / "metrics.json").stat().st_mode & 0o777 == 0o644
+    assert (store.path(key) / "stage.json").stat().st_mode & 0o777 == 0o644
 
 
 def _fake_job(store, task, method, seed, value, hook=1):

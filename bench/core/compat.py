@@ -9,6 +9,8 @@ A patch whose target symbol is missing raises ``CompatError`` (never a silent no
   ``is_gradient_checkpointing`` and only warn.
 - ``added_forward_hooks`` — SAELens's ``HookedProxyLM`` registers hooks it keeps no handles to.
 - ``save_gguf_loaded`` — transformers refuses ``save_pretrained`` on a model loaded from GGUF.
+- ``hub_offline`` — TRL's trainers send telemetry to the hub unless huggingface_hub's constants say
+  offline; those constants are read once, at import, from the environment.
 """
 
 from __future__ import annotations
@@ -137,3 +139,18 @@ def save_gguf_loaded(model, tokenizer, folder: Path) -> None:
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
     model.generation_config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+
+
+def hub_offline() -> None:
+    """No network from any library for the rest of the process: ``HF_HUB_OFFLINE`` and
+    ``HF_HUB_DISABLE_TELEMETRY`` set in the environment (for what is imported later) and in
+    huggingface_hub's already-read constants (for what was imported earlier). The runner calls it when a
+    suite names no hub model or dataset, so the embedded default path is offline whatever the environment."""
+    import os
+
+    import huggingface_hub.constants as hub
+
+    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    if not (hasattr(hub, "HF_HUB_OFFLINE") and hasattr(hub, "HF_HUB_DISABLE_TELEMETRY")):
+        raise CompatError("huggingface_hub.constants has no HF_HUB_OFFLINE / HF_HUB_DISABLE_TELEMETRY")
+    hub.HF_HUB_OFFLINE = hub.HF_HUB_DISABLE_TELEMETRY = True

@@ -11,11 +11,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from bench.core.metrics import MetricSet, metric
 from bench.core.registry import Registry
+from bench.core.settings import Settings
 
 
 class Pair(BaseModel):
@@ -67,7 +68,7 @@ class AlignmentMetrics(MetricSet):
     n_scored: float | None = metric("held-out items the task scorer used", better="none", unit="count")
 
 
-class TaskConfig(BaseModel):
+class TaskConfig(Settings):
     """Fields every task config has; tasks subclass it and add their own."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -75,10 +76,11 @@ class TaskConfig(BaseModel):
     """``embedded``, ``hf:<dataset-id>[:split]``, or a path to a .jsonl/.csv/.parquet file."""
     columns: dict[str, str] = {}
     """Column mapping for non-embedded sources, e.g. {prompt = "original_text"}."""
-    n_train: int = 64
-    n_eval: int = 64
-    max_new_tokens: int = 20
-    batch_size: int = 16
+    n_train: int = Field(64, ge=1)
+    n_eval: int = Field(64, ge=1)
+    max_new_tokens: int = Field(20, ge=1)
+    batch_size: int = Field(16, ge=1)
+    """Texts per forward pass or generation batch."""
     use_chat_template: bool = True
 
 

@@ -14,10 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
+
+from bench.core.settings import Settings
 
 
-class MethodConfig(BaseModel):
+class MethodConfig(Settings):
     """Fields every method has (``base`` has none: it is the model as loaded)."""
 
     model_config = ConfigDict(
