@@ -150,6 +150,11 @@ def cmd_run(args) -> int:
 
     if not args.dry_run and dist.is_main():
         print(f"suite {suite.name}: {len(summary.jobs)} job(s) in {summary.seconds:.1f}s → {out}/leaderboard.csv")
+        if summary.failed:
+            print(f"{len(summary.failed)} job(s) failed and have no row (reasons in {out}/failures/):", file=sys.stderr)
+            for job, why in summary.failed.items():
+                print(f"  {job}: {why}", file=sys.stderr)
+            return 1
     return 0
 
 

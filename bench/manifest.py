@@ -79,6 +79,37 @@ def hardware(device: str) -> dict[str, Any]:
     return hw
 
 
+def machine(device: str) -> dict[str, Any]:
+    """What a stage was computed on (recorded in every stage record): numbers can differ in the last digits
+    between CPUs, GPUs, library versions and dtypes, so a folder that mixes machines says so."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    dev = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+    return {
+        "cpu": cpu,
+        "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None,
+        "dtype": "bfloat16" if dev.type == "cuda" else "float32",
+        "python": sys.version.split()[0],
+        **{p: versions()[p] for p in ("torch", "transformers", "trl", "sae-lens")},
+    }
+
+
+def stage_machines(out: Path) -> list[dict[str, Any]]:
+    """The distinct machines that computed the stages the folder's job records use."""
+    seen: list[dict[str, Any]] = []
+    for job in sorted((out / "jobs").glob("*.json")):
+        for key in read_json(job)["stages"].values():
+            f = out / "runs" / str(key) / "stage.json"
+            m = read_json(f).get("machine") if f.is_file() else None
+            if m and m not in seen:
+                seen.append(m)
+    return seen
+
+
 def data_provenance(out: Path) -> dict[str, Any]:
     """Per data stage: the task's provenance record (sources, counts, model-generated fields)."""
     prov = {}
@@ -110,5 +141,9 @@ def write_manifest(
         "stages_reused": sorted(set(runner.store.reused)) if runner else [],
         "data_provenance": data_provenance(out),
     }
+    failures = sorted((out / "failures").glob("*.json")) if (out / "failures").exists() else []
+    man["failed_jobs"] = {p.stem: read_json(p)["error"] for p in failures}
+    machines = stage_machines(out)
+    man |= {"stage_machines": machines, "mixed_machines": len(machines) > 1}
     write_json(out / "manifest.json", man)
     return man

@@ -155,11 +155,45 @@ def build_tiny_llama(tiny: TinySpec, vocab_size: int, seed: int):
     return model
 
 
+HUB_HOST, HUB_TIMEOUT_S = "huggingface.co", 3.0
+
+
+def _check_hub_reachable(cls, spec: str) -> None:
+    """A hub id not in the local HF cache needs the hub: fail within seconds when it cannot be reached
+    (transformers would otherwise retry for most of a minute), with how to fetch the model instead."""
+    import socket
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return  # from_pretrained reads the local cache only, and fails at once if the model is not there
+    try:
+        cls.from_pretrained(spec, local_files_only=True)  # in the cache: no network needed
+        return
+    except (OSError, ValueError):
+        pass
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=HUB_TIMEOUT_S).close()
+    except OSError as e:
+        raise ModelLoadError(
+            f"model {spec!r} is not in the local Hugging Face cache and {HUB_HOST} cannot be reached ({e}); "
+            f"download it on a connected machine with `huggingface-cli download {spec} --local-dir DIR` and set "
+            'model.id = "DIR"'
+        ) from e
+
+
 def _from_pretrained(cls, spec: str, **kw):
     path = Path(spec).expanduser()
     looks_local = spec.startswith((".", "/", "~")) or path.exists()
     if looks_local and not path.exists():
         raise ModelLoadError(f"model path {spec!r} does not exist; point model.id at a folder with config.json")
+    if looks_local and not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"model folder {spec!r} has no config.json: it is not a transformers checkpoint (save one with "
+            "`model.save_pretrained(DIR)` and `tokenizer.save_pretrained(DIR)`)"
+        )
+    if not looks_local:
+        _check_hub_reachable(cls, spec)
     try:
         return cls.from_pretrained(str(path) if looks_local else spec, **kw)
     except OSError as e:

@@ -323,6 +323,18 @@ def cite_section(res: Results) -> list[Block]:
     ]
 
 
+def completeness_section(res: Results) -> list[Block]:
+    """Say when the folder is partial: fewer rows than the suite's tasks × methods × seeds, or failed jobs."""
+    cfg = res.manifest.get("suite_config") or {}
+    expected = len(cfg.get("tasks", {})) * len(cfg.get("methods", {})) * len(res.manifest.get("seeds") or [])
+    failed = res.manifest.get("failed_jobs") or {}
+    if not failed and (not expected or len(res.board) >= expected):
+        return []
+    text = f"**Partial results:** {len(res.board)} of the {expected} jobs of the last run's suite have a row."
+    items = [f"`{job}` failed: {why}" for job, why in sorted(failed.items())]
+    return [Para(text)] + ([Bullets(items)] if items else [])
+
+
 def build_report(res: Results, drawn: dict[str, str | None]) -> list[Block]:
     b = res.board
     suites = ", ".join(map(str, b["suite"].unique()))
@@ -338,6 +350,7 @@ def build_report(res: Results, drawn: dict[str, str | None]) -> list[Block]:
     ]
     return (
         head
+        + completeness_section(res)
         + leaderboard_section(res)
         + validation_section(res.dir)
         + figures_section(drawn)

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import __version__, dist
 from bench.config import SuiteConfig
 from bench.core.compat import hub_offline
+from bench.core.errors import NumericalError
 from bench.leaderboard import write_leaderboard
-from bench.manifest import write_manifest
+from bench.manifest import machine, write_manifest
 from bench.plan import Plan, dry_run_lines, expand_jobs, plan_job, select_shard
 from bench.pool import ModelPool
 from bench.stages import STAGES, StageContext
@@ -82,6 +83,8 @@ class RunSummary:
     jobs: list[Plan]
     computed: dict[str, dict[str, bool]]
     seconds: float
+    failed: dict[str, str] = field(default_factory=dict)
+    """Job id → the one-line reason it failed (its stages that finished are kept; it has no row)."""
 
 
 def job_record(suite: SuiteConfig, plan: Plan) -> dict:
@@ -121,7 +124,7 @@ def run_suite(
         dist.init(device)
     main = dist.is_main()
     echo = echo if main else (lambda *_: None)
-    store = Store(out)
+    store = Store(out, machine=machine(device))
     runner = Runner(suite, store, device=device, force=force, progress=progress)
     plans = [plan_job(suite, store, j, runner.n_layers(j.seed)) for j in select_shard(expand_jobs(suite, seeds), shard)]
     if dry_run:
@@ -131,13 +134,23 @@ def run_suite(
     if main:
         store.clean_tmp()
     computed: dict[str, dict[str, bool]] = {}
+    failed: dict[str, str] = {}
     from tqdm.auto import tqdm
 
     for plan in tqdm(plans, desc=f"suite {suite.name}", disable=not (progress and main), unit="job"):
         t0 = time.time()
-        computed[plan.job.id] = runner.run_job(plan)
+        try:
+            computed[plan.job.id] = runner.run_job(plan)
+        except NumericalError as e:  # this job's numbers are broken; the other jobs still run
+            if dist.world_size() > 1:
+                raise
+            store.write_failure(plan.job.id, {"job": plan.job.id, "error": str(e), "error_type": type(e).__name__})
+            failed[plan.job.id] = str(e)
+            echo(f"{plan.job.id}: FAILED — {e}")
+            continue
         if not main:
             continue
+        store.clear_failure(plan.job.id)
         store.write_job(plan.job.id, job_record(suite, plan))
         write_manifest(  # refreshed per job: a killed run keeps provenance
             out, suite, suite_file, device=device, seeds=seeds or suite.seeds, shard=shard, runner=runner
@@ -150,4 +163,4 @@ def run_suite(
     if main:
         write_manifest(out, suite, suite_file, device=device, seeds=seeds or suite.seeds, shard=shard, runner=runner)
         write_leaderboard(out)
-    return RunSummary(out, plans, computed, time.time() - start)
+    return RunSummary(out, plans, computed, time.time() - start, failed)

@@ -47,8 +47,10 @@ def _alive(pid: int) -> bool:
 class Store:
     """Stages of one results folder."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, machine: dict[str, Any] | None = None):
         self.out = Path(out)
+        self.machine = machine or {}
+        """Recorded in each stage built here (``bench.manifest.machine``)."""
         self.runs = self.out / "runs"
         self.jobs = self.out / "jobs"
         self.tmp = self.out / "tmp"
@@ -101,6 +103,7 @@ class Store:
                     "spec": spec,
                     "identity": identity or {},
                     "files": _file_sizes(work),
+                    "machine": self.machine,
                     "seconds": round(time.time() - start, 3),
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "monobench_version": __version__,
@@ -133,6 +136,17 @@ class Store:
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p.name)
         return removed
+
+    def write_failure(self, job_id: str, record: dict[str, Any]) -> None:
+        """``failures/<job>.json``: why a job has no row (its finished stages stay in ``runs/``)."""
+        write_json(self.out / "failures" / f"{job_id}.json", record)
+
+    def clear_failure(self, job_id: str) -> None:
+        (self.out / "failures" / f"{job_id}.json").unlink(missing_ok=True)
+
+    def failures(self) -> list[dict[str, Any]]:
+        folder = self.out / "failures"
+        return [read_json(p) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
 
     def write_job(self, job_id: str, record: dict[str, Any]) -> None:
         write_json(self.jobs / f"{job_id}.json", record)

@@ -77,3 +77,39 @@ def test_deleted_or_truncated_stage_file_is_rebuilt(local_run, caplog):
     man = _run(suite, out)
     assert man["stages_built"] == [job["stages"]["proxies"]] and "metrics.json is missing" in caplog.text
     assert pd.read_csv(out / "leaderboard.csv")["decorrelation"].notna().all()
+
+
+def test_stages_record_their_machine_and_a_mixed_folder_says_so(local_run):
+    suite, _, _, out = local_run
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["mixed_machines"] is False and man["stage_machines"][0]["torch"]
+    job = json.loads(next((out / "jobs").glob("*.json")).read_text())
+    record = out / "runs" / job["stages"]["eval"] / "stage.json"
+    rec = json.loads(record.read_text())
+    rec["machine"] = {**rec["machine"], "cpu": "another CPU"}  # as if computed elsewhere and copied in
+    record.write_text(json.dumps(rec))
+    man = _run(suite, out)
+    assert man["mixed_machines"] is True and {m["cpu"] for m in man["stage_machines"]} >= {"another CPU"}
+
+
+def test_diverged_training_fails_its_job_only_and_the_report_says_partial(tmp_path, capsys):
+    from bench.report import write_report
+
+    suite = tmp_path / "diverge.toml"
+    suite.write_text(
+        'seeds = [0]\n[model]\nid = "tiny:llama"\n[hook]\nlayer = 1\n[proxies]\nn_texts = 4\n'
+        "[tasks.sycophancy]\nn_train = 4\nn_eval = 6\nn_eval_unseen = 2\n[methods.base]\n[methods.dpo]\n"
+        "lr = 1e30\nwarmup = 0\nmax_steps = 3\nbatch_size = 2\neval_every = 1\ncurve_pairs = 2\ncurve_prompts = 2\n"
+        "max_length = 160\nmax_prompt_length = 120\n"
+        "[sae]\nexpansion = 2\nk = 8\ntraining_tokens = 512\nbatch_size = 64\nmax_texts = 16\ncontext_length = 128\n"
+        "[sae.eval]\nms_null_draws = 19\n"
+    )
+    out = tmp_path / "out"
+    assert main(["run", "suite", str(suite), "--out", str(out), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "sycophancy__dpo__s0: " in err and "training diverged" in err and "at step" in err
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert board["method"].tolist() == ["base"]  # the other job still ran and has its row
+    failure = json.loads((out / "failures" / "sycophancy__dpo__s0.json").read_text())
+    assert "train:" in failure["error"]
+    assert "**Partial results:** 1 of the 2 jobs" in write_report(out).read_text()

@@ -38,6 +38,30 @@ def test_bad_specs_are_one_clear_line(spec, needle):
     assert "\n" not in str(e.value)
 
 
+def test_empty_model_folder_says_what_it_needs(tmp_path):
+    with pytest.raises(ModelLoadError, match="has no config.json"):
+        load_model(str(tmp_path))
+
+
+def test_unreachable_hub_fails_in_seconds_with_how_to_fetch(monkeypatch):
+    """HF_HUB_OFFLINE unset and no network: one line within seconds, not a minute of retries."""
+    import socket
+    import time
+
+    from huggingface_hub import constants
+
+    def refuse(*a, **k):
+        raise OSError("network unreachable (test)")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    start = time.monotonic()
+    with pytest.raises(ModelLoadError, match=r"cannot be reached.*huggingface-cli download") as e:
+        load_model("some-org/no-such-model")
+    assert time.monotonic() - start < 10 and "\n" not in str(e.value)
+
+
 def test_missing_package_says_what_to_install(monkeypatch):
     import bench.models as M
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.core.errors import NumericalError
 from bench.core.io import write_json
 from bench.core.metrics import MetricSet, metric, register_metrics
 from bench.stages import JobFacts, Stage, StageContext, register_stage
@@ -74,6 +75,7 @@ class ActsStage(Stage):
             seed=ctx.job.seed,
         )
         store = ActivationStore(work)
+        check_not_collapsed(store, ctx.job.id)
         audit = audit_store(store)
         if audit["leaks"] or audit["twins"]:
             raise RuntimeError(
@@ -90,4 +92,15 @@ class ActsStage(Stage):
                 acts_heldout_leaks=audit["leaks"],
                 acts_heldout_twins=audit["twins"],
             ).records(),
+        )
+
+
+def check_not_collapsed(store: ActivationStore, job: str) -> None:
+    """All-constant activations (a collapsed policy, e.g. after a diverged run) would give SAEs and scores
+    of nothing: fail the job's acts stage, naming it."""
+    x = store.heldout_acts()
+    if x.numel() and float(x.float().std()) == 0.0:
+        raise NumericalError(
+            f"{job}: acts: every held-out activation equals {float(x.flatten()[0]):.4g} (the policy collapsed); "
+            "lower lr or check the train stage"
         )

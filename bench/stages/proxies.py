@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from bench.core.errors import NumericalError
 from bench.core.io import write_json
 from bench.core.lm import READOUT
 from bench.core.metrics import MetricSet, metric, register_metrics
@@ -86,6 +87,12 @@ class ProxiesStage(Stage):
         )
         rows = model_proxies(pol, tok, [p.prompt for p in pairs], replies=[p.chosen for p in pairs], **kw)
         prompt_only = model_proxies(pol, tok, [p.prompt for p in pairs], **kw)  # the paper's read-out
+        hooked = next(r for r in rows if r["layer"] == ctx.facts.layer)
+        if hooked["act_variance"] == 0.0:
+            raise NumericalError(
+                f"{ctx.job.id}: proxies: every read-out activation at layer {ctx.facts.layer} is the same "
+                "(variance 0: the policy collapsed); lower lr or check the train stage"
+            )
         recs = []
         for row, prow in zip(rows, prompt_only):
             values = {k: v for k, v in row.items() if k not in ("layer", "rel_depth")}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -11,6 +12,7 @@ import pandas as pd
 
 from bench import dist
 from bench.align import save_policy, train_policy
+from bench.core.errors import NumericalError
 from bench.core.io import write_csv, write_json
 from bench.core.lm import READOUT
 from bench.core.metrics import MetricSet, metric, register_metrics
@@ -97,6 +99,7 @@ class TrainStage(Stage):
             proxy_pairs=proxy_pairs(data, ctx.suite.proxies.n_texts),
             progress=ctx.progress,
         )
+        check_training_finite(res.curves, ctx.job.id)
         shutil.rmtree(work / "trainer", ignore_errors=True)
         ctx.pool.forget_policy()
         if not dist.is_main():
@@ -121,3 +124,21 @@ class TrainStage(Stage):
                 train_reg_share=regulariser_share(res.curves, getattr(cfg, "lam", None)),
             ).records(),
         )
+
+
+def check_training_finite(curves: list[dict[str, float]], job: str) -> None:
+    """A diverged run (a non-finite training loss or held-out log-ratio, or read-out activations that all
+    collapsed to one value) fails its job's train stage, naming the first step where it happened, instead
+    of handing a broken policy to every later stage."""
+    for row in curves:
+        bad = sorted(k for k, v in row.items() if k.startswith(("trainer/loss", "eval/")) and not math.isfinite(v))
+        if bad:
+            raise NumericalError(
+                f"{job}: train: {', '.join(bad)} is not finite at step {int(row['step'])} (training diverged); "
+                "lower lr or check the data"
+            )
+        if row.get("proxy/act_variance") == 0.0:
+            raise NumericalError(
+                f"{job}: train: every read-out activation is the same at step {int(row['step'])} (the policy "
+                "collapsed: training diverged); lower lr or check the data"
+            )
