@@ -65,8 +65,9 @@ class Store:
         return self.runs / key
 
     def done(self, key: str) -> bool:
-        """A finished stage: ``stage.json`` is readable and every file it lists has its recorded size (a
-        stage written before file lists existed is trusted as it is). A damaged stage is logged with the file
+        """A finished stage: ``stage.json`` is readable and every record file it lists (not the weights and
+        activations, which results/ folders do not commit) has its recorded size (a stage written before
+        file lists existed is trusted as it is). A damaged stage is logged with the file
         and the reason, and reported as not done, so it is rebuilt."""
         record = self.path(key) / "stage.json"
         if not record.is_file():
@@ -77,6 +78,8 @@ class Store:
             log.warning("stage %s is damaged (%s); rebuilding it", key, e)
             return False
         for name, size in (files or {}).items():
+            if _is_artifact(name):
+                continue  # weights and activations: checked by the stage that needs them (Stage.complete)
             f = self.path(key) / name
             why = "is missing" if not f.is_file() else None
             if why is None and f.stat().st_size != size:
@@ -155,6 +158,15 @@ class Store:
         if not self.jobs.exists():
             return []
         return [read_json(p) for p in sorted(self.jobs.glob("*.json"))]
+
+
+ARTIFACT_SUFFIXES = (".npy", ".safetensors", ".bin", ".pt")
+ARTIFACT_FOLDERS = ("policy", "sae", "trainer")
+
+
+def _is_artifact(name: str) -> bool:
+    """Weights and activations (.gitignore keeps them out of committed results), not small records."""
+    return name.endswith(ARTIFACT_SUFFIXES) or Path(name).parts[0] in ARTIFACT_FOLDERS
 
 
 def _file_sizes(folder: Path) -> dict[str, int]:

@@ -68,16 +68,30 @@ def test_a_stage_with_a_missing_or_damaged_file_is_rebuilt(tmp_path, caplog):
     with store.build(key, {}) as work:
         write_json(work / "metrics.json", [{"metric": "m", "value": 1.0}])
         (work / "sub").mkdir()
-        (work / "sub" / "w.bin").write_bytes(b"1234")
+        (work / "sub" / "w.json").write_bytes(b"1234")
     rec = json.loads((store.path(key) / "stage.json").read_text())
-    assert rec["files"]["sub/w.bin"] == 4 and "metrics.json" in rec["files"]
+    assert rec["files"]["sub/w.json"] == 4 and "metrics.json" in rec["files"]
     assert store.done(key)
-    (store.path(key) / "sub" / "w.bin").write_bytes(b"12")  # truncated
-    assert not store.done(key) and "sub/w.bin has 2 bytes, not the 4 recorded" in caplog.text
+    (store.path(key) / "sub" / "w.json").write_bytes(b"12")  # truncated
+    assert not store.done(key) and "sub/w.json has 2 bytes, not the 4 recorded" in caplog.text
     (store.path(key) / "metrics.json").unlink()
     assert not store.done(key) and "metrics.json is missing" in caplog.text
     (store.path(key) / "stage.json").write_text('{"key": ')
     assert not store.done(key) and "is damaged" in caplog.text
+
+
+def test_uncommitted_weights_do_not_make_a_committed_stage_stale(tmp_path):
+    """results/ folders commit records, not weights (.gitignore): a clone without them still reuses the stage."""
+    store = Store(tmp_path)
+    key = store.key("sae", {}, "1")
+    with store.build(key, {}) as work:
+        write_json(work / "metrics.json", [])
+        (work / "sae").mkdir()
+        (work / "sae" / "sae_weights.safetensors").write_bytes(b"w" * 8)
+        (work / "acts.npy").write_bytes(b"a" * 8)
+    (store.path(key) / "sae" / "sae_weights.safetensors").unlink()
+    (store.path(key) / "acts.npy").unlink()
+    assert store.done(key)
 
 
 def test_stage_folders_and_files_are_readable_by_others(tmp_path):
