@@ -168,19 +168,18 @@ def generate(
     """
     from tqdm.auto import tqdm
 
-    if seed is not None:
-        torch.manual_seed(seed)
     device = next(model.parameters()).device
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
     out: list[str] = []
-    try:
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the caller's RNG is kept
+        if seed is not None:
+            torch.manual_seed(seed)
         for start in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress, leave=False):
             texts = [format_prompt(tokenizer, p, use_chat_template) for p in prompts[start : start + batch_size]]
             enc = tokenizer(
                 texts,
                 return_tensors="pt",
                 padding=True,
+                padding_side="left",  # per call: the tokenizer's own setting is not touched
                 truncation=True,
                 max_length=max_prompt_tokens,
                 add_special_tokens=False,
@@ -197,8 +196,6 @@ def generate(
             out.extend(
                 t.strip() if lstrip else t.rstrip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)
             )
-    finally:
-        tokenizer.padding_side = old_side
     return out
 
 
