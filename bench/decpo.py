@@ -20,7 +20,7 @@ neuron proxies at the regularised layer every K steps).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +68,9 @@ class ActivationRegularisedDPOTrainer(DPOTrainer):
     """
 
     penalty_name: str = ""
+    read_batch_last: bool = False
+    """Read position −1 of the padded batch (a pad token for shorter rows under TRL's right padding)
+    instead of each row's last real token (the EOS after its reply)."""
 
     def __init__(self, *args, layer: int, coef: float, hook: str = "mlp.up_proj", **kwargs):
         super().__init__(*args, **kwargs)
@@ -82,7 +85,10 @@ class ActivationRegularisedDPOTrainer(DPOTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         tok = getattr(self, "_tokenizer", self.processing_class)
-        self._capture.arm(inputs["attention_mask"], inputs.get("input_ids"), tok.eos_token_id)
+        if self.read_batch_last:  # position −1 of the padded batch, whatever token is there
+            self._capture.arm(torch.ones_like(inputs["attention_mask"]))
+        else:
+            self._capture.arm(inputs["attention_mask"], inputs.get("input_ids"), tok.eos_token_id)
         try:
             out = super().compute_loss(
                 model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
@@ -121,9 +127,6 @@ class L1DPOTrainer(ActivationRegularisedDPOTrainer):
 
     def penalty(self, z: Tensor) -> Tensor:
         return l1_penalty(z)
-
-
-PENALTIES: dict[str, Callable[..., Tensor]] = {"decor": decorrelation_penalty, "l1": l1_penalty}
 
 
 class CurveCallback(TrainerCallback):

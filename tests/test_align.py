@@ -40,7 +40,19 @@ FAST = dict(max_steps=3, batch_size=4, eval_every=2, curve_pairs=2, curve_prompt
 
 
 def test_registry_names_every_method():
-    assert set(METHODS) == {"base", "random_init", "sft", "dpo", "dpo_aa", "ipo", "kto", "decpo", "simpo", "l1"}
+    assert set(METHODS) == {
+        "base",
+        "random_init",
+        "sft",
+        "dpo",
+        "dpo_aa",
+        "ipo",
+        "kto",
+        "decpo",
+        "decpo_paper",
+        "simpo",
+        "l1",
+    }
     for name, m in METHODS.items():
         assert m.config_cls().model_dump() == m.config_cls.model_validate(m.config_cls().model_dump()).model_dump()
         assert (m.build is not None) == m.trains and m.name == name

@@ -142,3 +142,35 @@ def test_regulariser_adds_lambda_times_term(tiny_lm, tmp_path, method, normalize
     torch.testing.assert_close(loss_reg - loss_dpo, lam * term, rtol=1e-4, atol=1e-5)
     logged = trainer._metrics["train"][f"reg/{'decor' if method == 'decpo' else 'l1'}"]
     assert logged == [pytest.approx(term.item(), rel=1e-4)]
+
+
+def test_paper_term_is_the_size_of_the_mean_absolute_activation():
+    """(|Z'||Z'|ᵀ − I).mean() = ‖mean|z'|‖² − 1/N on rows [0::2]; by hand: Z' = [[1, 0], [0, −2]] →
+    |Z'||Z'|ᵀ − I = [[0, 0], [0, 3]], mean 0.75 = ‖(0.5, 1)‖² − 1/2."""
+    from bench.methods.decpo_paper import paper_decorrelation_term
+
+    z = torch.tensor([[1.0, 0.0], [9.0, 9.0], [0.0, -2.0], [7.0, 7.0]])  # rows 1 and 3 are not read
+    assert float(paper_decorrelation_term(z)) == pytest.approx(0.75)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(16, 32, generator=g)
+    a = z[0::2].abs()
+    assert float(paper_decorrelation_term(z)) == pytest.approx(float(a.mean(0).pow(2).sum() - 1 / 8), rel=1e-5)
+
+
+def test_paper_position_batch_last_reads_index_minus_one(tiny_lm, tmp_path):
+    """position = "batch_last" reads the padded batch's last column (a pad token for shorter rows, as the
+    paper's code did under right padding); the default reads each row's last real token."""
+    import copy
+
+    from bench.align import make_trainer
+    from bench.core.task import Pair
+    from bench.methods import METHODS
+
+    model, tok = tiny_lm
+    pairs = [Pair(prompt=f"Q{i} {'long ' * i}?", chosen="yes" * (1 + i % 2), rejected="no") for i in range(4)]
+    fast = dict(max_steps=1, batch_size=4, eval_every=1, curve_pairs=2, curve_prompts=2, max_length=64,
+                max_prompt_length=48)  # fmt: skip
+    for position, batch_last in (("last_real", False), ("batch_last", True)):
+        cfg = METHODS["decpo_paper"].config_cls(**fast, position=position)
+        trainer = make_trainer("decpo_paper", cfg, copy.deepcopy(model), tok, pairs, tmp_path, 0, layer=1)
+        assert trainer.read_batch_last is batch_last and trainer.reg_coef == 1e-3

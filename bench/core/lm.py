@@ -4,7 +4,7 @@
 - ``generate``: batched, left-padded, greedy (or sampled) continuations; returns only the new text.
 - ``option_logprobs``: Σ_t log p(option_t | prompt, option_<t) for K options per prompt, the prompt
   run once (held-out preference pairs, sycophancy's options).
-- ``decoder_layers`` / ``mlp_in_proj``: find the blocks and the MLP input projection (``mlp.up_proj``
+- ``decoder_layers`` / ``hook_module``: find the blocks and the MLP input projection (``mlp.up_proj``
   for Llama-style models, ``mlp.c_fc`` for GPT-2-style) by probing the module tree, PEFT wrappers
   included, so no per-model table is kept.
 """
@@ -114,10 +114,6 @@ def hook_module(model: nn.Module, layer: int, hook: str = "mlp.up_proj") -> nn.M
         except AttributeError:
             continue
     raise ConfigError(f"layer {layer} of {type(_unwrap(model)).__name__} has no module {hook!r}")
-
-
-def mlp_in_proj(model: nn.Module, layer: int) -> nn.Module:
-    return hook_module(model, layer, "mlp.up_proj")
 
 
 def right_padded(rows: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:

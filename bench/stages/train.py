@@ -38,10 +38,10 @@ def regulariser_share(curves: list[dict[str, float]], lam: float | None) -> floa
     """Mean over logged training windows of λ·penalty / loss: the share of the DecPO/L1 loss that is the
     regulariser (the logged loss includes it). None for methods without a penalty."""
     rows = [
-        (r[k], r["trainer/loss"])
+        (v, r["trainer/loss"])
         for r in curves
-        for k in ("trainer/reg/decor", "trainer/reg/l1")
-        if k in r and r.get("trainer/loss")
+        for k, v in r.items()
+        if k.startswith("trainer/reg/") and r.get("trainer/loss")
     ]
     if lam is None or not rows:
         return None
