@@ -77,6 +77,20 @@ class Runner:
         return computed
 
 
+def _run_or_record_failure(runner: Runner, plan: Plan, failed: dict[str, str], echo) -> dict[str, bool] | None:
+    """Run one job; a numerical fault (diverged training, collapsed activations) fails this job alone:
+    recorded in ``failures/<job>.json`` and ``failed``, None returned, the other jobs still run."""
+    try:
+        return runner.run_job(plan)
+    except NumericalError as e:
+        if dist.world_size() > 1:  # ranks must agree; a one-rank skip would deadlock the others
+            raise
+        runner.store.write_failure(plan.job.id, {"job": plan.job.id, "error": str(e), "error_type": type(e).__name__})
+        failed[plan.job.id] = str(e)
+        echo(f"{plan.job.id}: FAILED — {e}")
+        return None
+
+
 @dataclass
 class RunSummary:
     out: Path
@@ -139,15 +153,9 @@ def run_suite(
 
     for plan in tqdm(plans, desc=f"suite {suite.name}", disable=not (progress and main), unit="job"):
         t0 = time.time()
-        try:
-            computed[plan.job.id] = runner.run_job(plan)
-        except NumericalError as e:  # this job's numbers are broken; the other jobs still run
-            if dist.world_size() > 1:
-                raise
-            store.write_failure(plan.job.id, {"job": plan.job.id, "error": str(e), "error_type": type(e).__name__})
-            failed[plan.job.id] = str(e)
-            echo(f"{plan.job.id}: FAILED — {e}")
+        if (done := _run_or_record_failure(runner, plan, failed, echo)) is None:
             continue
+        computed[plan.job.id] = done
         if not main:
             continue
         store.clear_failure(plan.job.id)

@@ -33,3 +33,13 @@ def test_dry_run_refuses_a_bad_suite_with_one_line(tmp_path, capsys):
     assert main(["run", "suite", str(bad), "--out", str(tmp_path / "o"), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "listed twice" in err[0]
+
+
+def test_every_shipped_suite_runs_both_controls():
+    """The A/A control (dpo_aa) and the random-initialised model (random_init) are in every suite, so every
+    report can show what noise alone moves and what the SAE scores of a model that learned nothing are."""
+    from bench.config import load_suite, shipped_suites
+
+    for name, path in shipped_suites().items():
+        suite, _ = load_suite(str(path))
+        assert {"dpo_aa", "random_init"} <= set(suite.methods), name
