@@ -72,6 +72,13 @@ def _run_parser(sub) -> None:
     rs.add_argument("--shard", type=_shard, default=(1, 1), metavar="I/N", help="run shard I of N of the jobs")
     rs.add_argument("--dry-run", action="store_true", help="print jobs and stages without running")
     rs.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the jobs as N local shards side by side (1 thread each)",
+    )
+    rs.add_argument(
         "--verbose",
         "-v",
         action="store_const",
@@ -132,6 +139,17 @@ def cmd_run(args) -> int:
 
     suite, path = load_suite(args.suite)
     out = args.out or Path("results") / suite.name
+    if args.workers > 1 and not args.dry_run:
+        from bench.workers import finish, run_workers
+
+        if args.shard != (1, 1):
+            raise ConfigError("--workers splits the suite into shards itself; drop --shard")
+        code = run_workers(argparse.Namespace(**{**vars(args), "out": out}), args.workers)
+        finish(out, suite, path, device=args.device, seeds=args.seed or suite.seeds)
+        print(f"suite {suite.name}: {args.workers} workers done → {out}/leaderboard.csv")
+        return code
+    if args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: give at least 1")
     progress = sys.stderr.isatty() and not args.dry_run
     if not progress:  # SAELens's trainer bar can only be silenced through tqdm's environment switch
         os.environ.setdefault("TQDM_DISABLE", "1")

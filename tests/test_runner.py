@@ -157,3 +157,19 @@ def test_train_stage_without_its_policy_is_rebuilt(smoke_run):
     man = json.loads((smoke_run / "manifest.json").read_text())
     assert man["stages_built"] == [job["train"]]
     assert (smoke_run / "runs" / job["train"] / "policy" / "monobench_policy.json").is_file()
+
+
+def test_workers_run_shards_side_by_side_equal_to_one_process(smoke_run, tmp_path):
+    """--workers 2: two single-threaded shards of one folder; the leaderboard equals the one-process run's up
+    to float rounding (one intra-op thread instead of two sums in another order)."""
+    out = tmp_path / "workers"
+    assert _run(out, "--workers", "2") == 0
+    drop = ["train_seconds"]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "leaderboard.csv").drop(columns=drop),
+        pd.read_csv(smoke_run / "leaderboard.csv").drop(columns=drop),
+        check_exact=False,
+        rtol=1e-3,
+        atol=1e-5,
+    )
+    assert json.loads((out / "manifest.json").read_text())["suite"] == "smoke"

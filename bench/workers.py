@@ -1,0 +1,42 @@
+"""``run suite … --workers N``: the suite's jobs in N local processes, each a ``--shard i/N`` of one folder.
+
+The default model is small enough that a forward or backward pass gains little from a second intra-op
+thread on a 2-core CPU, while two jobs side by side each keep a core busy; so N single-threaded shards
+finish a suite about N times sooner than one process (measured in README "Budgets"). Each worker gets
+``cpu_count // N`` threads (at least 1). Shards are the ordinary ``--shard`` mechanism — stages are written
+atomically into the shared folder, and a stage two workers both need is computed by each and kept once —
+so the result equals a one-process run's. After all workers end, the leaderboard and manifest are
+rewritten over the whole folder.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def worker_command(args, i: int, n: int) -> list[str]:
+    """The ``python -m bench run suite`` command line of worker ``i`` of ``n`` (1-based)."""
+    cmd = [sys.executable, "-m", "bench", "run", "suite", args.suite, "--out", str(args.out), "--shard", f"{i}/{n}"]
+    cmd += ["--device", args.device] + [f"--seed={s}" for s in args.seed or []] + (["--force"] if args.force else [])
+    return cmd
+
+
+def run_workers(args, n: int) -> int:
+    """Run the N shards side by side and wait for all; returns the worst exit status (0 when all succeed)."""
+    threads = str(max(1, (os.cpu_count() or 1) // n))
+    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    procs = [subprocess.Popen(worker_command(args, i, n), env=env) for i in range(1, n + 1)]
+    codes = [p.wait() for p in procs]
+    return max(codes)
+
+
+def finish(out: Path, suite, suite_file: Path | None, *, device: str, seeds: list[int]) -> None:
+    """Leaderboard and manifest of the whole folder once every worker has written its jobs."""
+    from bench.leaderboard import write_leaderboard
+    from bench.manifest import write_manifest
+
+    write_manifest(out, suite, suite_file, device=device, seeds=seeds, shard=(1, 1))
+    write_leaderboard(out)
