@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SUITE ?= default
+# `make run` runs the jobs as this many single-threaded local shards (README "Budgets")
+WORKERS ?= 2
 # CPU machines get a CPU build of torch: a local CPU wheel where pip's find-links has one (this
 # project's machines: `pip install torch==2.13.0` takes it), else the PyTorch CPU index; machines
 # with an NVIDIA driver get PyPI's CUDA build.
@@ -28,7 +30,7 @@ $(STAMP): pyproject.toml Makefile
 	@rm -f $(VENV)/.monobench-*; touch $@
 
 run: setup
-	$(BIN)/python -m bench run suite $(SUITE)
+	$(BIN)/python -m bench run suite $(SUITE) --workers $(WORKERS)
 
 smoke: setup
 	$(BIN)/python -m bench run suite smoke
