@@ -14,6 +14,7 @@ self-contained apart from the PNGs, which both reference relatively (``figures/<
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -107,6 +108,10 @@ def load_results(d: Path) -> Results:
 
 
 # ----- figures ------------------------------------------------------------------------------------
+def _save_png(fig, path: Path) -> None:
+    fig.savefig(path, format="png", metadata={"Software": None})
+
+
 def render_figures(res: Results) -> dict[str, str | None]:
     """Save every figure to ``figures/<name>.png``; name → None when drawn, else why it was skipped."""
     out: dict[str, str | None] = {}
@@ -119,7 +124,7 @@ def render_figures(res: Results) -> dict[str, str | None]:
             path.unlink(missing_ok=True)  # never leave a stale figure from an older run
             out[spec.name] = str(e)
             continue
-        write_with(path, lambda p, fig=fig: fig.savefig(p, format="png", metadata={"Software": None}))
+        write_with(path, functools.partial(_save_png, fig))
         out[spec.name] = None
     return out
 
@@ -332,7 +337,8 @@ def completeness_section(res: Results) -> list[Block]:
         return []
     text = f"**Partial results:** {len(res.board)} of the {expected} jobs of the last run's suite have a row."
     items = [f"`{job}` failed: {why}" for job, why in sorted(failed.items())]
-    return [Para(text)] + ([Bullets(items)] if items else [])
+    blocks: list[Block] = [Para(text)]
+    return blocks + ([Bullets(items)] if items else [])
 
 
 def build_report(res: Results, drawn: dict[str, str | None]) -> list[Block]:

@@ -132,8 +132,8 @@ class Store:
         removed, now = [], time.time() if now is None else now
         for p in self.tmp.glob("*") if self.tmp.exists() else []:
             parts = p.name.split(".")
-            host, pid = (parts[1], parts[2]) if len(parts) > 3 else (None, None)
-            mine = host == HOST and pid is not None and pid.isdigit()
+            host, pid = (parts[1], parts[2]) if len(parts) > 3 else ("", "")
+            mine = host == HOST and pid.isdigit()
             stale = now - p.stat().st_mtime > STALE_SECONDS
             if (mine and not _alive(int(pid))) or stale:
                 shutil.rmtree(p, ignore_errors=True)

@@ -60,7 +60,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
-def write_with(path: Path, write: Callable[[Path], None]) -> None:
+def write_with(path: Path, write: Callable[[Path], object]) -> None:
     with atomic_path(path) as tmp:
         write(tmp)
 
