@@ -16,6 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.leaderboard import write_leaderboard
+from bench.manifest import write_manifest
+
 
 def worker_command(args, i: int, n: int) -> list[str]:
     """The ``python -m bench run suite`` command line of worker ``i`` of ``n`` (1-based)."""
@@ -35,8 +38,5 @@ def run_workers(args, n: int) -> int:
 
 def finish(out: Path, suite, suite_file: Path | None, *, device: str, seeds: list[int]) -> None:
     """Leaderboard and manifest of the whole folder once every worker has written its jobs."""
-    from bench.leaderboard import write_leaderboard
-    from bench.manifest import write_manifest
-
     write_manifest(out, suite, suite_file, device=device, seeds=seeds, shard=(1, 1))
     write_leaderboard(out)
