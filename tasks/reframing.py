@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import numpy as np
-from pydantic import ConfigDict, model_validator
+from pydantic import model_validator
 
 from bench.core.controls import control
 from bench.core.embed import cosine_pairs
@@ -125,7 +125,6 @@ class ReframingMetrics(AlignmentMetrics):
 class ReframingConfig(TaskConfig):
     """Reframing task settings; sizes default to a CPU budget (≈ 1–2 min to build on SmolLM2-135M)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
     n_train: int = 48
     """Train pairs (each costs k_samples sampled reframes at build time)."""
     n_eval: int = 32

@@ -47,7 +47,7 @@ from typing import cast
 
 import numpy as np
 import torch
-from pydantic import ConfigDict, model_validator
+from pydantic import model_validator
 
 from bench.core.controls import control
 from bench.core.data import package_version, seeded_order
@@ -132,7 +132,6 @@ class SycophancyMetrics(AlignmentMetrics):
 class SycophancyConfig(TaskConfig):
     """Sycophancy task settings; building needs no generation, scoring three option passes per item."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
     train_sources: tuple[str, ...] = ("sst2", "gender")
     """Embedded question sets used for training (sst2, gender, movie). A file / hf source is one set."""
     unseen_sources: tuple[str, ...] = ("movie",)

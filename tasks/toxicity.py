@@ -42,7 +42,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from pydantic import ConfigDict, model_validator
+from pydantic import model_validator
 
 from bench.core.controls import control
 from bench.core.lm import generate
@@ -109,7 +109,6 @@ class ToxicityMetrics(AlignmentMetrics):
 class ToxicityConfig(TaskConfig):
     """Toxicity task settings; sizes default to a CPU budget (≈ 1 min to build on SmolLM2-135M)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
     use_chat_template: bool = False
     """Raw continuation by default (see the module docstring); true wraps prompts in the chat template."""
     prompt_template: str = "{prefix}"

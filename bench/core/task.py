@@ -71,7 +71,6 @@ class AlignmentMetrics(MetricSet):
 class TaskConfig(Settings):
     """Fields every task config has; tasks subclass it and add their own."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     source: str = "embedded"
     """``embedded``, ``hf:<dataset-id>[:split]``, or a path to a .jsonl/.csv/.parquet file."""
     columns: dict[str, str] = {}
