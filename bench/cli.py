@@ -72,6 +72,9 @@ def _run_parser(sub) -> None:
     rs.add_argument("--shard", type=_shard, default=(1, 1), metavar="I/N", help="run shard I of N of the jobs")
     rs.add_argument("--dry-run", action="store_true", help="print jobs and stages without running")
     rs.add_argument(
+        "--verify", action="store_true", help="check every stored file's hash, not only its size, before reusing it"
+    )
+    rs.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -161,6 +164,7 @@ def cmd_run(args) -> int:
         force=args.force,
         shard=args.shard,
         dry_run=args.dry_run,
+        verify=args.verify,
         suite_file=path,
         progress=progress,
     )
@@ -202,12 +206,16 @@ def cmd_list(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
+    from bench.core.io import write_json
     from bench.leaderboard import write_leaderboard
+    from bench.manifest import merge_shard_manifests
 
     missing = [str(d) for d in args.dirs if not (d / "jobs").is_dir()]
     if missing:
         raise StoreError(f"no stored runs in {', '.join(missing)} (expected a jobs/ folder from `run suite`)")
     out = args.out or args.dirs[0]
+    if (merged := merge_shard_manifests(args.dirs[0])) is not None and out == args.dirs[0]:
+        write_json(out / "manifest.json", merged)
     board = write_leaderboard(out, list(args.dirs))
     print(f"{len(board)} row(s) → {out}/leaderboard.csv, {out}/metrics.csv")
     return 0

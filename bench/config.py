@@ -57,6 +57,9 @@ class TinyModelConfig(_Strict):
 class ModelConfig(_Strict):
     id: str = "embedded:smollm2-135m-instruct"
     """``embedded:<name>``, ``tiny:llama``, a Hugging Face hub id, or a local folder."""
+    revision: str | None = None
+    """A hub model's branch, tag or commit (default ``main``): resolved to its commit hash where the hub is
+    reachable, and that commit is in every stage key and job record (``bench.identity.model_identity``)."""
     tiny: TinyModelConfig = TinyModelConfig()
 
 

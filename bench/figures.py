@@ -4,12 +4,9 @@ Each figure function takes the tables it needs and returns a matplotlib ``Figure
 object API (no pyplot, no global style or backend), or raises ``MissingData`` saying what is absent.
 ``bench/report.py`` saves them under ``<out>/figures/`` and turns the reasons into report lines.
 
-- ``decorrelation_by_depth``: decorrelation per layer vs relative depth, a line per method, a panel
-  per task (Yan et al. 2024, Fig. 3).
-- ``training_curves``: decorrelation at the regularised layer and reward margin over training steps,
-  a line per trained method (Figs. 4 and 6).
-- ``act_variance_diff``: act_variance(method) − act_variance(DPO) per layer for DecPO (and L1-Reg),
-  seed-paired (Fig. 5).
+The paper's Figs. 3–7 are in ``bench.paper.figures``, built on the helpers here; the report's list of
+figures is ``bench.figure_specs.FIGURES``.
+
 - ``align_score_bars``: align_score per task and method (Table 2 as bars).
 - ``sae_fractions``: shares of alive SAE latents that are interpretable, decorrelated, or both.
 
@@ -19,9 +16,8 @@ seed there are none.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -34,22 +30,6 @@ from bench.core.stats import t_interval
 from bench.methods import METHODS, ordered
 
 MARKERS = ("o", "v", "s", "^", "D", "P", "X", "*")
-# Column names a training run may use for the same curve; the first present wins.
-CURVE_STEP = ("step", "global_step", "train/global_step")
-CURVE_ROWS = (  # bench.decpo.CurveCallback writes proxy/*, train/*, eval/*, trainer/*
-    (
-        "decorrelation at the regularised\nlayer (1 − mean cos)",
-        ("proxy/decorrelation", "decorrelation", "proxies/decorrelation", "eval_decorrelation"),
-    ),
-    (
-        "reward margin, training pairs\n(β · log-ratio difference, nats)",
-        ("train/reward_margin", "train_reward_margin", "trainer/reward_margin", "rewards/margins"),
-    ),
-    (
-        "reward margin, held-out pairs\n(β · log-ratio difference, nats)",
-        ("eval/reward_margin", "eval_reward_margin", "eval_rewards/margins"),
-    ),
-)
 SAE_FRACTIONS = {
     "sae_frac_interpretable": "interpretable",
     "sae_frac_decorrelated": "decorrelated",
@@ -176,89 +156,6 @@ def _hook_line(ax, depths: dict[str, float], panel: str) -> bool:
     return True
 
 
-def decorrelation_by_depth(tidy: pd.DataFrame, board: pd.DataFrame) -> Figure:
-    """decorrelation per layer vs relative depth; a line per method, a panel per task (Fig. 3)."""
-    d = layer_rows(tidy, "decorrelation")
-    if d.empty:
-        raise MissingData("metrics.csv has no per-layer `decorrelation` rows (proxies stage)")
-    style = method_style(ordered_methods(d["method"]))
-    panels = sorted(d["panel"].unique())
-    hooks = _hook_depths(board, tidy)
-    fig, axes, used = _panel_grid(len(panels))
-    for ax, p in zip(used, panels):
-        _lines(ax, d[d["panel"] == p], "rel_depth", "value", style)
-        _hook_line(ax, hooks, p)
-        ax.set(title=p, xlabel=DEPTH_LABEL, ylabel="decorrelation (1 − mean cos)", xlim=(-0.02, 1.02))
-    handles = _method_handles(style)
-    if hooks:
-        handles.append(Line2D([], [], color="0.45", linestyle="--", label="regularised layer"))
-    return _finish(fig, axes, "Decorrelation of last-token MLP activations by depth", handles)
-
-
-def _curve_column(curves: pd.DataFrame, names: Sequence[str]) -> str | None:
-    return next((c for c in names if c in curves and curves[c].notna().any()), None)
-
-
-def training_curves(curves: pd.DataFrame) -> Figure:
-    """Decorrelation and reward margin over training steps; a line per trained method, a column per task."""
-    if curves.empty:
-        raise MissingData("no `curves.csv` in any train stage")
-    step = _curve_column(curves, CURVE_STEP)
-    rows = [(label, col) for label, names in CURVE_ROWS if (col := _curve_column(curves, names))]
-    if step is None or not rows:
-        raise MissingData(
-            f"curves.csv has no step column {list(CURVE_STEP)} or no known curve "
-            f"({', '.join(n for _, names in CURVE_ROWS for n in names[:2])}, …)"
-        )
-    curves = curves.assign(panel=panel_names(curves))
-    style = method_style(ordered_methods(curves["method"]))
-    panels = sorted(curves["panel"].unique())
-    fig, axes = _grid(len(panels), len(rows), h=3.0)
-    for r, (label, col) in enumerate(rows):
-        for c, p in enumerate(panels):
-            ax = axes[r, c]
-            g = curves[curves["panel"] == p].dropna(subset=[step, col])
-            if not g.empty:
-                _lines(ax, g, step, col, style)
-            ax.set(
-                title=f"{p}: {col}" if r == 0 else col,
-                xlabel="training step" if r == len(rows) - 1 else "",
-                ylabel=label,
-            )
-    return _finish(fig, axes, "Training curves", _method_handles(style))
-
-
-def act_variance_diff(tidy: pd.DataFrame, board: pd.DataFrame) -> Figure:
-    """act_variance(method) − act_variance(DPO) per layer, same seed, for DecPO and L1-Reg (Fig. 5)."""
-    d = layer_rows(tidy, "act_variance")
-    keys = ["model", "task", "seed", "layer"]
-    wide = (
-        d.pivot_table(
-            index=keys + ["rel_depth", "panel"], columns="method", values="value", aggfunc="first"
-        ).reset_index()
-        if not d.empty
-        else pd.DataFrame()
-    )
-    others = [m for m in ("decpo", "l1") if m in wide]
-    if "dpo" not in wide or not others:
-        raise MissingData("needs per-layer `act_variance` rows for DPO and DecPO (or L1-Reg)")
-    diff = pd.concat([wide.assign(method=m, value=wide[m] - wide["dpo"]) for m in others])
-    diff = diff.dropna(subset=["value"])
-    style = method_style(others)
-    panels = sorted(diff["panel"].unique())
-    hooks = _hook_depths(board, tidy)
-    fig, axes, used = _panel_grid(len(panels))
-    for ax, p in zip(used, panels):
-        _lines(ax, diff[diff["panel"] == p], "rel_depth", "value", style)
-        ax.axhline(0, color="0.2", linewidth=0.8)
-        _hook_line(ax, hooks, p)
-        ax.set(
-            title=p, xlabel=DEPTH_LABEL, ylabel="Δ activation variance vs DPO\n(activation units²)", xlim=(-0.02, 1.02)
-        )
-    handles = [Line2D([], [], color=c, marker=mk, label=f"{lab} − DPO") for lab, c, mk in style.values()]
-    return _finish(fig, axes, "Activation variance across hidden units: method − DPO (same seed)", handles)
-
-
 def mean_ci(df: pd.DataFrame, by: list[str], col: str) -> pd.DataFrame:
     """Per group: mean, 95 % t interval (lo, hi) and n of ``col`` across rows (seeds)."""
     rows = []
@@ -338,56 +235,3 @@ def sae_fractions(board: pd.DataFrame) -> Figure:
     return _finish(
         fig, axes, "SAE latents: interpretable vs decorrelated, by method", _method_handles(style, line=False)
     )
-
-
-@dataclass(frozen=True)
-class FigureSpec:
-    """A figure of the report: ``figures/<name>.png``, its heading and caption, and ``draw``, which takes
-    the report's ``Results`` (anything with ``tidy``, ``board`` and ``curves`` tables)."""
-
-    name: str
-    title: str
-    caption: str
-    draw: Callable[[Any], Figure]
-
-
-FIGURES = (
-    FigureSpec(
-        "decorrelation_by_depth",
-        "Decorrelation by depth",
-        "Decorrelation (1 − mean pairwise cosine of MLP input-projection activations at the EOS "
-        "token after held-out prompt + chosen reply texts) per layer, against relative depth; higher means "
-        "less correlated, a proxy for more monosemantic features. Dashed: the regularised (hook) layer. "
-        "Cf. Yan et al. 2024, Fig. 3.",
-        lambda r: decorrelation_by_depth(r.tidy, r.board),
-    ),
-    FigureSpec(
-        "training_curves",
-        "Training curves",
-        "Decorrelation at the regularised layer and the DPO reward margin over training steps, per "
-        "trained method. Cf. Yan et al. 2024, Figs. 4 and 6.",
-        lambda r: training_curves(r.curves),
-    ),
-    FigureSpec(
-        "act_variance_diff",
-        "Activation variance: DecPO − DPO",
-        "Difference of act_variance (variance of a last-token activation across hidden units, averaged "
-        "over prompts) between DecPO (and L1-Reg) and DPO at the same seed, per layer. Above zero: "
-        "the regularised model's activations are more spread out (sparser). Cf. Yan et al. 2024, Fig. 5.",
-        lambda r: act_variance_diff(r.tidy, r.board),
-    ),
-    FigureSpec(
-        "align_score",
-        "Alignment score",
-        "align_score per task and method (the paper's Table 2 as bars); dots are single seeds.",
-        lambda r: align_score_bars(r.board),
-    ),
-    FigureSpec(
-        "sae_fractions",
-        "SAE latents: interpretable vs decorrelated",
-        "Among alive latents of the SAE trained on each model's hook-layer activations: the share with "
-        "a MonoSemanticity Score above its permutation null (interpretable), the share whose largest "
-        "|correlation| with another latent is below 0.3 (decorrelated), and the share that is both.",
-        lambda r: sae_fractions(r.board),
-    ),
-)

@@ -13,14 +13,20 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
+import re
 from pathlib import Path
 from typing import Any
 
 from bench.core.errors import ModelLoadError
 from bench.core.io import cache_dir, write_text
-from bench.models import embedded_gguf
+from bench.models import HUB_TIMEOUT_S, embedded_gguf
+from tasks.sources import hf_source
+
+log = logging.getLogger(__name__)
 
 MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".gguf", ".tiktoken")
 
@@ -86,11 +92,37 @@ def model_identity(
     path = Path(model_id).expanduser()
     if path.is_dir():
         return {"id": model_id, "content_sha256": folder_sha256(path)}
-    return {"id": model_id, "revision": revision or "unpinned"}
+    return {"id": model_id, "revision": revision or "main", "commit": resolve_revision(model_id, revision)}
+
+
+@functools.cache
+def resolve_revision(repo_id: str, revision: str | None, kind: str = "model") -> str | None:
+    """The commit hash a hub branch/tag names now (``HfApi().model_info`` / ``dataset_info``), or None when the
+    hub is offline or unreachable — then the key holds the revision as written, and a moved branch is not
+    seen (pin a commit to be safe). A 40-hex revision is a commit already."""
+    rev = revision or "main"
+    if re.fullmatch(r"[0-9a-f]{40}", rev):
+        return rev
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        info = getattr(HfApi(), f"{kind}_info")(repo_id, revision=rev, timeout=HUB_TIMEOUT_S)
+    except Exception as e:  # noqa: BLE001 — network and hub errors all mean "not resolved here"
+        log.warning(
+            "cannot resolve %s %s@%s to a commit (%s); keying it by the revision as written", kind, repo_id, rev, e
+        )
+        return None
+    return info.sha
 
 
 def source_identity(source: str) -> dict[str, Any]:
-    """A task source's content: a local file's hash; embedded and hub sources are named as they are."""
+    """A task source's content: a local file's hash; a hub dataset ``hf:<id>[:split][@revision]`` its revision
+    and resolved commit; the embedded source is named as it is (its package version is in the task version)."""
+    if source.startswith("hf:"):
+        ds_id, _, rev = hf_source(source)
+        return {"revision": rev or "main", "commit": resolve_revision(ds_id, rev, "dataset")}
     path = Path(source).expanduser()
     if source != "embedded" and not source.startswith("hf:") and path.is_file():
         return {"source_sha256": file_sha256(path)}

@@ -142,8 +142,31 @@ def write_manifest(
         "data_provenance": data_provenance(out),
     }
     failures = sorted((out / "failures").glob("*.json")) if (out / "failures").exists() else []
-    man["failed_jobs"] = {p.stem: read_json(p)["error"] for p in failures}
+    failed: dict[str, str] = {}
+    for p in failures:
+        rec = read_json(p)
+        failed[rec["job"] if rec["job"] not in failed else f"{rec.get('model')} {rec['job']}"] = rec["error"]
+    man["failed_jobs"] = failed
     machines = stage_machines(out)
     man |= {"stage_machines": machines, "mixed_machines": len(machines) > 1}
+    if shard[1] > 1:  # each shard keeps its own record; manifest.json merges whichever have written
+        write_json(out / "manifests" / f"shard-{shard[0]}-of-{shard[1]}.json", man)
+        man = merge_shard_manifests(out) or man
     write_json(out / "manifest.json", man)
+    return man
+
+
+def merge_shard_manifests(out: Path) -> dict[str, Any] | None:
+    """One manifest from ``manifests/shard-*.json`` (None if there are none): the newest shard's fields, the
+    union of the stages every shard built and reused, and per shard when it wrote and where it ran."""
+    shards = (
+        [read_json(p) for p in sorted((out / "manifests").glob("shard-*.json"))] if (out / "manifests").exists() else []
+    )
+    if not shards:
+        return None
+    man = dict(max(shards, key=lambda m: m["written"]))
+    built = [k for m in shards for k in m["stages_built"]]
+    man["stages_built"] = list(dict.fromkeys(built))
+    man["stages_reused"] = sorted({k for m in shards for k in m["stages_reused"]} - set(built))
+    man["shards"] = {m["shard"]: {"written": m["written"], "hardware": m["hardware"]} for m in shards}
     return man

@@ -114,14 +114,15 @@ def embedded_folder(name: str) -> Path:
     return target
 
 
-def load_tokenizer(spec: str):
-    """Tokenizer for a spec (embedded names load from the converted cache folder)."""
+def load_tokenizer(spec: str, revision: str | None = None):
+    """Tokenizer for a spec (embedded names load from the converted cache folder; ``revision``: a hub
+    model's branch, tag or commit)."""
     from transformers import AutoTokenizer
 
     if spec.startswith("embedded:"):
         tok = AutoTokenizer.from_pretrained(embedded_folder(spec.split(":", 1)[1]))
     else:
-        tok = _from_pretrained(AutoTokenizer, spec)
+        tok = _from_pretrained(AutoTokenizer, spec, **({"revision": revision} if revision else {}))
     return _ensure_padding(tok)
 
 
@@ -158,7 +159,7 @@ def build_tiny_llama(tiny: TinySpec, vocab_size: int, seed: int):
 HUB_HOST, HUB_TIMEOUT_S = "huggingface.co", 3.0
 
 
-def _check_hub_reachable(cls, spec: str) -> None:
+def _check_hub_reachable(cls, spec: str, revision: str | None = None) -> None:
     """A hub id not in the local HF cache needs the hub: fail within seconds when it cannot be reached
     (transformers would otherwise retry for most of a minute), with how to fetch the model instead."""
     import socket
@@ -168,7 +169,7 @@ def _check_hub_reachable(cls, spec: str) -> None:
     if constants.HF_HUB_OFFLINE:
         return  # from_pretrained reads the local cache only, and fails at once if the model is not there
     try:
-        cls.from_pretrained(spec, local_files_only=True)  # in the cache: no network needed
+        cls.from_pretrained(spec, local_files_only=True, **({"revision": revision} if revision else {}))
         return
     except (OSError, ValueError):
         pass
@@ -193,7 +194,7 @@ def _from_pretrained(cls, spec: str, **kw):
             "`model.save_pretrained(DIR)` and `tokenizer.save_pretrained(DIR)`)"
         )
     if not looks_local:
-        _check_hub_reachable(cls, spec)
+        _check_hub_reachable(cls, spec, kw.get("revision"))
     try:
         return cls.from_pretrained(str(path) if looks_local else spec, **kw)
     except OSError as e:
@@ -209,8 +210,11 @@ def _from_pretrained(cls, spec: str, **kw):
         ) from None
 
 
-def load_model(spec: str, *, seed: int = 0, device: str = "cpu", tiny: TinySpec | None = None):
-    """Load ``spec`` → (model in eval mode on ``device``, tokenizer with a pad token).
+def load_model(
+    spec: str, *, seed: int = 0, device: str = "cpu", tiny: TinySpec | None = None, revision: str | None = None
+):
+    """Load ``spec`` → (model in eval mode on ``device``, tokenizer with a pad token); ``revision`` pins a hub
+    model (a branch, tag or — as the runner passes it once resolved — a commit).
 
     Raises ModelLoadError with one line of advice for a missing package, path or hub id.
     """
@@ -229,8 +233,9 @@ def load_model(spec: str, *, seed: int = 0, device: str = "cpu", tiny: TinySpec 
         tok = load_tokenizer(spec)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     else:
-        tok = load_tokenizer(spec)
-        model = _from_pretrained(AutoModelForCausalLM, spec, dtype=dtype)
+        pin = {"revision": revision} if revision else {}
+        tok = load_tokenizer(spec, revision)
+        model = _from_pretrained(AutoModelForCausalLM, spec, dtype=dtype, **pin)
     model.to(dev, dtype=dtype).eval()
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id

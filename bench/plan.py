@@ -74,7 +74,8 @@ def job_layer(suite: SuiteConfig, method: str, n_model_layers: int) -> int:
 
 def job_facts(suite: SuiteConfig, job: Job, n_model_layers: int) -> JobFacts:
     m = suite.model
-    model = model_identity(m.id, tiny=m.tiny.model_dump() if m.id.startswith("tiny:") else None, seed=job.seed)
+    tiny = m.tiny.model_dump() if m.id.startswith("tiny:") else None
+    model = model_identity(m.id, revision=m.revision, tiny=tiny, seed=job.seed)
     return JobFacts(suite=suite, job=job, model=model, layer=job_layer(suite, job.method, n_model_layers))
 
 
@@ -92,10 +93,11 @@ def plan_job(suite: SuiteConfig, store: Store, job: Job, n_model_layers: int) ->
     return Plan(facts, tuple(planned))
 
 
-def dry_run_lines(store: Store, plans: list[Plan], complete) -> list[str]:
-    """One line per job: its stages, each marked cached or to run (``complete(name, key)``)."""
-    return [
-        f"{p.job.id:<34} layer {p.hook_layer:<3} "
-        + " ".join(f"{s.name}:{'cached' if complete(s.name, s.key) else 'run'}" for s in p.stages)
-        for p in plans
-    ]
+def dry_run_lines(plans: list[Plan], needed) -> list[str]:
+    """One line per job: its stages, each marked cached or to run (``needed(plan)``: the runner's choice)."""
+    lines = []
+    for p in plans:
+        todo = needed(p)
+        marks = " ".join(f"{s.name}:{'run' if s.name in todo else 'cached'}" for s in p.stages)
+        lines.append(f"{p.job.id:<34} layer {p.hook_layer:<3} {marks}")
+    return lines

@@ -8,11 +8,13 @@ numbers whether or not another job ran before it.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any, cast
 
 from bench.align import load_policy
 from bench.core.lm import n_layers
 from bench.core.preference import pair_logprobs
+from bench.identity import resolve_revision
 from bench.models import load_model, random_init
 
 
@@ -27,11 +29,13 @@ class ModelPool:
         """(model, tokenizer) of the suite's base model, loaded once (per seed for tiny models, whose weights
         depend on it)."""
 
-        key = seed if self.suite.model.id.startswith("tiny:") else 0
+        m = self.suite.model
+        key = seed if m.id.startswith("tiny:") else 0
         if key not in self._base:
-            self._base[key] = load_model(
-                self.suite.model.id, seed=seed, device=self.device, tiny=self.suite.model.tiny.spec()
-            )
+            revision = None
+            if not m.id.startswith(("tiny:", "embedded:")) and not Path(m.id).expanduser().exists():
+                revision = resolve_revision(m.id, m.revision) or m.revision  # the commit the stage keys hold
+            self._base[key] = load_model(m.id, seed=seed, device=self.device, tiny=m.tiny.spec(), revision=revision)
         return self._base[key]
 
     def n_layers(self, seed: int) -> int:

@@ -15,7 +15,6 @@ self-contained apart from the PNGs, which both reference relatively (``figures/<
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,9 @@ import pandas as pd
 from bench import figures as F
 from bench.core.errors import StoreError
 from bench.core.io import read_json, write_with
+from bench.figure_specs import FIGURES
 from bench.leaderboard import seed_summary, write_leaderboard
+from bench.paper.section import paper_section
 from bench.render import Block, Bullets, Heading, Image, Para, Table, fmt, to_html, to_markdown
 from bench.report_stats import paired_sections, validation_section
 from bench.schema import headline
@@ -38,8 +39,6 @@ TABLE_GROUPS = (
     ("Monosemanticity (hook layer) and SAE", ("proxies", "sae")),
 )
 """The report's tables: the headline metrics (``bench.schema.headline``) of these metric groups."""
-TOP_TOKEN_GLOB = "top_tokens*.json"
-TOP_TOKEN_ROWS = 10
 
 
 @dataclass(frozen=True)
@@ -115,7 +114,11 @@ def _save_png(fig, path: Path) -> None:
 def render_figures(res: Results) -> dict[str, str | None]:
     """Save every figure to ``figures/<name>.png``; name → None when drawn, else why it was skipped."""
     out: dict[str, str | None] = {}
-    for spec in F.FIGURES:
+    names = {spec.name for spec in FIGURES}
+    for old in (res.dir / "figures").glob("*.png"):  # a figure no longer drawn (renamed or removed)
+        if old.stem not in names:
+            old.unlink()
+    for spec in FIGURES:
         path = res.dir / "figures" / f"{spec.name}.png"
         try:
             fig = spec.draw(res)
@@ -201,58 +204,12 @@ def leaderboard_section(res: Results) -> list[Block]:
 
 def figures_section(drawn: dict[str, str | None]) -> list[Block]:
     blocks: list[Block] = [Heading(2, "Figures")]
-    for spec in F.FIGURES:
+    for spec in FIGURES:
         blocks.append(Heading(3, spec.title))
         if drawn[spec.name] is None:
             blocks += [Image(f"figures/{spec.name}.png", spec.title), Para(spec.caption)]
         else:
             blocks.append(Para(f"Skipped (`{spec.name}.png` not drawn): {drawn[spec.name]}."))
-    return blocks
-
-
-def _top_token_records(obj: Any) -> list[dict[str, Any]]:
-    """Rows of a top-token file: a list of records, or the first list of records inside a dict."""
-    if isinstance(obj, dict):
-        obj = next((v for v in obj.values() if isinstance(v, list) and v and isinstance(v[0], dict)), [])
-    return [r for r in obj if isinstance(r, dict)] if isinstance(obj, list) else []
-
-
-def _token_cell(v: Any) -> str:
-    if isinstance(v, list):  # tokens: quoted so leading spaces and newlines stay visible
-        return ", ".join(json.dumps(t, ensure_ascii=False) if isinstance(t, str) else fmt(t) for t in v)
-    return fmt(v)
-
-
-def top_tokens_section(res: Results) -> list[Block]:
-    """Top tokens of the most changed MLP neurons (Yan et al. 2024, Table 1), from any stage's file."""
-    blocks: list[Block] = [Heading(2, "Most changed MLP neurons: top tokens")]
-    seen: set[tuple] = set()
-    rank = {m: i for i, m in enumerate(F.ordered_methods(j["method"] for j in res.jobs))}
-    for job in sorted(res.jobs, key=lambda j: (j["model"], j["task"], rank[j["method"]], j["seed"])):
-        ident = (job["model"], job["task"], job["method"])
-        files = sorted(
-            f for key in job.get("stages", {}).values() for f in (res.dir / "runs" / str(key)).glob(TOP_TOKEN_GLOB)
-        )
-        if ident in seen or not files:
-            continue
-        all_recs = _top_token_records(read_json(files[0]))
-        recs = all_recs[:TOP_TOKEN_ROWS]
-        if not recs:
-            continue
-        seen.add(ident)
-        cols = sorted(dict.fromkeys(k for r in recs for k in r), key=lambda k: isinstance(recs[0].get(k), list))
-        blocks += [
-            Heading(3, f"{job['task']} · {F.method_label(job['method'])} (seed {job['seed']})"),
-            Para(f"From `{files[0].relative_to(res.dir)}`: {len(recs)} of {len(all_recs)} neurons."),
-            Table(cols, [[_token_cell(r.get(c)) for c in cols] for r in recs]),
-        ]
-    if not seen:
-        blocks.append(
-            Para(
-                f"No top-token file (`runs/<stage key>/{TOP_TOKEN_GLOB}`) was found, so this table "
-                "(the paper's Table 1) is omitted."
-            )
-        )
     return blocks
 
 
@@ -358,9 +315,9 @@ def build_report(res: Results, drawn: dict[str, str | None]) -> list[Block]:
         head
         + completeness_section(res)
         + leaderboard_section(res)
+        + paper_section(res)
         + validation_section(res.dir)
         + figures_section(drawn)
-        + top_tokens_section(res)
         + provenance_section(res)
         + cite_section(res)
     )

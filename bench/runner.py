@@ -9,6 +9,7 @@ only rank 0 runs the others and writes to the store.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,9 +22,10 @@ from bench.core.errors import NumericalError
 from bench.leaderboard import write_leaderboard
 from bench.manifest import machine, write_manifest
 from bench.plan import Plan, dry_run_lines, expand_jobs, plan_job, select_shard
+from bench.plan_checks import check_model_fits
 from bench.pool import ModelPool
 from bench.stages import STAGES, StageContext
-from bench.store import Store
+from bench.store import Store, record_name
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +46,27 @@ class Runner:
         """A finished stage whose files later stages need are present."""
         return self.store.done(key) and STAGES[name].complete(self.store.path(key))
 
+    def needed(self, plan: Plan) -> set[str]:
+        """The job's stages to build: those without a sound record (or forced), and upstream stages whose
+        weights or activations are gone (a fresh clone of results/) but which a stage to build reads —
+        directly or through its own upstream stages. A stage nobody downstream reads is never retrained."""
+        need: set[str] = set()
+        for planned in reversed(plan.stages):
+            name, key = planned.name, planned.key
+            if (self.force and key not in self.store.built) or not self.store.done(key):
+                need.add(name)
+            elif not STAGES[name].complete(self.store.path(key)) and need & _readers(name, plan):
+                need.add(name)
+        return need
+
     def run_job(self, plan: Plan) -> dict[str, bool]:
         """Run the job's missing stages; returns stage → whether it was computed (False = reused)."""
         computed: dict[str, bool] = {}
+        need = self.needed(plan)
         for planned in plan.stages:
             stage, key = STAGES[planned.name], planned.key
-            needed = not self.complete(stage.name, key) or (self.force and key not in self.store.built)
             computed[stage.name] = False
-            if not dist.main_decides(needed):
+            if not dist.main_decides(stage.name in need):
                 self.store.reused.append(key)
                 continue
             if key in self.store.built:  # shared stage (e.g. data) already rebuilt in this run
@@ -61,20 +76,39 @@ class Runner:
                 if stage.every_rank:
                     stage.run(ctx, self.store.tmp)
                 continue
-            t0 = time.time()
-            identity = {
-                "task": plan.job.task,
-                "method": plan.job.method,
-                "seed": plan.job.seed,
-                "stage": stage.name,
-                "layer": plan.hook_layer,
-                "stage_version": stage.version,
-            }
-            with self.store.build(key, planned.spec, identity) as work:
-                stage.run(ctx, work)
-            computed[stage.name] = True
-            log.info("%s: %s built in %.1fs", plan.job.id, stage.name, time.time() - t0)
+            # a second run of this job waits for the first one's stage and reuses it (one rank only: ranks
+            # of a launcher must agree, so they compute what rank 0 decided)
+            with self.store.claim(key) if dist.world_size() == 1 else contextlib.nullcontext():
+                if dist.world_size() == 1 and not self.force and self.complete(stage.name, key):
+                    self.store.reused.append(key)
+                    continue
+                computed[stage.name] = self._build(stage, planned, plan, ctx)
         return computed
+
+    def _build(self, stage, planned, plan: Plan, ctx: StageContext) -> bool:
+        t0 = time.time()
+        identity = {
+            "task": plan.job.task,
+            "method": plan.job.method,
+            "seed": plan.job.seed,
+            "stage": stage.name,
+            "layer": plan.hook_layer,
+            "stage_version": stage.version,
+        }
+        with self.store.build(planned.key, planned.spec, identity) as work:
+            stage.run(ctx, work)
+        log.info("%s: %s built in %.1fs", plan.job.id, stage.name, time.time() - t0)
+        return True
+
+
+def _readers(name: str, plan: Plan) -> set[str]:
+    """Stages of ``plan`` that need ``name``, directly or through other stages."""
+    out: set[str] = set()
+    for s in plan.stages:  # execution order: a stage's needs come before it
+        needs = set(STAGES[s.name].needs)
+        if name in needs or needs & out:
+            out.add(s.name)
+    return out
 
 
 def _run_or_record_failure(runner: Runner, plan: Plan, failed: dict[str, str], echo) -> dict[str, bool] | None:
@@ -85,7 +119,8 @@ def _run_or_record_failure(runner: Runner, plan: Plan, failed: dict[str, str], e
     except NumericalError as e:
         if dist.world_size() > 1:  # ranks must agree; a one-rank skip would deadlock the others
             raise
-        runner.store.write_failure(plan.job.id, {"job": plan.job.id, "error": str(e), "error_type": type(e).__name__})
+        record = {"job": plan.job.id, "model": runner.suite.model.id, "error": str(e), "error_type": type(e).__name__}
+        runner.store.write_failure(record_name(runner.suite.model.id, plan.job.id), record)
         failed[plan.job.id] = str(e)
         echo(f"{plan.job.id}: FAILED — {e}")
         return None
@@ -106,6 +141,7 @@ def job_record(suite: SuiteConfig, plan: Plan) -> dict:
         "job": plan.job.id,
         "suite": suite.name,
         "model": suite.model.id,
+        "model_identity": plan.facts.model,
         "task": plan.job.task,
         "method": plan.job.method,
         "seed": plan.job.seed,
@@ -125,6 +161,7 @@ def run_suite(
     force: bool = False,
     shard: tuple[int, int] = (1, 1),
     dry_run: bool = False,
+    verify: bool = False,
     suite_file: Path | None = None,
     progress: bool = True,
     echo=print,
@@ -138,11 +175,13 @@ def run_suite(
         dist.init(device)
     main = dist.is_main()
     echo = echo if main else (lambda *_: None)
-    store = Store(out, machine=machine(device))
+    store = Store(out, machine=machine(device), verify=verify)
     runner = Runner(suite, store, device=device, force=force, progress=progress)
     plans = [plan_job(suite, store, j, runner.n_layers(j.seed)) for j in select_shard(expand_jobs(suite, seeds), shard)]
+    if plans:
+        check_model_fits(suite, {p.hook_layer for p in plans}, runner.pool.base(plans[0].job.seed)[0])
     if dry_run:
-        for line in dry_run_lines(store, plans, runner.complete):
+        for line in dry_run_lines(plans, runner.needed):
             echo(line)
         return RunSummary(out, plans, {}, 0.0)
     if main:
@@ -158,8 +197,9 @@ def run_suite(
         computed[plan.job.id] = done
         if not main:
             continue
-        store.clear_failure(plan.job.id)
-        store.write_job(plan.job.id, job_record(suite, plan))
+        name = record_name(suite.model.id, plan.job.id)
+        store.clear_failure(name)
+        store.write_job(name, job_record(suite, plan))
         write_manifest(  # refreshed per job: a killed run keeps provenance
             out, suite, suite_file, device=device, seeds=seeds or suite.seeds, shard=shard, runner=runner
         )

@@ -13,8 +13,10 @@ shards or machines can fill one folder and ``bench leaderboard`` merges them.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -25,7 +27,7 @@ from typing import Any
 
 from bench import __version__
 from bench.core.errors import StoreError
-from bench.core.io import DIR_MODE, read_json, stable_hash, write_json
+from bench.core.io import DIR_MODE, file_digest, read_json, stable_hash, write_json
 
 log = logging.getLogger(__name__)
 HOST = socket.gethostname().replace(".", "_") or "host"
@@ -34,21 +36,13 @@ STALE_SECONDS = 24 * 3600
 """Another host's temp folder is removed only when untouched this long (its PID means nothing here)."""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Store:
     """Stages of one results folder."""
 
-    def __init__(self, out: Path, machine: dict[str, Any] | None = None):
+    def __init__(self, out: Path, machine: dict[str, Any] | None = None, *, verify: bool = False):
         self.out = Path(out)
+        self.verify = verify
+        """Also check every listed file's hash (``--verify``), not only its size."""
         self.machine = machine or {}
         """Recorded in each stage built here (``bench.manifest.machine``)."""
         self.runs = self.out / "runs"
@@ -66,28 +60,55 @@ class Store:
 
     def done(self, key: str) -> bool:
         """A finished stage: ``stage.json`` is readable and every record file it lists (not the weights and
-        activations, which results/ folders do not commit) has its recorded size (a stage written before
-        file lists existed is trusted as it is). A damaged stage is logged with the file
-        and the reason, and reported as not done, so it is rebuilt."""
+        activations, which results/ folders do not commit) has its recorded size — and, with ``verify``, its
+        recorded hash, for every listed file present, weights included (a stage written before file lists
+        existed is trusted as it is). A damaged stage is logged with the file and the reason, and reported as
+        not done, so it is rebuilt."""
         record = self.path(key) / "stage.json"
         if not record.is_file():
             return False
         try:
-            files = read_json(record).get("files")
+            rec = read_json(record)
         except StoreError as e:
             log.warning("stage %s is damaged (%s); rebuilding it", key, e)
             return False
-        for name, size in (files or {}).items():
-            if _is_artifact(name):
-                continue  # weights and activations: checked by the stage that needs them (Stage.complete)
-            f = self.path(key) / name
-            why = "is missing" if not f.is_file() else None
-            if why is None and f.stat().st_size != size:
-                why = f"has {f.stat().st_size} bytes, not the {size} recorded"
-            if why:
+        hashes = rec.get("hashes") or {}
+        for name, size in (rec.get("files") or {}).items():
+            if why := _file_problem(self.path(key), name, size, hashes.get(name) if self.verify else None):
                 log.warning("stage %s: %s %s; rebuilding the stage", key, name, why)
                 return False
         return True
+
+    @contextlib.contextmanager
+    def claim(self, key: str) -> Iterator[None]:
+        """Hold ``locks/<key>.lock`` (an exclusive ``flock``) while building ``key``: a second run of the same
+        job, in another process or PID namespace, waits here and then reuses the stage instead of computing
+        it again. There is no global lock: runs of different stages proceed side by side."""
+        lock = self.out / "locks" / f"{key}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("waiting for another run that is building %s", key)
+                fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _claimed_elsewhere(self, key: str) -> bool:
+        """Whether some process (any PID namespace on this host) holds ``key``'s build lock now."""
+        lock = self.out / "locks" / f"{key}.lock"
+        if not lock.is_file():
+            return False
+        with open(lock, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+        return False
 
     @contextlib.contextmanager
     def build(self, key: str, spec: dict[str, Any], identity: dict[str, Any] | None = None) -> Iterator[Path]:
@@ -106,6 +127,7 @@ class Store:
                     "spec": spec,
                     "identity": identity or {},
                     "files": _file_sizes(work),
+                    "hashes": _file_hashes(work),
                     "machine": self.machine,
                     "seconds": round(time.time() - start, 3),
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -127,15 +149,16 @@ class Store:
 
     def clean_tmp(self, *, now: float | None = None) -> list[str]:
         """Remove leftovers of killed runs (shards and machines may share tmp/): this host's temp folders
-        whose process is gone, and any folder untouched for ``STALE_SECONDS`` (another host's live work,
-        whose PID cannot be checked from here, is left alone)."""
+        whose stage nobody is building (its key's lock is free — a PID means nothing across PID namespaces),
+        and any folder untouched for ``STALE_SECONDS`` (another host's live work, whose lock and PID cannot
+        be checked from here, is left alone until then)."""
         removed, now = [], time.time() if now is None else now
         for p in self.tmp.glob("*") if self.tmp.exists() else []:
             parts = p.name.split(".")
-            host, pid = (parts[1], parts[2]) if len(parts) > 3 else ("", "")
-            mine = host == HOST and pid.isdigit()
+            key, host = (parts[0], parts[1]) if len(parts) > 3 else ("", "")
+            mine = host == HOST and not self._claimed_elsewhere(key)
             stale = now - p.stat().st_mtime > STALE_SECONDS
-            if (mine and not _alive(int(pid))) or stale:
+            if mine or stale:
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p.name)
         return removed
@@ -151,8 +174,13 @@ class Store:
         folder = self.out / "failures"
         return [read_json(p) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
 
-    def write_job(self, job_id: str, record: dict[str, Any]) -> None:
-        write_json(self.jobs / f"{job_id}.json", record)
+    def write_job(self, name: str, record: dict[str, Any]) -> None:
+        """``jobs/<name>.json`` (``record_name``); replaces a record of the same job and model written under the
+        old name ``jobs/<task>__<method>__s<seed>.json`` (monobench ≤ 0.2), so it cannot shadow the new one."""
+        write_json(self.jobs / f"{name}.json", record)
+        legacy = self.jobs / f"{record['job']}.json"
+        if legacy.is_file() and legacy.name != f"{name}.json" and read_json(legacy).get("model") == record["model"]:
+            legacy.unlink()
 
     def job_records(self) -> list[dict[str, Any]]:
         if not self.jobs.exists():
@@ -160,13 +188,40 @@ class Store:
         return [read_json(p) for p in sorted(self.jobs.glob("*.json"))]
 
 
+def record_name(model_id: str, job_id: str) -> str:
+    """File stem of a job's record (``jobs/``, ``failures/``): the model and the job (task, method or grid
+    variant, seed), so one folder holds several models and suites without one row replacing another.
+    ``embedded:smollm2-135m-instruct`` + ``toxicity__dpo__s0`` → ``embedded-smollm2-135m-instruct-<6 hex>__
+    toxicity__dpo__s0`` (the hash tells apart ids that differ only in punctuation)."""
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", model_id).strip("-")[-48:] or "model"
+    return f"{slug}-{stable_hash(model_id, n=6)}__{job_id}"
+
+
 ARTIFACT_SUFFIXES = (".npy", ".safetensors", ".bin", ".pt")
-ARTIFACT_FOLDERS = ("policy", "sae", "trainer")
+ARTIFACT_FOLDERS = ("policy", "sae", "trainer", "tokenizer")
 
 
 def _is_artifact(name: str) -> bool:
     """Weights and activations (.gitignore keeps them out of committed results), not small records."""
     return name.endswith(ARTIFACT_SUFFIXES) or Path(name).parts[0] in ARTIFACT_FOLDERS
+
+
+def _file_problem(folder: Path, name: str, size: int, digest: str | None) -> str | None:
+    """Why a stage's listed file cannot be trusted (None if it can): missing, resized or, when ``digest`` is
+    given, changed. Missing weights and activations are the stage's own check (``Stage.complete``)."""
+    f = folder / name
+    if not f.is_file():
+        return None if _is_artifact(name) else "is missing"
+    if f.stat().st_size != size:
+        return f"has {f.stat().st_size} bytes, not the {size} recorded"
+    if digest is not None and file_digest(f) != digest:
+        return "has changed since it was written (its hash differs from the recorded one)"
+    return None
+
+
+def _file_hashes(folder: Path) -> dict[str, str]:
+    """Relative path → ``file_digest`` of every file under ``folder`` (checked by ``--verify``)."""
+    return {str(f.relative_to(folder)): file_digest(f) for f in sorted(folder.rglob("*")) if f.is_file()}
 
 
 def _file_sizes(folder: Path) -> dict[str, int]:

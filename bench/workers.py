@@ -16,14 +16,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.core.io import write_json
 from bench.leaderboard import write_leaderboard
-from bench.manifest import write_manifest
+from bench.manifest import merge_shard_manifests, write_manifest
 
 
 def worker_command(args, i: int, n: int) -> list[str]:
     """The ``python -m bench run suite`` command line of worker ``i`` of ``n`` (1-based)."""
     cmd = [sys.executable, "-m", "bench", "run", "suite", args.suite, "--out", str(args.out), "--shard", f"{i}/{n}"]
     cmd += ["--device", args.device] + [f"--seed={s}" for s in args.seed or []] + (["--force"] if args.force else [])
+    cmd += ["--verify"] if getattr(args, "verify", False) else []
     return cmd
 
 
@@ -38,5 +40,7 @@ def run_workers(args, n: int) -> int:
 
 def finish(out: Path, suite, suite_file: Path | None, *, device: str, seeds: list[int]) -> None:
     """Leaderboard and manifest of the whole folder once every worker has written its jobs."""
-    write_manifest(out, suite, suite_file, device=device, seeds=seeds, shard=(1, 1))
+    man = write_manifest(out, suite, suite_file, device=device, seeds=seeds, shard=(1, 1))
+    if (merged := merge_shard_manifests(out)) is not None:  # what the workers built, per worker
+        write_json(out / "manifest.json", man | {k: merged[k] for k in ("stages_built", "stages_reused", "shards")})
     write_leaderboard(out)

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from bench.core.embed import embed
-from bench.core.errors import check_finite
-from bench.core.io import cache_dir, write_text, write_with
+from bench.core.errors import StoreError, check_finite
+from bench.core.io import cache_dir, load_npy, write_text, write_with
 from saes import metrics as M
 from saes.ce import ce_losses
 from saes.config import SAEConfig, SAEEvalConfig
@@ -61,8 +61,23 @@ EmbedFn = Callable[[Sequence[str]], np.ndarray]
 
 def load_sae(sae_dir: Path, device: str | torch.device = "cpu"):
     from sae_lens import SAE
+    from safetensors import SafetensorError
 
-    sae = SAE.load_from_disk(str(sae_dir), device=str(device))
+    try:
+        sae = SAE.load_from_disk(str(sae_dir), device=str(device))
+    except (
+        OSError,
+        ValueError,
+        RuntimeError,
+        KeyError,
+        SafetensorError,
+    ) as e:  # e.g.: "header too large", "invalid JSON in header"
+        if not any(Path(sae_dir).glob("*.safetensors")) and not (Path(sae_dir) / "cfg.json").is_file():
+            raise
+        raise StoreError(
+            f"SAE in {sae_dir} cannot be loaded ({str(e).splitlines()[0]}); its weights or cfg.json are damaged — "
+            "delete the stage folder (it is then rebuilt) or restore it"
+        ) from None
     sae.eval()
     return sae
 
@@ -120,7 +135,7 @@ def context_embeddings(
         h.update(b"\0")
     path = Path(cache_dir or default_embed_cache()) / f"ctx_emb-{h.hexdigest()[:20]}.npy"
     if path.is_file():
-        return torch.from_numpy(np.load(path))
+        return torch.from_numpy(np.asarray(load_npy(path)))
     emb = np.asarray(embed_fn(list(texts)), dtype=np.float32)
     if emb.shape[0] != len(texts):
         raise ValueError(f"the embedder returned {emb.shape[0]} rows for {len(texts)} contexts")

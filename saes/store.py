@@ -6,7 +6,6 @@ last (``saes.heldout``); ``doc`` and ``context`` rebuild a token's document and 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -17,6 +16,7 @@ import torch
 
 from bench.core.errors import ConfigError, StoreError
 from bench.core.hooks import hooked_activations
+from bench.core.io import load_npy, read_json
 
 STORE_VERSION = 2
 
@@ -36,10 +36,10 @@ class ActivationStore:
 
     @cached_property
     def manifest(self) -> dict:
-        return json.loads((Path(self.path) / "manifest.json").read_text())
+        return read_json(Path(self.path) / "manifest.json")
 
     def _load(self, name: str) -> np.ndarray:
-        return np.load(Path(self.path) / f"{name}.npy", mmap_mode="r")
+        return load_npy(Path(self.path) / f"{name}.npy", mmap=True)
 
     @cached_property
     def acts(self) -> np.ndarray:
@@ -59,11 +59,11 @@ class ActivationStore:
 
     @cached_property
     def doc_split(self) -> np.ndarray:
-        return np.load(Path(self.path) / "doc_split.npy")
+        return load_npy(Path(self.path) / "doc_split.npy")
 
     @cached_property
     def _doc_tokens(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.load(Path(self.path) / "doc_tokens.npy"), np.load(Path(self.path) / "doc_offsets.npy")
+        return load_npy(Path(self.path) / "doc_tokens.npy"), load_npy(Path(self.path) / "doc_offsets.npy")
 
     @property
     def d_in(self) -> int:

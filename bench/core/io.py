@@ -80,3 +80,26 @@ def write_csv(path: Path, frame) -> None:
     """A pandas DataFrame as CSV (no index), atomically."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
+
+
+def file_digest(path: Path) -> str:
+    """blake2b-128 of a file's bytes (hex): the fast content check of a stage's files (``--verify``)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_npy(path: Path, *, mmap: bool = False):
+    """A ``.npy`` array (never pickled objects); a damaged file is a ``StoreError`` that names it."""
+    import numpy as np
+
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        why = "no .npy header" if "pickle" in str(e) else str(e).splitlines()[0]
+        raise StoreError(
+            f"{path} is not a readable numpy array ({why}); it is damaged — delete its stage folder "
+            "(the stage is then rebuilt) or restore it"
+        ) from None

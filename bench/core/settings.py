@@ -35,6 +35,17 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False)
 
+    def key_dump(self) -> dict[str, Any]:
+        """The settings as they enter a stage key: ``model_dump(mode="json")`` less the fields marked
+        ``json_schema_extra={"key_when_set": True}`` that sit at their default — an option added later
+        leaves the keys (and stored results) of every run that does not set it unchanged."""
+        out = self.model_dump(mode="json")
+        for name, field in type(self).model_fields.items():
+            extra = field.json_schema_extra
+            if isinstance(extra, dict) and extra.get("key_when_set") and getattr(self, name) == field.default:
+                out.pop(name, None)
+        return out
+
     @model_validator(mode="before")
     @classmethod
     def _no_booleans_for_numbers(cls, data: Any) -> Any:

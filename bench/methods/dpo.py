@@ -3,7 +3,9 @@
 With LoRA the reference is the adapter-disabled policy; with full fine-tuning a frozen copy.
 """
 
-from pydantic import Field
+from typing import ClassVar
+
+from pydantic import Field, model_validator
 
 from bench.methods._base import Method, TrainConfig, register_method
 
@@ -13,14 +15,29 @@ class DPOMethodConfig(TrainConfig):
 
     beta: float = Field(0.1, gt=0)
     """β of the DPO loss (paper 0.1)."""
+    length_average: bool = Field(False, json_schema_extra={"key_when_set": True})
+    """Average each reply's log-ratio over its tokens before the preference difference (the paper's code,
+    ``average_log_prob=True``; TRL ``loss_type = "sigmoid_norm"``):
+    −log σ(β[(log π(y_w) − log π_ref(y_w))/|y_w| − (log π(y_l) − log π_ref(y_l))/|y_l|]).
+    TRL's logged ``rewards/*`` stay the summed log-ratios either way."""
+    length_average_applies: ClassVar[bool] = True
+    """False for a loss of this family that has its own length handling (IPO) or none (KTO)."""
+
+    @model_validator(mode="after")
+    def _length_average_applies(self):
+        if self.length_average and not self.length_average_applies:
+            raise ValueError(f"length_average is a DPO-loss option; {type(self).__name__} does not take it")
+        return self
 
 
 def dpo_args(cfg: DPOMethodConfig, args: dict):
-    """TRL ``DPOConfig`` of a DPO-family method (``loss_type = ["sigmoid"]``)."""
+    """TRL ``DPOConfig`` of a DPO-family method (``loss_type = ["sigmoid"]``, or ``["sigmoid_norm"]`` with
+    ``length_average``)."""
     from trl import DPOConfig
 
+    loss = "sigmoid_norm" if cfg.length_average else "sigmoid"
     # disable_dropout=False: TRL's default would also zero the LoRA dropout of the paper preset.
-    return DPOConfig(**args, beta=cfg.beta, loss_type=["sigmoid"], disable_dropout=False)
+    return DPOConfig(**args, beta=cfg.beta, loss_type=[loss], disable_dropout=False)
 
 
 def build(cfg: DPOMethodConfig, model, ref_model, args: dict, kw: dict, layer: int, hook: str):

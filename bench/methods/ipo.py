@@ -5,6 +5,8 @@ summed log-ratio by its token count (its source says the IPO authors confirmed t
 difference of per-token log-ratios.
 """
 
+from typing import ClassVar
+
 from pydantic import Field
 
 from bench.methods._base import Method, register_method
@@ -16,6 +18,7 @@ class IPOMethodConfig(DPOMethodConfig):
 
     beta: float = Field(0.1, gt=0)
     """τ of the IPO loss (TRL's ``beta``): the target log-ratio difference is 1/(2τ)."""
+    length_average_applies: ClassVar[bool] = False
 
 
 def build(cfg: IPOMethodConfig, model, ref_model, args: dict, kw: dict, layer: int, hook: str):

@@ -6,6 +6,8 @@ estimate (mismatched prompt/reply rows), the loss is λ_D(1 − σ(β(r − z₀
 λ_U(1 − σ(β(z₀ − r))) on undesirable ones. One optimiser step sees 2 × ``batch_size`` rows.
 """
 
+from typing import ClassVar
+
 from pydantic import Field
 
 from bench.methods._base import Method, register_method
@@ -21,6 +23,7 @@ class KTOMethodConfig(DPOMethodConfig):
     """λ_D, the weight of desirable (chosen) rows."""
     undesirable_weight: float = Field(1.0, gt=0)
     """λ_U, the weight of undesirable (rejected) rows."""
+    length_average_applies: ClassVar[bool] = False
 
 
 def build(cfg: KTOMethodConfig, model, ref_model, args: dict, kw: dict, layer: int, hook: str):

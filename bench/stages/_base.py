@@ -48,11 +48,11 @@ class JobFacts:
 
     @property
     def task_cfg(self) -> dict[str, Any]:
-        return self.suite.tasks[self.job.task].model_dump(mode="json")
+        return self.suite.tasks[self.job.task].key_dump()
 
     @property
     def method_cfg(self) -> dict[str, Any]:
-        return self.suite.methods[self.job.method].model_dump(mode="json")
+        return self.suite.methods[self.job.method].key_dump()
 
     @property
     def method(self):

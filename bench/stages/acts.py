@@ -57,7 +57,9 @@ class ActsStage(Stage):
         }
 
     def complete(self, folder: Path) -> bool:
-        return (folder / "manifest.json").is_file() and (folder / "acts.npy").is_file()
+        """Committed results keep the store's records, not its arrays or tokenizer: without them it is rebuilt
+        when a stage that reads it (the SAE) must be built."""
+        return all((folder / f).exists() for f in ("manifest.json", "acts.npy", "doc_tokens.npy", "tokenizer"))
 
     def run(self, ctx: StageContext, work: Path) -> None:
 

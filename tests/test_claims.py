@@ -1,0 +1,120 @@
+"""The claims checklist: hand-computed rows, calibration on null data, planted effects, missing methods."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from bench.paper.claims import ALPHA, claims_table, early_minus_late
+from bench.paper.tables import PAPER_TABLE2, table1_rows, table2_section
+
+METHODS = ("base", "dpo", "decpo", "decpo_paper")
+TASKS = ("toxicity", "reframing", "sycophancy")
+COLS = ("decorrelation_prompt_mean", "decorrelation", "act_variance", "align_score", "reward_margin")
+N_LAYERS = 9
+
+
+def synthetic(rng, seeds=range(4), effect=None, methods=METHODS):
+    """board + tidy: every quantity noise around the same value; ``effect`` adds (method, column) → shift."""
+    effect = effect or {}
+    board, tidy = [], []
+    for task in TASKS:
+        for seed in seeds:
+            unit = rng.normal(0, 1, len(COLS))  # shared by the methods of a (task, seed): the pairing
+            for m in methods:
+                row = {"model": "m", "task": task, "method": m, "seed": seed}
+                for j, c in enumerate(COLS):
+                    row[c] = 1.0 + unit[j] + rng.normal(0, 0.3) + effect.get((m, c), 0.0)
+                board.append(row)
+                for layer in range(N_LAYERS):
+                    shift = effect.get((m, "early"), 0.0) if layer <= N_LAYERS // 3 else 0.0
+                    v = 0.5 + rng.normal(0, 0.05) + shift
+                    tidy.append(row | {"layer": layer, "sae": np.nan, "metric": "decorrelation_prompt", "value": v})
+    cols = ["model", "task", "method", "seed", "layer", "sae", "metric", "value"]
+    return pd.DataFrame(board), pd.DataFrame(tidy)[cols]
+
+
+def test_a_row_is_the_hand_computed_paired_test():
+    rng = np.random.default_rng(0)
+    board, tidy = synthetic(rng, effect={("decpo", "act_variance"): 1.0})
+    c = claims_table(board, tidy)
+    row = c[(c["claim"] == "C3") & (c["treatment"] == "decpo")].iloc[0]
+    w = board.pivot_table(index=["task", "seed"], columns="method", values="act_variance")
+    d = (w["decpo"] - w["dpo"]).to_numpy()
+    assert row["n_units"] == len(d) == 12 and row["diff"] == pytest.approx(d.mean())
+    assert row["p"] == pytest.approx(stats.ttest_1samp(d, 0).pvalue)
+    half = stats.t.ppf(1 - row["level"] / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    assert row["ci_lo"] == pytest.approx(d.mean() - half) and row["verdict"] == "supported"
+    assert row["level"] == pytest.approx(ALPHA / c["p"].notna().sum())  # the smallest p: the first Holm step
+
+
+def test_null_data_is_inconclusive_at_the_nominal_rate():
+    """Negative control: no true difference anywhere, 100 checklists; rows judged supported or
+    contradicted (false positives) stay within the nominal 5 % per row (binomial margin)."""
+    rng = np.random.default_rng(1)
+    wrong = total = 0
+    for _ in range(100):
+        c = claims_table(*synthetic(rng))
+        live = c[c["verdict"].isin(["supported", "contradicted", "inconclusive"])]
+        wrong += int(live["verdict"].isin(["supported", "contradicted"]).sum())
+        total += len(live)
+    assert total == 100 * 16
+    assert wrong / total <= ALPHA  # Holm controls the family-wise rate, so the per-row rate is far lower
+
+
+def test_planted_effects_are_found_with_their_sign():
+    rng = np.random.default_rng(2)
+    effect = {("decpo", "decorrelation"): 2.0, ("decpo", "reward_margin"): -2.0, ("dpo", "early"): 0.3}
+    c = claims_table(*synthetic(rng, seeds=range(6), effect=effect))
+    c = c.set_index(["claim", "treatment", "metric"]).sort_index()
+    assert c.loc[("C2", "decpo", "`decorrelation` (regularised layer, DecPO's token)"), "verdict"] == "supported"
+    assert c.loc[("C5", "decpo", "`reward_margin` (held-out, end of training)"), "verdict"] == "contradicted"
+    assert c.loc[("C5", "decpo"), "claim_verdict"].iloc[0] == "contradicted"
+    assert c.loc[("C1", "dpo", "early − late layers of `decorrelation_prompt`"), "verdict"] == "supported"
+
+
+def test_missing_methods_and_untested_claims_say_so():
+    rng = np.random.default_rng(3)
+    c = claims_table(*synthetic(rng, methods=("base", "dpo", "decpo")))
+    paper = c[c["treatment"] == "decpo_paper"]
+    assert len(paper) == 7 and set(paper["verdict"]) == {"cannot test"}
+    assert paper["why"].str.contains("no decpo_paper run").all()
+    assert c.loc[c["claim"] == "C6", "verdict"].item() == "not tested"
+    one = claims_table(*synthetic(rng, seeds=[0]))  # one seed: a single task has one paired unit
+    assert set(one.loc[one["claim"] == "C4", "verdict"]) == {"cannot test"}
+
+
+def test_early_minus_late_by_hand():
+    tidy = pd.DataFrame(
+        {
+            "model": "m",
+            "task": "t",
+            "method": "dpo",
+            "seed": 0,
+            "layer": [0, 1, 2, 3, 4, 5, 6],  # rel. depth 0, 1/6, …, 1: early = layers 0–2, late = 4–6
+            "sae": np.nan,
+            "metric": "decorrelation_prompt",
+            "value": [3.0, 2.0, 1.0, 9.0, 1.0, 0.0, 2.0],
+        }
+    )
+    q = early_minus_late("decorrelation_prompt")(pd.DataFrame(), tidy, "dpo")
+    assert q["value"].item() == pytest.approx(2.0 - 1.0)
+
+
+def test_table2_sits_beside_the_papers_values():
+    board = pd.DataFrame(
+        [{"model": "m", "task": t, "method": m, "seed": 0, "align_score": 0.25} for t in ("toxicity",) for m in METHODS]
+    )
+    table = table2_section(board, None)[-1]
+    dpo = next(r for r in table.rows if r[0] == "DPO")
+    assert dpo == ["DPO", "DPO", "25.0", str(PAPER_TABLE2["DPO"]["toxicity"])]
+    paper = next(r for r in table.rows if r[0] == "DecPO (paper code)")
+    assert paper[1] == "DecPO" and paper[3] == "56.0"
+
+
+def test_table1_keeps_the_top_neurons_of_each_layer():
+    recs = [{"layer": L, "neuron": k, "change": 1.0 / (k + 1), "tokens": ["a"]} for L in (2, 9) for k in range(5)]
+    rows = table1_rows(recs, n=2)
+    assert [(r[0], r[2]) for r in rows] == [("2", "0"), ("2", "1"), ("9", "0"), ("9", "1")]
