@@ -26,7 +26,7 @@ def _fmt(v) -> str:
     return fmt(v)
 
 
-def _p(v: float) -> str:
+def fmt_p(v: float) -> str:
     return "–" if pd.isna(v) else (f"{v:.3f}" if v >= 0.001 else "<0.001")
 
 
@@ -41,8 +41,8 @@ def comparison_rows(diffs: pd.DataFrame, many_models: bool) -> list[list[str]]:
                 str(r["metric"]),
                 str(r["n_seeds"]),
                 f"{_fmt(r['diff'])} ± {_fmt(r['diff_ci95'])}",
-                _p(r["p"]),
-                _p(r["p_holm"]),
+                fmt_p(r["p"]),
+                fmt_p(r["p_holm"]),
                 verdict,
                 _fmt(r["mde"]),
                 "⚠" if r["noisy"] else "",

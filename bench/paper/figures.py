@@ -85,6 +85,20 @@ def _series_style(names: Sequence[str], labels: dict[str, str]) -> dict[str, tup
     return {n: (labels[n], c, mk) for n, (_, c, mk) in zip(names, base.values())}
 
 
+def _depth_panels(d: pd.DataFrame, style: dict[str, tuple], board, tidy, ylabel: str, title: str, handles) -> Figure:
+    """A panel per task of ``d`` (rows with panel, rel_depth, value, method): lines vs depth, y = 0 and the
+    regularised layer marked."""
+    panels = sorted(d["panel"].unique())
+    hooks = _hook_depths(board, tidy)
+    fig, axes, used = _panel_grid(len(panels))
+    for ax, p in zip(used, panels):
+        _lines(ax, d[d["panel"] == p], "rel_depth", "value", style)
+        ax.axhline(0, color="0.2", linewidth=0.8)
+        _hook_line(ax, hooks, p)
+        ax.set(title=p, xlabel=DEPTH_LABEL, ylabel=ylabel)
+    return _finish(fig, axes, title, handles)
+
+
 def proxy_change_by_depth(tidy: pd.DataFrame, board: pd.DataFrame) -> Figure:
     """Fig. 3: (DPO − base)/|base| per layer of each available proxy; a line per proxy, a panel per task."""
     parts = {m: relative_change(tidy, m) for m in FIG3_PROXIES}
@@ -93,15 +107,9 @@ def proxy_change_by_depth(tidy: pd.DataFrame, board: pd.DataFrame) -> Figure:
         raise MissingData("needs per-layer `act_variance` (or `weight_proxy`) rows for base and DPO")
     d = pd.concat(parts.values(), ignore_index=True)
     style = _series_style(list(parts), FIG3_PROXIES)
-    panels = sorted(d["panel"].unique())
-    hooks = _hook_depths(board, tidy)
-    fig, axes, used = _panel_grid(len(panels))
-    for ax, p in zip(used, panels):
-        _lines(ax, d[d["panel"] == p], "rel_depth", "value", style)
-        ax.axhline(0, color="0.2", linewidth=0.8)
-        _hook_line(ax, hooks, p)
-        ax.set(title=p, xlabel=DEPTH_LABEL, ylabel="relative change after DPO\n(DPO − base) / |base|")
-    return _finish(fig, axes, "Fig. 3: relative change of neuron proxies after DPO, per layer", _method_handles(style))
+    ylabel = "relative change after DPO\n(DPO − base) / |base|"
+    title = "Fig. 3: relative change of neuron proxies after DPO, per layer"
+    return _depth_panels(d, style, board, tidy, ylabel, title, _method_handles(style))
 
 
 def decorrelation_by_depth(tidy: pd.DataFrame, board: pd.DataFrame) -> Figure:
@@ -170,13 +178,7 @@ def act_variance_diff(tidy: pd.DataFrame, board: pd.DataFrame) -> Figure:
         raise MissingData("needs per-layer `act_variance` rows for DPO and DecPO (or L1-Reg)")
     diff = pd.concat([wide.assign(method=m, value=wide[m] - wide["dpo"]) for m in others]).dropna(subset=["value"])
     style = method_style(others)
-    panels = sorted(diff["panel"].unique())
-    hooks = _hook_depths(board, tidy)
-    fig, axes, used = _panel_grid(len(panels))
-    for ax, p in zip(used, panels):
-        _lines(ax, diff[diff["panel"] == p], "rel_depth", "value", style)
-        ax.axhline(0, color="0.2", linewidth=0.8)
-        _hook_line(ax, hooks, p)
-        ax.set(title=p, xlabel=DEPTH_LABEL, ylabel="Δ activation variance vs DPO\n(activation units²)")
     handles = [Line2D([], [], color=c, marker=mk, label=f"{lab} − DPO") for lab, c, mk in style.values()]
-    return _finish(fig, axes, "Fig. 6: activation variance across hidden units, method − DPO (same seed)", handles)
+    ylabel = "Δ activation variance vs DPO\n(activation units²)"
+    title = "Fig. 6: activation variance across hidden units, method − DPO (same seed)"
+    return _depth_panels(diff, style, board, tidy, ylabel, title, handles)

@@ -12,10 +12,7 @@ from bench.figures import method_label
 from bench.paper.claims import CLAIMS, claims_table
 from bench.paper.tables import table1_section, table2_section
 from bench.render import Block, Heading, Para, Table, fmt
-
-
-def _p(v: float) -> str:
-    return "–" if pd.isna(v) else (f"{v:.3f}" if v >= 0.001 else "<0.001")
+from bench.report_stats import fmt_p
 
 
 def _effect(r: pd.Series) -> str:
@@ -58,7 +55,7 @@ def claims_blocks(res) -> list[Block]:
             str(r["metric"]),
             "–" if pd.isna(r["n_units"]) else str(int(r["n_units"])),
             _effect(r),
-            _p(r["p_holm"]),
+            fmt_p(r["p_holm"]),
             fmt(r["mde"]),
             f"**{r['verdict']}**" + (f" ({r['why']})" if isinstance(r["why"], str) and r["why"] else ""),
         ]

@@ -99,9 +99,9 @@ def table1_rows(records: list[dict[str, Any]], n: int = TABLE1_NEURONS) -> list[
 def table1_section(res) -> list[Block]:
     """Table 1: per task, the first seed's DPO / DecPO most changed neurons and their top tokens."""
     blocks: list[Block] = [Heading(3, "Table 1: top tokens of the most changed MLP neurons")]
-    shown = 0
+    shown, first_seed = 0, min((j["seed"] for j in res.jobs), default=None)
     for job in sorted(res.jobs, key=lambda j: (j["model"], j["task"], j["method"], j["seed"])):
-        if job["method"] not in TABLE1_METHODS or job["seed"] != min(j["seed"] for j in res.jobs):
+        if job["method"] not in TABLE1_METHODS or job["seed"] != first_seed:
             continue
         if (f := _table1_file(res, job)) is None:
             continue
