@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bench.core.io import write_json
 from bench.core.lm import n_layers
@@ -69,3 +69,45 @@ class NeuronsStage(Stage):
         if rows:
             write_json(work / "top_tokens_by_depth.json", rows)
         write_json(work / "metrics.json", recs)
+
+
+# ----- controls (``python -m bench validate``) ---------------------------------------------------------
+PLANTED_NEURON, PLANTED_NORM = 5, 0.5
+
+
+def _top_change(ctx, plant: bool) -> float:
+    """``top_neuron_change`` at layer 0 of the tiny model against a copy of itself, with (``plant``) one
+    neuron's input row moved by a vector of norm ``PLANTED_NORM``; a planted run must also find that neuron."""
+    import copy
+
+    import torch
+
+    from bench.core.lm import hook_module
+
+    model, tok = ctx.tiny_model()
+    policy = copy.deepcopy(model)
+    if plant:
+        w = cast(torch.Tensor, hook_module(policy, 0, "mlp.up_proj").weight)
+        step = torch.from_numpy(ctx.rng(61).standard_normal(w.shape[1])).to(w.dtype)
+        with torch.no_grad():
+            w[PLANTED_NEURON] += PLANTED_NORM * step / step.norm()
+    top = most_changed_neurons(model, policy, tok, 0, top=1)[0]
+    return top["change"] if not plant or top["neuron"] == PLANTED_NEURON else float("nan")
+
+
+def _register_controls() -> None:
+    from bench.core.controls import control
+
+    control("top_neuron_change", "negative", "the policy is the base model", expect="= 0", check=lambda v: v == 0)(
+        lambda ctx: _top_change(ctx, plant=False)
+    )
+    control(
+        "top_neuron_change",
+        "positive",
+        f"one neuron's input row moved by a vector of norm {PLANTED_NORM}",
+        expect=f"that neuron, change {PLANTED_NORM} ± 1e-3",
+        check=lambda v: abs(v - PLANTED_NORM) <= 1e-3,
+    )(lambda ctx: _top_change(ctx, plant=True))
+
+
+_register_controls()
