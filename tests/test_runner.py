@@ -177,3 +177,23 @@ def test_workers_run_shards_side_by_side_equal_to_one_process(smoke_run, tmp_pat
         atol=1e-5,
     )
     assert json.loads((out / "manifest.json").read_text())["suite"] == "smoke"
+
+
+def test_claims_checklist_of_the_tiny_model_says_what_it_cannot_test(smoke_run, tmp_path):
+    """The smoke suite has no decpo_paper and one seed: those rows say why they cannot be tested."""
+    import shutil
+
+    from bench.report import write_report
+
+    out = tmp_path / "report"
+    shutil.copytree(smoke_run, out)
+    md = write_report(out).read_text()
+    claims = pd.read_csv(out / "claims.csv")
+    paper = claims[claims["treatment"] == "decpo_paper"]
+    assert len(paper) and (paper["verdict"] == "cannot test").all() and "Claims checklist" in md
+    per_task = claims[(claims["claim"] == "C4") & (claims["treatment"] == "decpo")]
+    assert (per_task["verdict"] == "cannot test").all()  # one seed: one paired unit per task
+    pooled = claims[(claims["claim"] == "C2") & (claims["treatment"] == "decpo")]
+    assert (pooled["n_units"] == 3).all() and pooled["verdict"].isin(
+        ["supported", "contradicted", "inconclusive"]
+    ).all()
