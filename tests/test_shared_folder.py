@@ -73,9 +73,10 @@ def test_a_stage_to_rebuild_recomputes_the_upstream_weights_it_reads(trained, tm
     (out / "runs" / keys["sae"] / "metrics.json").unlink()
     assert main(["run", "suite", str(suite), "--out", str(out), "--dry-run"]) == 0
     dpo_line = next(line for line in capsys.readouterr().out.splitlines() if "__dpo__" in line)
-    assert dpo_line.split()[3:] == ["data:cached", "train:run", "eval:cached", "proxies:cached", "acts:run", "sae:run"]
+    stages = ["data:cached", "train:run", "eval:cached", "proxies:cached", "acts:run", "sae:run", "neurons:cached"]
+    assert dpo_line.split()[3:] == stages
     assert main(["run", "suite", str(suite), "--out", str(out), "--device", "cpu"]) == 0
-    assert sorted(_built(out)) == ["acts", "sae", "train"]  # not data, eval or proxies
+    assert sorted(_built(out)) == ["acts", "sae", "train"]  # not data, eval, proxies or neurons
 
 
 @pytest.mark.skipif(not _unshare_works("--pid", "--fork", "--map-root-user"), reason="unshare --pid not permitted")
