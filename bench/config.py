@@ -20,6 +20,7 @@ from bench.core.errors import ConfigError
 from bench.core.settings import Settings
 from bench.methods import METHODS
 from bench.models import TinySpec
+from saes.base_config import BaseSAEConfig
 from saes.config import SAEConfig
 from tasks import TASKS
 
@@ -104,7 +105,10 @@ class SuiteConfig(_Strict):
     methods: dict[str, SerializeAsAny[BaseModel]]
     """Method name → that method's config table; ``base`` takes none."""
     sae: SerializeAsAny[BaseModel] | None = None
-    """SAE training and scoring ([sae] table); omit to skip the SAE stages."""
+    """A fresh SAE per model, trained on the task's token set, and its scores ([sae] table); omit to skip."""
+    sae_base: SerializeAsAny[BaseModel] | None = None
+    """One base SAE on a generic corpus, read on (transfer) and fine-tuned to every model (drift)
+    ([sae_base] table, ``saes.base_config``); omit to skip."""
     grid: dict[str, list[Any]] = {}
     """Sweeps as ordinary jobs: ``"methods.<method>.<field>" = [v1, v2, …]`` replaces ``<method>`` by one variant
     per combination of the listed values (``decpo@lambda=0.01,layer=7``), each cached, resumable, sharded and
@@ -141,6 +145,8 @@ class SuiteConfig(_Strict):
         data["methods"] = _resolve_tables("methods", methods, {k: v.config_cls for k, v in METHODS.items()})
         if data.get("sae") is not None and not isinstance(data["sae"], BaseModel):
             data["sae"] = _validate(SAEConfig, data["sae"], "sae")
+        if data.get("sae_base") is not None and not isinstance(data["sae_base"], BaseModel):
+            data["sae_base"] = _validate(BaseSAEConfig, data["sae_base"], "sae_base")
         if not data["tasks"]:
             raise ValueError("[tasks] is empty; name at least one task")
         if not data["methods"]:

@@ -31,12 +31,19 @@ def check_model_fits(suite, layers: set[int], model: nn.Module) -> None:
             widths[layer] = module_width(hook_module(model, layer, suite.hook.module))
         except ConfigError as e:
             raise ConfigError(f"hook.module = {suite.hook.module!r}: {e}") from None
-    if suite.sae is None:
-        return
     from saes.config import to_sae_lens_config
 
+    tables = [(name, cfg) for name, cfg in (("sae", suite.sae), ("sae_base.sae", _base_sae(suite))) if cfg is not None]
     for width in {w for w in widths.values() if w is not None}:
-        try:
-            to_sae_lens_config(suite.sae, width)
-        except ValueError as e:
-            raise ConfigError(f"[sae] does not fit hook.module {suite.hook.module!r} (width {width}): {e}") from None
+        for name, cfg in tables:
+            try:
+                to_sae_lens_config(cfg, width)
+            except ValueError as e:
+                raise ConfigError(
+                    f"[{name}] does not fit hook.module {suite.hook.module!r} (width {width}): {e}"
+                ) from None
+
+
+def _base_sae(suite):
+    base = getattr(suite, "sae_base", None)
+    return None if base is None else base.sae

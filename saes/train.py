@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from saes.config import SAEConfig, to_sae_lens_config
 from saes.store import ActivationStore
@@ -33,6 +34,7 @@ from saes.store import ActivationStore
 log = logging.getLogger(__name__)
 
 TRAINING_RECORD = "training.json"
+TRAINING_STATE = "training_state.safetensors"
 
 
 def _sae_metadata(store: ActivationStore) -> dict:
@@ -74,11 +76,41 @@ def _trainer_config(cfg: SAEConfig, device: str):
     )
 
 
-def train_sae(
-    store_dir: Path, cfg: SAEConfig, out_dir: Path, *, seed: int = 0, device: str | torch.device = "cpu"
-) -> Path:
-    """Train ``cfg.architecture`` on ``store_dir``'s train tokens; save it to ``out_dir`` and return that path."""
+def fit_sae(sae, cfg: SAEConfig, data, device: str, *, scaling_factor: float | None = None):
+    """Run SAELens's ``SAETrainer`` on ``sae`` (a ``TrainingSAE``) over the batch iterator ``data``.
+
+    The activation scaling factor s (inputs × s during training; SAELens ``expected_average_only_in``:
+    s = √d_in / mean ‖x‖) is estimated here from the first batches, as SAELens's ``fit`` would, unless
+    ``scaling_factor`` is given (a fine-tune keeps its base SAE's s). Returns (trained SAE with s folded into
+    its weights, trainer, s or None)."""
     from sae_lens import SAETrainer
+
+    trainer = SAETrainer(cfg=_trainer_config(cfg, device), sae=sae, data_provider=data)
+    if sae.cfg.normalize_activations == "expected_average_only_in":
+        if scaling_factor is None:
+            trainer.activation_scaler.estimate_scaling_factor(
+                d_in=sae.cfg.d_in, data_provider=data, n_batches_for_norm_estimate=cfg.n_batches_for_norm_estimate
+            )
+        else:
+            trainer.activation_scaler.scaling_factor = scaling_factor
+    s = trainer.activation_scaler.scaling_factor
+    return trainer.fit(), trainer, s
+
+
+def train_sae(
+    store_dir: Path,
+    cfg: SAEConfig,
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    keep_training_state: bool = False,
+) -> Path:
+    """Train ``cfg.architecture`` on ``store_dir``'s train tokens; save it to ``out_dir`` and return that path.
+
+    With ``keep_training_state`` the trained ``TrainingSAE``'s own weights (s folded in, before SAELens's
+    inference-time folding) are saved too, as ``training_state.safetensors``, so ``saes.finetune`` can
+    continue training it exactly."""
     from sae_lens.registry import get_sae_training_class
 
     store = ActivationStore(Path(store_dir))
@@ -90,8 +122,7 @@ def train_sae(
         torch.manual_seed(seed)
         sae = get_sae_training_class(cfg.architecture)[0](sl_cfg)
         data = store.train_batches(cfg.batch_size, seed=seed, device=device)
-        trainer = SAETrainer(cfg=_trainer_config(cfg, device), sae=sae, data_provider=data)
-        sae = trainer.fit()
+        sae, trainer, scale = fit_sae(sae, cfg, data, device)
     seconds = time.perf_counter() - start
     out_dir = Path(out_dir)
     record = dict(
@@ -107,18 +138,22 @@ def train_sae(
         seconds=round(seconds, 3),
         final_l0=sae.cfg.metadata.l0,
         final_dead=sae.cfg.metadata.num_dead_features,
+        activation_scaling_factor=scale,
         sae_lens_version=_sae_lens_version(),
     )
-    _save(sae, record, out_dir)
+    _save(sae, record, out_dir, training_state=keep_training_state)
     log.info("trained %s SAE (%d steps, %.1fs) -> %s", cfg.architecture, trainer.n_training_steps, seconds, out_dir)
     return out_dir
 
 
-def _save(sae, record: dict, out_dir: Path) -> None:
-    """``save_inference_model`` + ``training.json`` into a temp folder renamed to ``out_dir`` when complete."""
+def _save(sae, record: dict, out_dir: Path, *, training_state: bool = False) -> None:
+    """``save_inference_model`` + ``training.json`` (+ the ``TrainingSAE`` weights with ``training_state``) into
+    a temp folder renamed to ``out_dir`` when complete."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
+        if training_state:  # before save_inference_model, which may fold decoder norms into a copy only
+            save_file({k: v.contiguous() for k, v in sae.state_dict().items()}, tmp / TRAINING_STATE)
         sae.save_inference_model(tmp)
         (tmp / TRAINING_RECORD).write_text(json.dumps(record, indent=2))
         if out_dir.exists():

@@ -25,7 +25,18 @@ from bench.core.registry import Registry
 
 log = logging.getLogger(__name__)
 Better = Literal["higher", "lower", "none"]
-GROUP_ORDER = ("alignment", "preference", "training", "proxies", "data", "acts", "sae")
+GROUP_ORDER = (
+    "alignment",
+    "preference",
+    "training",
+    "proxies",
+    "data",
+    "acts",
+    "sae",
+    "sae_base",
+    "sae_transfer",
+    "sae_drift",
+)
 """Order of the groups in docs/SCHEMA.md, the leaderboard and the report (unknown groups last)."""
 
 
