@@ -8,6 +8,7 @@ python -m bench leaderboard results/default [more result folders …]
 python -m bench data show toxicity --n 5
 python -m bench show-feature results/smoke/runs/sae-… 12
 python -m bench report results/default       # figures + report.md from stored runs
+python -m bench browse results/default       # static offline feature browser → results/default/browse/
 python -m bench perf --quick                 # side-by-side speed ratios
 python -m bench validate --quick             # every metric's negative and positive controls
 
@@ -111,6 +112,9 @@ def _inspect_parsers(sub) -> None:
     sf.add_argument("--n", type=int, default=10)
     rp = sub.add_parser("report", help="figures and an HTML/Markdown report from stored runs")
     rp.add_argument("dir", type=Path)
+    br = sub.add_parser("browse", help="a static offline feature browser of every SAE → DIR/browse/index.html")
+    br.add_argument("dir", type=Path)
+    br.add_argument("--max-latents", type=int, help="latents per SAE with a page (default: the suite's [browse])")
 
 
 def _tool_parsers(sub) -> None:
@@ -263,6 +267,20 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_browse(args) -> int:
+    from bench.browse.config import BrowseConfig
+    from bench.browse.site import write_site
+    from bench.core.io import read_json
+
+    manifest = args.dir / "manifest.json"
+    table = (read_json(manifest).get("suite_config") or {}).get("browse") if manifest.is_file() else None
+    cfg = BrowseConfig.model_validate(table or {})
+    if args.max_latents is not None:
+        cfg = cfg.model_copy(update={"max_latents": args.max_latents})
+    print(f"feature browser → {write_site(args.dir, cfg)}")
+    return 0
+
+
 def cmd_schema(args) -> int:
     from bench.core.io import write_text
     from bench.schema import schema_markdown
@@ -310,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": cmd_data_show,
         "show-feature": cmd_show_feature,
         "report": cmd_report,
+        "browse": cmd_browse,
         "perf": cmd_perf,
         "schema": cmd_schema,
         "validate": cmd_validate,

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
+from bench.browse.config import BrowseConfig
 from bench.core.errors import ConfigError
 from bench.core.settings import Settings
 from bench.methods import METHODS
@@ -109,6 +110,8 @@ class SuiteConfig(_Strict):
     sae_base: SerializeAsAny[BaseModel] | None = None
     """One base SAE on a generic corpus, read on (transfer) and fine-tuned to every model (drift)
     ([sae_base] table, ``saes.base_config``); omit to skip."""
+    browse: BrowseConfig = BrowseConfig()
+    """Size caps of the feature browser (``python -m bench browse``)."""
     grid: dict[str, list[Any]] = {}
     """Sweeps as ordinary jobs: ``"methods.<method>.<field>" = [v1, v2, …]`` replaces ``<method>`` by one variant
     per combination of the listed values (``decpo@lambda=0.01,layer=7``), each cached, resumable, sharded and

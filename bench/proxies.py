@@ -211,24 +211,26 @@ def most_changed_neurons(
     delta = effective_weight(hook_module(policy, layer, hook)) - effective_weight(hook_module(base, layer, hook))
     change = delta.norm(dim=1)
     idx = change.argsort(descending=True)[:top]
-    block = decoder_layers(base)[layer]
+    eye = torch.eye(change.numel(), device=change.device)[:, idx]
+    tokens = mlp_output_tokens(base, tokenizer, layer, eye, n_tokens=n_tokens)
+    return [
+        {"layer": layer, "neuron": k, "change": float(change[k]), "tokens": toks}
+        for k, toks in zip(idx.tolist(), tokens)
+    ]
+
+
+@torch.no_grad()
+def mlp_output_tokens(model, tokenizer, layer: int, dirs: Tensor, *, n_tokens: int = 8) -> list[list[str]]:
+    """Top-``n_tokens`` of W_U · W_down · d for each column d of ``dirs`` (d_mlp × n): a direction in the MLP's
+    hidden space read through the down projection and the unembedding (the gate, the final norm and every
+    later layer are left out: a direct-path reading, as in the paper's Table 1). Llama-style MLPs only."""
+    block = decoder_layers(model)[layer]
     if not hasattr(block.mlp, "down_proj"):
-        raise ValueError("most_changed_neurons needs a Llama-style MLP with down_proj")
+        raise ValueError("reading MLP directions as tokens needs a Llama-style MLP with down_proj")
     w_down = cast(nn.Linear, block.mlp.down_proj).weight.float()  # (d_model, d_mlp)
-    w_u = cast(Any, _unwrap(base)).get_output_embeddings().weight.float()  # (vocab, d_model)
-    logits = w_u @ w_down[:, idx.to(w_down.device)]  # (vocab, top)
-    rows = []
-    for j, k in enumerate(idx.tolist()):
-        tok_ids = logits[:, j].topk(n_tokens).indices.tolist()
-        rows.append(
-            {
-                "layer": layer,
-                "neuron": k,
-                "change": float(change[k]),
-                "tokens": [tokenizer.decode([t]) for t in tok_ids],
-            }
-        )
-    return rows
+    w_u = cast(Any, _unwrap(model)).get_output_embeddings().weight.float()  # (vocab, d_model)
+    logits = w_u @ (w_down @ dirs.float().to(w_down.device))  # (vocab, n)
+    return [[tokenizer.decode([t]) for t in logits[:, j].topk(n_tokens).indices.tolist()] for j in range(dirs.shape[1])]
 
 
 # ----- controls (``python -m bench validate``) ---------------------------------------------------------

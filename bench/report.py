@@ -29,6 +29,7 @@ from bench.figure_specs import FIGURES
 from bench.leaderboard import seed_summary, write_leaderboard
 from bench.paper.section import paper_section
 from bench.render import Block, Bullets, Heading, Image, Para, Table, fmt, to_html, to_markdown
+from bench.report_diffing import diffing_section
 from bench.report_stats import paired_sections, validation_section
 from bench.schema import headline
 
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 TABLE_GROUPS = (
     ("Alignment", ("alignment", "preference")),
     ("Monosemanticity (hook layer) and SAE", ("proxies", "sae")),
+    ("Base SAE: transfer to each model and drift of its fine-tunes", ("sae_base", "sae_transfer", "sae_drift")),
 )
 """The report's tables: the headline metrics (``bench.schema.headline``) of these metric groups."""
 
@@ -315,6 +317,7 @@ def build_report(res: Results, drawn: dict[str, str | None]) -> list[Block]:
         head
         + completeness_section(res)
         + leaderboard_section(res)
+        + diffing_section(res)
         + paper_section(res)
         + validation_section(res.dir)
         + figures_section(drawn)

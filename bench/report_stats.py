@@ -17,7 +17,7 @@ from bench.leaderboard import paired_differences
 from bench.render import Block, Heading, Para, Table, fmt
 from bench.schema import headline
 
-PAIRED_GROUPS = ("alignment", "preference", "proxies", "sae")
+PAIRED_GROUPS = ("alignment", "preference", "proxies", "sae", "sae_transfer", "sae_drift")
 """Paired comparisons cover the headline metrics of these groups."""
 
 

@@ -145,8 +145,12 @@ def _drift_share(ctx, rotate: bool) -> float:
             torch.manual_seed(0)
             sae = get_sae_training_class("topk")[0](to_sae_lens_config(cfg, 32))
             sae, trainer, s = fit_sae(sae, cfg, shuffled_batches(x, 128, seed=0), "cpu")
-        _save(sae, {"config": cfg.model_dump(mode="json"), "activation_scaling_factor": s}, Path(tmp) / "base",
-              training_state=True)  # fmt: skip
+        _save(
+            sae,
+            {"config": cfg.model_dump(mode="json"), "activation_scaling_factor": s},
+            Path(tmp) / "base",
+            training_state=True,
+        )
         a = load_sae(finetune_sae(Path(tmp) / "base", ft_cfg, x, Path(tmp) / "a", seed=1))
         b = load_sae(finetune_sae(Path(tmp) / "base", ft_cfg, y, Path(tmp) / "b", seed=1))
         with torch.no_grad():

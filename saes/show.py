@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from bench.core.errors import ConfigError, StoreError
+from bench.core.io import read_json
 from saes.score import EVAL_RESULTS, load_sae, read_eval_results
 from saes.store import ActivationStore
 
@@ -80,9 +81,8 @@ def format_feature(
     path = _eval_file(run_dir, sae_dir)
     results = read_eval_results(path) if path is not None else None
     if activation_store_dir is None:
-        if results is None:
+        if results is None or path is None:
             raise StoreError(f"no {EVAL_RESULTS} near {run_dir} to find the activation store in; pass it")
-        assert path is not None  # results is None without an eval file
         activation_store_dir = recorded_store(path, results)
     store = ActivationStore(Path(activation_store_dir))
     z = feature_activations(sae, store, feature)
@@ -131,10 +131,14 @@ def show_feature(run_dir: Path, feature: int, n: int = 10) -> str:
     from transformers import AutoTokenizer
 
     run_dir = Path(run_dir)
-    path = _eval_file(run_dir, _sae_folder(run_dir))
-    if path is None:
-        raise StoreError(f"no {EVAL_RESULTS} in {run_dir}; score the SAE first (saes.score.score_sae)")
-    recorded = recorded_store(path, read_eval_results(path))
+    sae_dir = _sae_folder(run_dir)
+    path = _eval_file(run_dir, sae_dir)
+    if path is not None:
+        recorded = recorded_store(path, read_eval_results(path))
+    elif (sae_dir / "training.json").is_file():  # an unscored SAE (the base SAE): the store it trained on
+        recorded = (sae_dir / read_json(sae_dir / "training.json")["store"]).resolve()
+    else:
+        raise StoreError(f"no {EVAL_RESULTS} or training.json in {run_dir}; which activation store to read is unknown")
     store_dir = recorded if recorded.is_dir() else run_dir.parent / recorded.name
     if not (store_dir / "tokenizer").is_dir():
         raise StoreError(

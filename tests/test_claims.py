@@ -81,7 +81,7 @@ def test_missing_methods_and_untested_claims_say_so():
     paper = c[c["treatment"] == "decpo_paper"]
     assert len(paper) == 7 and set(paper["verdict"]) == {"cannot test"}
     assert paper["why"].str.contains("no decpo_paper run").all()
-    assert c.loc[c["claim"] == "C6", "verdict"].item() == "not tested"
+    assert c.loc[c["claim"] == "C6", "verdict"].item() == "cannot test"  # no top_tokens_task_share rows
     one = claims_table(*synthetic(rng, seeds=[0]))  # one seed: a single task has one paired unit
     assert set(one.loc[one["claim"] == "C4", "verdict"]) == {"cannot test"}
 
@@ -118,3 +118,38 @@ def test_table1_keeps_the_top_neurons_of_each_layer():
     recs = [{"layer": L, "neuron": k, "change": 1.0 / (k + 1), "tokens": ["a"]} for L in (2, 9) for k in range(5)]
     rows = table1_rows(recs, n=2)
     assert [(r[0], r[2]) for r in rows] == [("2", "0"), ("2", "1"), ("9", "0"), ("9", "1")]
+
+
+def test_c6_is_the_depth_contrast_of_the_task_share_of_top_tokens():
+    rng = np.random.default_rng(4)
+    board, tidy = synthetic(rng, seeds=range(6))
+    rows = [
+        {
+            "model": "m",
+            "task": t,
+            "method": "dpo",
+            "seed": s,
+            "layer": layer,
+            "sae": np.nan,
+            "metric": "top_tokens_task_share",
+            "value": 0.1 + 0.2 * (layer == 9) + rng.normal(0, 0.01),
+        }
+        for t in ("toxicity", "reframing", "sycophancy")
+        for s in range(6)
+        for layer in (1, 5, 9)
+    ]
+    c = claims_table(board, pd.concat([tidy, pd.DataFrame(rows)], ignore_index=True))
+    c6 = c[c["claim"] == "C6"].iloc[0]
+    assert c6["verdict"] == "supported" and c6["diff"] == pytest.approx(-0.2, abs=0.01)
+
+
+def test_task_specific_tokens_by_hand():
+    from collections import Counter
+
+    from bench.paper.specificity import log_odds, share, specific_strings
+
+    lo = log_odds(Counter({1: 30, 2: 10}), Counter({1: 10, 2: 1000}), vocab=4)
+    # token 1: (30.5 / 42) / (10.5 / 1012) ≈ 70 → specific; token 2: (10.5 / 42) / (1000.5 / 1012) ≈ 0.25 → not
+    assert lo[1] == pytest.approx(np.log((30.5 / 42) / (10.5 / 1012)))
+    assert specific_strings(lo, {1: " hate", 2: " the"}) == {" hate"}
+    assert share([" hate", " the", " hate", "x"], {" hate"}) == 0.5

@@ -13,8 +13,10 @@ is smaller than about the MDE". Verdicts, computed from the numbers, never typed
 - **supported**: p_Holm ≤ 0.05 and d̄ has the claimed sign;
 - **contradicted**: p_Holm ≤ 0.05 and d̄ has the other sign;
 - **inconclusive**: p_Holm > 0.05 (at this power);
-- **cannot test**: a needed method (or per-layer metric) is missing, or fewer than 2 paired units;
-- **not tested**: no monobench metric measures the claim (C6).
+- **cannot test**: a needed method (or per-layer metric) is missing, or fewer than 2 paired units.
+
+C6 compares one method with itself across depth (early − late layers of ``top_tokens_task_share``,
+``bench.paper.specificity``; claimed negative): its control is "none" and d_u is the contrast itself.
 
 A claim's verdict (per DecPO form): contradicted if any of its rows is, supported if all are, cannot
 test if all rows are, else inconclusive. Calibration: on null data (treatment = control + noise) the share of rows that
@@ -96,11 +98,10 @@ CLAIMS: dict[str, str] = {
     "C5": "DecPO sustains a larger reward margin than DPO",
     "C6": "deeper layers' top tokens are task-specific",
 }
-UNTESTED = {"C6": "no monobench metric scores how task-specific a neuron's top tokens are; read Table 1"}
 
 
 def checklist_tests() -> list[Test]:
-    """The tests of every claim (C6 has none: ``UNTESTED``)."""
+    """The tests of every claim."""
     dp, dl = "decorrelation_prompt", "decorrelation_prompt_mean"
     tests = [
         Test("C1", "dpo", "base", f"`{dl}` (paper's read-out, all layers)", column(dl)),
@@ -114,11 +115,13 @@ def checklist_tests() -> list[Test]:
             *[Test("C4", form, "dpo", "`align_score`", column("align_score"), task=t) for t in TASKS],
             Test("C5", form, "dpo", "`reward_margin` (held-out, end of training)", column("reward_margin")),
         ]
-    return tests
+    share = "early − late layers of `top_tokens_task_share` (Table 1's neurons)"
+    return tests + [Test("C6", "dpo", "", share, early_minus_late("top_tokens_task_share"), sign=-1)]
 
 
 def _paired(t: Test, board: pd.DataFrame, tidy: pd.DataFrame) -> list[float]:
-    a, b = t.quantity(board, tidy, t.treatment), t.quantity(board, tidy, t.control)
+    a = t.quantity(board, tidy, t.treatment)
+    b = t.quantity(board, tidy, t.control) if t.control else a.assign(value=0.0)  # no control: d_u = q(t, u)
     if t.task != "all":
         a, b = a[a["task"] == t.task], b[b["task"] == t.task]
     m = a.merge(b, on=UNITS, suffixes=("_t", "_c"))
@@ -129,7 +132,7 @@ def _row(t: Test, board: pd.DataFrame, tidy: pd.DataFrame) -> dict:
     row: dict[str, Any] = {"claim": t.claim, "claim_text": CLAIMS[t.claim], "treatment": t.treatment}
     row["control"] = t.control
     row |= {"task": t.task, "metric": t.metric, "claimed_sign": "+" if t.sign > 0 else "−"}
-    missing = [m for m in (t.treatment, t.control) if m not in set(board["method"])]
+    missing = [m for m in (t.treatment, t.control) if m and m not in set(board["method"])]
     r = paired_test(_paired(t, board, tidy))
     row |= {"n_units": r["n"], "diff": r["mean"], "sd": r["sd"], "p": r["p"]}
     if missing or r["n"] < 2:
@@ -169,17 +172,6 @@ def claims_table(board: pd.DataFrame, tidy: pd.DataFrame) -> pd.DataFrame:
     for i, ph, lv in zip(live, p_holm, levels):
         rows[i] |= {"p_holm": ph, "level": lv, "why": ""}
         _judge(rows[i], tests[i].sign)
-    for cid, why in UNTESTED.items():
-        rows.append(
-            {
-                "claim": cid,
-                "claim_text": CLAIMS[cid],
-                "treatment": "–",
-                "metric": "–",
-                "verdict": "not tested",
-                "why": why,
-            }
-        )
     out = pd.DataFrame(rows)
     out["claim_verdict"] = out.groupby(["claim", "treatment"])["verdict"].transform(claim_verdict)
     cols = ["claim", "claim_text", "treatment", "control", "task", "metric", "claimed_sign", "n_units", "diff"]

@@ -10,6 +10,7 @@ import pandas as pd
 from bench.core.io import write_csv
 from bench.figures import method_label
 from bench.paper.claims import CLAIMS, claims_table
+from bench.paper.specificity import task_share_records
 from bench.paper.tables import table1_section, table2_section
 from bench.render import Block, Heading, Para, Table, fmt
 from bench.report_stats import fmt_p
@@ -37,7 +38,7 @@ def _summary(c: pd.DataFrame) -> Table:
 
 def claims_blocks(res) -> list[Block]:
     """The checklist: a summary per claim and every test row; writes ``claims.csv``."""
-    c = claims_table(res.board, res.tidy)
+    c = claims_table(res.board, pd.concat([res.tidy, task_share_records(res)], ignore_index=True))
     write_csv(res.dir / "claims.csv", c)
     note = (
         "Each row tests treatment − control, paired over (task, seed) units (one task's seeds for C4): "
@@ -50,7 +51,9 @@ def claims_blocks(res) -> list[Block]:
     rows = [
         [
             str(r["claim"]),
-            f"{method_label(r['treatment'])} − {method_label(r['control'])}" if r["claim"] != "C6" else "–",
+            f"{method_label(r['treatment'])} − {method_label(r['control'])}"
+            if r["control"]
+            else method_label(r["treatment"]),
             str(r["task"]) if pd.notna(r["task"]) else "–",
             str(r["metric"]),
             "–" if pd.isna(r["n_units"]) else str(int(r["n_units"])),

@@ -93,9 +93,15 @@ class CorpusActsStage(Stage):
         options = StoreOptions.of(cfg.sae)
         options = StoreOptions(**{**options.__dict__, "max_texts": None})
         collect_activations(
-            model, tok, texts, layer=ctx.facts.layer, hook=ctx.suite.hook.module, out_dir=work, seed=cfg.seed,
+            model,
+            tok,
+            texts,
+            layer=ctx.facts.layer,
+            hook=ctx.suite.hook.module,
+            out_dir=work,
+            seed=cfg.seed,
             options=options,
-        )  # fmt: skip
+        )
         store = ActivationStore(work)
         check_not_collapsed(store, f"{ctx.job.id} (base model, corpus)")
         audit = audit_store(store)

@@ -127,10 +127,17 @@ class ConceptLatentsStage(Stage):
             model, tok = ctx.base()
             sae = load_sae(ctx.path("base_sae") / "sae", next(model.parameters()).device)
             pooled = pooled_latents(
-                model, tok, sae, texts, layer=ctx.facts.layer, hook=ctx.suite.hook.module,
-                max_length=cfg.sae.context_length, batch_size=cfg.sae.collect_batch_size,
-                use_chat_template=cfg.sae.use_chat_template, special_ids=tok.all_special_ids,
-            ).numpy()  # fmt: skip
+                model,
+                tok,
+                sae,
+                texts,
+                layer=ctx.facts.layer,
+                hook=ctx.suite.hook.module,
+                max_length=cfg.sae.context_length,
+                batch_size=cfg.sae.collect_batch_size,
+                use_chat_template=cfg.sae.use_chat_template,
+                special_ids=tok.all_special_ids,
+            ).numpy()
             diff = np.abs(pooled[labels == 1].mean(0) - pooled[labels == 0].mean(0))
             chosen = [int(i) for i in np.argsort(-diff, kind="stable")[: cfg.concept_k]]
         write_json(work / "concept_latents.json", {"latents": chosen, "n_texts": len(texts)})
@@ -184,12 +191,20 @@ class TransferStage(Stage):
         top = top_changed(t, alive, cfg.top_changed)
         write_json(
             work / "top_changed.json",
-            [
-                {"latent": i, "t": float(t[i]), "p": float(p[i]), "base_rate": float(r_base[:, i].mean()),
-                 "model_rate": float(r_model[:, i].mean())}
-                for i in top
-            ],
-        )  # fmt: skip
+            {
+                "n_alive": int(alive.sum()),
+                "latents": [
+                    {
+                        "latent": i,
+                        "t": float(t[i]),
+                        "p": float(p[i]),
+                        "base_rate": float(r_base[:, i].mean()),
+                        "model_rate": float(r_model[:, i].mean()),
+                    }
+                    for i in top
+                ],
+            },
+        )
         np.save(work / "freq_t.npy", t.numpy())
         np.save(work / "freq_p.npy", p.numpy())
         head = TransferMetrics(
@@ -207,7 +222,11 @@ class TransferStage(Stage):
         cfg = ctx.suite.sae_base
         model = ctx.policy()[0]
         clean, spliced, zero, _ = ce_losses(
-            model, store, sae.to(next(model.parameters()).device), layer=ctx.facts.layer,
-            hook=ctx.suite.hook.module, max_docs=cfg.ce_docs,
-        )  # fmt: skip
+            model,
+            store,
+            sae.to(next(model.parameters()).device),
+            layer=ctx.facts.layer,
+            hook=ctx.suite.hook.module,
+            max_docs=cfg.ce_docs,
+        )
         return M.sae_ce_score(clean, spliced, zero, min_gap=cfg.sae.eval.ce_min_gap)
