@@ -159,7 +159,7 @@ def encode_by_doc(sae, x: torch.Tensor, doc: np.ndarray, chunk: int = 4096) -> t
 
 @register_stage
 class TransferStage(Stage):
-    name, version, order, needs = "sae_transfer", "1", 11, ("corpus_acts", "base_sae", "model_rows", "concept_latents")
+    name, version, order, needs = "sae_transfer", "2", 11, ("corpus_acts", "base_sae", "model_rows", "concept_latents")
 
     def applies(self, facts: JobFacts) -> bool:
         return facts.suite.sae_base is not None
