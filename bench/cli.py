@@ -9,6 +9,7 @@ python -m bench data show toxicity --n 5
 python -m bench show-feature results/smoke/runs/sae-… 12
 python -m bench report results/default       # figures + report.md from stored runs
 python -m bench browse results/default       # static offline feature browser → results/default/browse/
+python -m bench power results/default --effect 0.02   # MDE and seeds needed per paired comparison
 python -m bench perf --quick                 # side-by-side speed ratios
 python -m bench validate --quick             # every metric's negative and positive controls
 
@@ -112,6 +113,9 @@ def _inspect_parsers(sub) -> None:
     sf.add_argument("--n", type=int, default=10)
     rp = sub.add_parser("report", help="figures and an HTML/Markdown report from stored runs")
     rp.add_argument("dir", type=Path)
+    pw = sub.add_parser("power", help="minimum detectable effects and seeds needed per comparison → DIR/power.csv")
+    pw.add_argument("dir", type=Path)
+    pw.add_argument("--effect", type=float, default=0.02, help="the effect size to plan for (metric units)")
     br = sub.add_parser("browse", help="a static offline feature browser of every SAE → DIR/browse/index.html")
     br.add_argument("dir", type=Path)
     br.add_argument("--max-latents", type=int, help="latents per SAE with a page (default: the suite's [browse])")
@@ -151,13 +155,17 @@ def cmd_run(args) -> int:
 
         if args.shard != (1, 1):
             raise ConfigError("--workers splits the suite into shards itself; drop --shard")
-        code = run_workers(argparse.Namespace(**{**vars(args), "out": out}), args.workers)
+        from bench.plan import expand_jobs
+        from bench.store import record_name
+
+        jobs = [record_name(suite.model.id, j.id) for j in expand_jobs(suite, args.seed)]
+        code = run_workers(argparse.Namespace(**{**vars(args), "out": out}), args.workers, jobs, out / "jobs")
         finish(out, suite, path, device=args.device, seeds=args.seed or suite.seeds)
         print(f"suite {suite.name}: {args.workers} workers done → {out}/leaderboard.csv")
         return code
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: give at least 1")
-    progress = sys.stderr.isatty() and not args.dry_run
+    progress = sys.stderr.isatty() and not args.dry_run and not os.environ.get("MONOBENCH_WORKER")
     if not progress:  # SAELens's trainer bar can only be silenced through tqdm's environment switch
         os.environ.setdefault("TQDM_DISABLE", "1")
     summary = run_suite(
@@ -267,6 +275,36 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_power(args) -> int:
+    from bench.power import write_power
+
+    if not (args.dir / "leaderboard.csv").is_file():
+        raise StoreError(f"no leaderboard.csv in {args.dir}; run a suite into it first")
+    path, table = write_power(args.dir, args.effect)
+    if table.empty:
+        print("no paired comparison with ≥ 2 common seeds in this folder")
+        return 0
+    focus = table[table["comparison"].str.startswith(("decpo − dpo", "dpo − base"))]
+    for _, r in (focus if not focus.empty else table).iterrows():
+        need = (
+            "–"
+            if pd_isna(r["seeds_needed"])
+            else ">200"
+            if r["seeds_needed"] == float("inf")
+            else int(r["seeds_needed"])
+        )
+        print(
+            f"{r['comparison']:<20} {r['task']:<11} {r['metric']:<34} n={int(r['n_seeds'])} diff {r['diff']:+.4f} "
+            f"MDE {r['mde']:.4f}  seeds for |δ|={args.effect:g}: {need}"
+        )
+    print(f"all comparisons → {path}")
+    return 0
+
+
+def pd_isna(v) -> bool:
+    return v != v  # NaN
+
+
 def cmd_browse(args) -> int:
     from bench.browse.config import BrowseConfig
     from bench.browse.site import write_site
@@ -329,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         "show-feature": cmd_show_feature,
         "report": cmd_report,
         "browse": cmd_browse,
+        "power": cmd_power,
         "perf": cmd_perf,
         "schema": cmd_schema,
         "validate": cmd_validate,

@@ -24,6 +24,7 @@ from bench.manifest import machine, write_manifest
 from bench.plan import Plan, dry_run_lines, expand_jobs, plan_job, select_shard
 from bench.plan_checks import check_model_fits
 from bench.pool import ModelPool
+from bench.progress import Overview
 from bench.stages import STAGES, StageContext
 from bench.store import Store, record_name
 
@@ -59,8 +60,9 @@ class Runner:
                 need.add(name)
         return need
 
-    def run_job(self, plan: Plan) -> dict[str, bool]:
-        """Run the job's missing stages; returns stage → whether it was computed (False = reused)."""
+    def run_job(self, plan: Plan, on_stage=None) -> dict[str, bool]:
+        """Run the job's missing stages; returns stage → whether it was computed (False = reused).
+        ``on_stage(name)`` is called before each stage this process builds (the live overview)."""
         computed: dict[str, bool] = {}
         need = self.needed(plan)
         for planned in plan.stages:
@@ -82,6 +84,8 @@ class Runner:
                 if dist.world_size() == 1 and not self.force and self.complete(stage.name, key):
                     self.store.reused.append(key)
                     continue
+                if on_stage is not None:
+                    on_stage(stage.name)
                 computed[stage.name] = self._build(stage, planned, plan, ctx)
         return computed
 
@@ -111,11 +115,13 @@ def _readers(name: str, plan: Plan) -> set[str]:
     return out
 
 
-def _run_or_record_failure(runner: Runner, plan: Plan, failed: dict[str, str], echo) -> dict[str, bool] | None:
+def _run_or_record_failure(
+    runner: Runner, plan: Plan, failed: dict[str, str], echo, on_stage=None
+) -> dict[str, bool] | None:
     """Run one job; a numerical fault (diverged training, collapsed activations) fails this job alone:
     recorded in ``failures/<job>.json`` and ``failed``, None returned, the other jobs still run."""
     try:
-        return runner.run_job(plan)
+        return runner.run_job(plan, on_stage)
     except NumericalError as e:
         if dist.world_size() > 1:  # ranks must agree; a one-rank skip would deadlock the others
             raise
@@ -150,6 +156,33 @@ def job_record(suite: SuiteConfig, plan: Plan) -> dict:
         "monobench_version": __version__,
         "stages": plan.keys,
     }
+
+
+def stages_to_build(plans: list[Plan], needed) -> dict[str, list[str]]:
+    """Job id → the stages it will build, each stage key counted once (a shared stage goes to its first job)."""
+    seen: set[str] = set()
+    out = {}
+    for p in plans:
+        todo = needed(p)
+        out[p.job.id] = [s.name for s in p.stages if s.name in todo and s.key not in seen]
+        seen |= {s.key for s in p.stages}
+    return out
+
+
+def _summary_line(plan: Plan, computed: dict[str, bool], seconds: float) -> str:
+    built = [n for n, c in computed.items() if c]
+    return (
+        f"{plan.job.id}: {len(built)} stage(s) built{' (' + ', '.join(built) + ')' if built else ''}, "
+        f"{len(plan.stages) - len(built)} reused, {seconds:.1f}s"
+    )
+
+
+def _record_job(store: Store, suite: SuiteConfig, plan: Plan, runner: Runner, out, suite_file, device, seeds, shard):
+    """The job's record, and the manifest refreshed (a killed run keeps provenance)."""
+    name = record_name(suite.model.id, plan.job.id)
+    store.clear_failure(name)
+    store.write_job(name, job_record(suite, plan))
+    write_manifest(out, suite, suite_file, device=device, seeds=seeds or suite.seeds, shard=shard, runner=runner)
 
 
 def run_suite(
@@ -188,26 +221,22 @@ def run_suite(
         store.clean_tmp()
     computed: dict[str, dict[str, bool]] = {}
     failed: dict[str, str] = {}
-    from tqdm.auto import tqdm
-
-    for plan in tqdm(plans, desc=f"suite {suite.name}", disable=not (progress and main), unit="job"):
-        t0 = time.time()
-        if (done := _run_or_record_failure(runner, plan, failed, echo)) is None:
-            continue
-        computed[plan.job.id] = done
-        if not main:
-            continue
-        name = record_name(suite.model.id, plan.job.id)
-        store.clear_failure(name)
-        store.write_job(name, job_record(suite, plan))
-        write_manifest(  # refreshed per job: a killed run keeps provenance
-            out, suite, suite_file, device=device, seeds=seeds or suite.seeds, shard=shard, runner=runner
-        )
-        built = [n for n, c in computed[plan.job.id].items() if c]
-        echo(
-            f"{plan.job.id}: {len(built)} stage(s) built{' (' + ', '.join(built) + ')' if built else ''}, "
-            f"{len(plan.stages) - len(built)} reused, {time.time() - t0:.1f}s"
-        )
+    view = Overview(
+        f"suite {suite.name}", stages_to_build(plans, runner.needed), store.runs, enabled=progress and main, echo=echo
+    )
+    try:
+        for i, plan in enumerate(plans, 1):
+            t0 = time.time()
+            on_stage = lambda name, plan=plan, i=i: view.stage(plan.job.id, name, i, len(plans))  # noqa: E731
+            if (done := _run_or_record_failure(runner, plan, failed, view.echo, on_stage)) is None:
+                continue
+            computed[plan.job.id] = done
+            if not main:
+                continue
+            _record_job(store, suite, plan, runner, out, suite_file, device, seeds, shard)
+            view.job_done(plan.job.id, _summary_line(plan, computed[plan.job.id], time.time() - t0))
+    finally:
+        view.close()
     if main:
         write_manifest(out, suite, suite_file, device=device, seeds=seeds or suite.seeds, shard=shard, runner=runner)
         write_leaderboard(out)

@@ -14,11 +14,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from bench.core.io import write_json
 from bench.leaderboard import write_leaderboard
 from bench.manifest import merge_shard_manifests, write_manifest
+from bench.progress import Overview
 
 
 def worker_command(args, i: int, n: int) -> list[str]:
@@ -29,13 +31,34 @@ def worker_command(args, i: int, n: int) -> list[str]:
     return cmd
 
 
-def run_workers(args, n: int) -> int:
-    """Run the N shards side by side and wait for all; returns the worst exit status (0 when all succeed)."""
+def run_workers(args, n: int, jobs: list[str] | None = None, records: Path | None = None) -> int:
+    """Run the N shards side by side and wait for all; returns the worst exit status (0 when all succeed).
+
+    With ``jobs`` (job id → its record file under ``records``), this process shows the live overview of all
+    workers' jobs (``bench.progress``), counting a job done when its record is (re)written; the workers
+    print only their summary lines."""
     threads = str(max(1, (os.cpu_count() or 1) // n))
-    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, MONOBENCH_WORKER="1")
     procs = [subprocess.Popen(worker_command(args, i, n), env=env) for i in range(1, n + 1)]
-    codes = [p.wait() for p in procs]
-    return max(codes)
+    live = bool(jobs) and records is not None and sys.stderr.isatty()
+    view = Overview(
+        f"suite {args.suite} ({n} workers)",
+        {j: [] for j in jobs or []},
+        Path(args.out) / "runs",
+        enabled=live,
+        echo=lambda *_: None,
+    )
+    start = time.time()
+    try:
+        while any(p.poll() is None for p in procs):
+            for job in list(view.left) if live else []:
+                f = Path(records or ".") / f"{job}.json"
+                if f.is_file() and f.stat().st_mtime >= start:
+                    view.job_done(job, None)
+            time.sleep(1.0)
+    finally:
+        view.close()
+    return max(p.wait() for p in procs)
 
 
 def finish(out: Path, suite, suite_file: Path | None, *, device: str, seeds: list[int]) -> None:

@@ -79,6 +79,14 @@ def _tokenizer_and_corpus(model_id: str):
     return tok, corpus, decode
 
 
+def _tokenizer_spec(res, model_id: str) -> str:
+    """The tokenizer a job's model uses: a tiny model's is named in the suite's [model.tiny] table."""
+    if not model_id.startswith("tiny:"):
+        return model_id
+    tiny = ((res.manifest.get("suite_config") or {}).get("model") or {}).get("tiny") or {}
+    return tiny.get("tokenizer", "embedded:smollm2-135m-instruct")
+
+
 def _task_counts(tok, data: dict) -> Counter:
     texts = [f"{p['prompt']}\n{p['chosen']}\n{p['rejected']}" for p in data.get("train_pairs", [])]
     return Counter(t for ids in tok(texts, add_special_tokens=False)["input_ids"] for t in ids)
@@ -97,7 +105,7 @@ def task_share_records(res) -> pd.DataFrame:
             continue
         key = (job["model"], st["data"])
         if key not in specific_of:
-            tok, corpus, decode = _tokenizer_and_corpus(job["model"])
+            tok, corpus, decode = _tokenizer_and_corpus(_tokenizer_spec(res, job["model"]))
             specific_of[key] = specific_strings(log_odds(_task_counts(tok, read_json(data)), corpus, len(tok)), decode)
         by_layer: dict[int, list[str]] = {}
         for r in read_json(top):
