@@ -53,6 +53,14 @@ class SAEEntry:
         """Weights and activations present (they are not committed with results/ folders)."""
         return (self.folder / "sae" / "cfg.json").is_file() and (self.store / "acts.npy").is_file()
 
+    def index_entry(self, **extra: Any) -> dict[str, Any]:
+        """The SAE's row of the browser's index (``extra``: what its export adds)."""
+        keys = ("kind", "task", "method", "seed", "layer")
+        return {"id": self.key, "label": self.label(), **{k: getattr(self, k) for k in keys}} | {
+            "scores": headline_scores(self.scores),
+            **extra,
+        }
+
     def label(self) -> str:
         if self.kind == "base":
             return f"base SAE · layer {self.layer}"

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.browse.catalog import SAEEntry, View, headline_scores
+from bench.browse.catalog import SAEEntry, View
 from bench.browse.config import BrowseConfig
 from bench.browse.latents import Reading, best_matches, heldout_reading
 from bench.core.io import read_json, write_text
@@ -234,17 +234,6 @@ def export_sae(site: Path, loaded: Loaded, peers: list[Loaded], model_tok, cfg: 
     write_data(site, f"{e.key}/table", latent_table(loaded) | {"exported": latents})
     with torch.no_grad():
         n_alive = int((loaded.own.z != 0).any(0).sum()) if len(loaded.own.z) else 0
-    return {
-        "id": e.key,
-        "kind": e.kind,
-        "label": e.label(),
-        "task": e.task,
-        "method": e.method,
-        "seed": e.seed,
-        "layer": e.layer,
-        "scores": headline_scores(e.scores),
-        "d_sae": int(loaded.sae.cfg.d_sae),
-        "n_alive": n_alive,
-        "n_heldout": int(len(loaded.own.rows)),
-        "exported": latents,
-    }
+    return e.index_entry(
+        d_sae=int(loaded.sae.cfg.d_sae), n_alive=n_alive, n_heldout=int(len(loaded.own.rows)), exported=latents
+    )

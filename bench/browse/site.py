@@ -8,7 +8,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from bench.browse.catalog import SAEEntry, catalog, headline_scores
+from bench.browse.catalog import SAEEntry, catalog
 from bench.browse.config import BrowseConfig
 from bench.browse.export import Loaded, export_sae, write_data
 from bench.core.errors import StoreError
@@ -43,19 +43,7 @@ def write_site(out: Path, cfg: BrowseConfig | None = None) -> Path:
     index = []
     for e in entries:
         if e.key not in loaded:
-            index.append(
-                {
-                    "id": e.key,
-                    "kind": e.kind,
-                    "label": e.label(),
-                    "task": e.task,
-                    "method": e.method,
-                    "seed": e.seed,
-                    "layer": e.layer,
-                    "scores": headline_scores(e.scores),
-                    "unavailable": True,
-                }
-            )
+            index.append(e.index_entry(unavailable=True))
             continue
         peers = [
             loaded[p.key]
