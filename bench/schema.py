@@ -8,6 +8,8 @@ current and that every column the smoke suite writes is declared.
 from __future__ import annotations
 
 import bench.core.preference  # noqa: F401  (each of these registers its metric sets)
+import bench.paper.specificity  # noqa: F401
+import bench.report_diffing  # noqa: F401
 import bench.stages  # noqa: F401
 import saes.eval_output  # noqa: F401
 import tasks  # noqa: F401
