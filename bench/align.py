@@ -31,6 +31,7 @@ from bench.core.lm import decoder_layers, resolve_layer, training_ids, training_
 from bench.core.task import Pair
 from bench.decpo import CurveCallback
 from bench.methods import METHODS, MethodConfig, TrainConfig
+from bench.ref_logps import RefLogpsMemo
 
 # ----------------------------------------------------------------------------------------------- data
 
@@ -223,6 +224,8 @@ class TrainOptions:
     copy_model: bool = True
     """Leave the input model untouched (PEFT injects LoRA layers in place otherwise)."""
     progress: bool = False
+    ref_memo: RefLogpsMemo | None = None
+    """Where a method with ``share_ref_logps`` reads and adds its reference log-probs (``bench.ref_logps``)."""
 
 
 def train_policy(
@@ -270,7 +273,9 @@ def train_policy(
         reference=reference,
         use_chat_template=use_chat_template,
     )
-    kw: dict[str, Any] = dict(layer=layer, hook=o.hook, reference=reference, callbacks=[recorder], progress=o.progress)
+    kw: dict[str, Any] = dict(
+        layer=layer, hook=o.hook, reference=reference, callbacks=[recorder], progress=o.progress, ref_memo=o.ref_memo
+    )
     trainer = make_trainer(method, cfg, policy_init, tokenizer, train_pairs, out_dir, seed, use_chat_template, **kw)
     _train(trainer, reference)
     elapsed = time.perf_counter() - t0
@@ -323,6 +328,7 @@ def make_trainer(
     reference: nn.Module | None = None,
     callbacks: list | None = None,
     progress: bool = False,
+    ref_memo: RefLogpsMemo | None = None,
 ):
     """The TRL trainer ``train_policy`` uses, built but not run (``layer`` is a resolved index).
 
@@ -340,14 +346,16 @@ def make_trainer(
     out_dir.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
     noise = NoiseSeed(seed + 1000 * cfg.noise_seed)
-    with quiet_training():
+    with quiet_training(), labelled_positions_only():  # the reference precomputation runs inside build
         dataset = _datasets(method, cfg, tokenizer, train_pairs, use_chat_template, seed)
-        kw = dict(
+        kw: dict[str, Any] = dict(
             train_dataset=dataset,
             processing_class=tokenizer,
             callbacks=[noise, *(callbacks or [])],
             peft_config=_peft_config(cfg, model) if cfg.lora else None,
         )
+        if getattr(cfg, "share_ref_logps", False):
+            kw["ref_memo"] = ref_memo
         trainer = spec.build(
             cfg,
             model,

@@ -138,6 +138,13 @@ def _tool_parsers(sub) -> None:
     pf.add_argument("--out", type=Path, default=Path("results/perf"))
     pf.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     pf.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="ROW",
+        help="run only the benchmark giving this row (repeatable); the other rows of perf.csv are kept",
+    )
+    pf.add_argument(
         "--keep-going",
         action="store_true",
         help="exit 0 even when a benchmark fails (its rows say 'not run: <reason>')",
@@ -341,9 +348,11 @@ def cmd_validate(args) -> int:
 
 
 def cmd_perf(args) -> int:
-    from benchmarks.perf import run_perf
+    from benchmarks.perf import ROWS, run_perf
 
-    rows = run_perf(args.out, quick=args.quick, device=args.device)
+    if set(args.only) - set(ROWS):
+        raise ConfigError(f"perf --only {', '.join(sorted(set(args.only) - set(ROWS)))}: rows are {', '.join(ROWS)}")
+    rows = run_perf(args.out, quick=args.quick, device=args.device, only=args.only)
     failed = [r.benchmark for r in rows if r.status != "ok"]
     if failed and not args.keep_going:
         print(

@@ -35,6 +35,7 @@ from bench.core.lm import hook_module
 from bench.core.preference import pair_logprobs
 from bench.core.task import Pair
 from bench.proxies import collect_last_token, layer_proxies
+from bench.ref_logps import RefLogpsMemo, row_key
 
 
 @jaxtyped(typechecker=beartype)
@@ -59,7 +60,46 @@ def l1_penalty(z: Float[Tensor, "row d"]) -> Float[Tensor, ""]:
     return z.float().abs().sum(dim=1).mean()
 
 
-class ActivationRegularisedDPOTrainer(DPOTrainer):
+class SharedRefDPOTrainer(DPOTrainer):
+    """TRL ``DPOTrainer`` whose reference precomputation (``precompute_ref_log_probs=True``) goes through a
+    ``RefLogpsMemo``: stored rows are read, only the missing ones are computed (by TRL's own
+    ``_precompute_ref_logps``, which ``bench.core.compat.check_trl`` requires) and added to the memo.
+    Without ``ref_memo`` it is TRL's trainer unchanged."""
+
+    def __init__(self, *args, ref_memo: RefLogpsMemo | None = None, **kwargs):
+        self.ref_memo = ref_memo  # read by _precompute_ref_logps, which DPOTrainer.__init__ calls
+        super().__init__(*args, **kwargs)
+
+    def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
+        memo = self.ref_memo
+        if memo is None or name != "train":
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+        args = self.args  # a trl.DPOConfig (typed by transformers as TrainingArguments)
+        memo.scoped(
+            max_length=getattr(args, "max_length"),  # noqa: B009
+            truncation_mode=getattr(args, "truncation_mode"),  # noqa: B009
+            ld_alpha=self.ld_alpha,
+            loss_type=list(getattr(args, "loss_type")),  # noqa: B009
+        )
+        keys = [row_key(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"]) for r in dataset]
+        stored, missing = memo.lookup(keys)
+        if missing:
+            first = {k: i for i, k in reversed(list(enumerate(keys)))}
+            part = super()._precompute_ref_logps(dataset.select([first[k] for k in missing]), name, batch_size)
+            new = {
+                k: [float(c), float(r)]
+                for k, c, r in zip(missing, part["ref_chosen_logps"], part["ref_rejected_logps"], strict=True)
+            }
+            memo.add(new)
+            stored.update(new)
+        memo.computed += len(missing)
+        memo.reused += len(keys) - len(missing)
+        return dataset.add_column("ref_chosen_logps", [stored[k][0] for k in keys]).add_column(
+            "ref_rejected_logps", [stored[k][1] for k in keys]
+        )
+
+
+class ActivationRegularisedDPOTrainer(SharedRefDPOTrainer):
     """``DPOTrainer`` whose loss adds ``coef · penalty(Z)`` on one layer's last-token activations.
 
     Overrides ``compute_loss`` only (TRL's ``log`` already averages every key of ``self._metrics``).

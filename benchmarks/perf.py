@@ -30,6 +30,9 @@ machine load hits both. Rows of ``<out>/perf.csv`` (``ratio_def`` says which way
   forward (adapter disabled) 2·N·T; N = weights of every ``nn.Linear`` of the base model (LM head
   included), T = non-padding tokens of the batch (chosen + rejected). Attention-score FLOPs are left out
   (a few % at these lengths). Full fine-tuning would be 8·N·T. Ratio = achieved / peak (the MFU).
+- ``shared_ref_logps``: seconds to train the DPO family's five methods on one (task, seed)'s pairs with the
+  reference log-probs shared (``share_ref_logps``) vs computed per step (``benchmarks/ref_share.py``).
+  Ratio = peer / ours.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from bench.core.task import Pair
 from bench.methods import DecPOMethodConfig, DPOMethodConfig
 from bench.models import load_model, resolve_device
 from bench.proxies import collect_last_token
+from benchmarks.ref_share import bench_shared_ref
 from benchmarks.sae import bench_sae_pipeline, hooked_transformer, tl_hook_error, token_rows  # noqa: F401  (the rest re-exported: bench.perf.* is the public surface)
 from benchmarks.timing import (  # noqa: F401
     COLUMNS,
@@ -71,6 +75,9 @@ from benchmarks.timing import (  # noqa: F401
 )
 
 log = logging.getLogger(__name__)
+
+ROWS = ("sae_pipeline", "sae_pipeline_hf", "proxies_one_pass", "decpo_step", "dpo_mfu", "shared_ref_logps")
+"""Every row ``run_perf`` writes, in run order (``--only`` takes these names)."""
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -237,13 +244,20 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def write_csv(rows: Sequence[PerfRow], path: Path) -> Path:
-    """Write ``rows`` to ``path`` (temp file + rename), columns ``COLUMNS``."""
+def write_csv(rows: Sequence[PerfRow], path: Path, *, keep_others: bool = False) -> Path:
+    """Write ``rows`` to ``path`` (temp file + rename), columns ``COLUMNS``; ``keep_others`` keeps the rows
+    of ``path`` whose benchmark is not among ``rows`` (a partial ``--only`` run updates its rows only)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    mine = {r.benchmark for r in rows}
+    kept = []
+    if keep_others and path.is_file():
+        with path.open(newline="") as f:
+            kept = [r for r in csv.DictReader(f) if r["benchmark"] not in mine]
     fd, tmp = tempfile.mkstemp(prefix=".perf.", dir=path.parent)
     with os.fdopen(fd, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
+        w.writerows(kept)
         for r in rows:
             w.writerow({k: _fmt(v) for k, v in asdict(r).items()})
     os.replace(tmp, path)
@@ -290,6 +304,7 @@ def _guard(names: tuple[str, ...], fn: Callable[[], list[PerfRow]]) -> list[Perf
 def _benchmarks(model, tok, texts: list[str], layer: int, sizes: PerfSizes, dev: torch.device, work: Path):
     """(row names, thunk) per benchmark, in run order; the MFU row reuses the DPO step times."""
     dpo: dict = {}
+    n_ref = sizes.ref_steps * sizes.ref_batch
 
     def decpo() -> list[PerfRow]:
         row, dpo["times"], dpo["facts"] = bench_decpo_step(
@@ -310,6 +325,10 @@ def _benchmarks(model, tok, texts: list[str], layer: int, sizes: PerfSizes, dev:
         (("proxies_one_pass",), lambda: [bench_proxies(model, tok, texts[: sizes.proxy_texts], sizes, dev)]),
         (("decpo_step",), decpo),
         (("dpo_mfu",), mfu),
+        (
+            ("shared_ref_logps",),
+            lambda: [bench_shared_ref(model, tok, perf_pairs(texts, n_ref + 2), layer, sizes, dev, work)],
+        ),
     ]
 
 
@@ -321,25 +340,30 @@ def run_perf(
     model_spec: str = "embedded:smollm2-135m-instruct",
     sizes: PerfSizes | None = None,
     echo: bool = True,
+    only: Sequence[str] = (),
 ) -> list[PerfRow]:
-    """Run every benchmark on ``model_spec``, write ``<out>/perf.csv``, print the table; return the rows."""
+    """Run every benchmark on ``model_spec`` (or those with a row in ``only``), write ``<out>/perf.csv``
+    (with ``only``, the other rows already there are kept), print the table; return the rows."""
 
     sizes = sizes or (QUICK if quick else FULL)
     dev = resolve_device(device)
     model, tok = load_model(model_spec, device=str(dev))
     layer = resolve_layer(sizes.layer, n_layers(model))
-    texts = perf_texts(max(sizes.sae_texts, 5 * sizes.dpo_pairs, sizes.proxy_texts))
+    n_pairs = max(sizes.dpo_pairs, sizes.ref_steps * sizes.ref_batch + 2)
+    texts = perf_texts(max(sizes.sae_texts, 5 * n_pairs, sizes.proxy_texts))
     label, out, rows, t0 = device_label(dev), Path(out), [], time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".perf-", dir=out) as tmp:
         for names, fn in _benchmarks(model, tok, texts, layer, sizes, dev, Path(tmp)):
+            if only and not set(names) & set(only):
+                continue
             load = f"load1={os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
             log.info("perf: %s (%s)", "/".join(names), load)
             for r in _guard(names, fn):
                 rows.append(
                     PerfRow(**(asdict(r) | {"device": label, "notes": "; ".join(x for x in (r.notes, load) if x)}))
                 )
-    path = write_csv(rows, out / "perf.csv")
+    path = write_csv(rows, out / "perf.csv", keep_others=bool(only))
     if echo:
         print(
             f"perf on {model_spec}, {label}, {'quick' if quick else 'full'} sizes, "

@@ -67,6 +67,10 @@ class PerfSizes(BaseModel, extra="forbid", frozen=True, use_attribute_docstrings
     """Max prompt + reply tokens of the DPO batch."""
     dpo_max_prompt: int = Field(64, ge=8)
     """Max prompt tokens of the DPO batch."""
+    ref_steps: int = Field(2, ge=1)
+    """Optimiser steps of each method in the shared-reference benchmark (each pair seen once)."""
+    ref_batch: int = Field(4, ge=1)
+    """Pairs per step there: the family trains on ref_steps × ref_batch pairs."""
     proxy_texts: int = Field(2, ge=2)
     """Texts whose last-token activations the proxy benchmark collects (chat-formatted)."""
     matmul_n: int | None = None
@@ -82,6 +86,7 @@ FULL = PerfSizes(
     sae_batch=1024,
     sae_expansion=4,
     dpo_pairs=8,
+    ref_steps=4,
     dpo_max_length=256,
     dpo_max_prompt=128,
     proxy_texts=16,

@@ -23,9 +23,11 @@ TINY = P.PerfSizes(
     dpo_max_length=96,
     dpo_max_prompt=64,
     proxy_texts=4,
+    ref_steps=1,
+    ref_batch=2,
     matmul_n=64,
 )
-BENCHMARKS = {"sae_pipeline", "sae_pipeline_hf", "decpo_step", "proxies_one_pass", "dpo_mfu"}
+BENCHMARKS = set(P.ROWS)
 
 
 def test_row_medians_ratio_and_goal():
@@ -92,6 +94,12 @@ def test_run_perf_writes_every_benchmark(tmp_path, capsys):
     assert not any(p.name.startswith(".perf-") for p in tmp_path.iterdir())  # scratch folder removed
     out = capsys.readouterr().out
     assert all(name in out for name in BENCHMARKS)
+    assert [r.benchmark for r in rows] == list(P.ROWS)
+    # --only reruns one row and keeps the others
+    before = {r["benchmark"]: r for r in csv.DictReader((tmp_path / "perf.csv").open())}
+    P.run_perf(tmp_path, quick=True, device="cpu", model_spec="tiny:llama", sizes=TINY, only=["proxies_one_pass"])
+    after = {r["benchmark"]: r for r in csv.DictReader((tmp_path / "perf.csv").open())}
+    assert set(after) == BENCHMARKS and after["decpo_step"] == before["decpo_step"]
 
 
 @pytest.mark.slow

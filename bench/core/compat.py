@@ -9,6 +9,8 @@ A patch whose target symbol is missing raises ``CompatError`` (never a silent no
   ``is_gradient_checkpointing`` and only warn.
 - ``added_forward_hooks`` — SAELens's ``HookedProxyLM`` registers hooks it keeps no handles to.
 - ``save_gguf_loaded`` — transformers refuses ``save_pretrained`` on a model loaded from GGUF.
+- ``SharedRefDPOTrainer`` (``bench.decpo``) overrides TRL's private ``DPOTrainer._precompute_ref_logps`` to
+  read and fill the shared reference log-prob memo (``bench.ref_logps``); ``check_trl`` requires it.
 - ``hub_offline`` — TRL's trainers send telemetry to the hub unless huggingface_hub's constants say
   offline; those constants are read once, at import, from the environment.
 """
@@ -45,6 +47,13 @@ def check_trl() -> None:
 
     _require("trl", callable(getattr(u, "_use_triton", None)), "trl.trainer.utils._use_triton")
     _require("trl", callable(getattr(u, "add_fused_lm_head", None)), "trl.trainer.utils.add_fused_lm_head")
+    from trl import DPOTrainer
+
+    _require(
+        "trl",
+        callable(getattr(DPOTrainer, "_precompute_ref_logps", None)),
+        "trl.DPOTrainer._precompute_ref_logps",
+    )
 
 
 @contextlib.contextmanager

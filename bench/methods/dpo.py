@@ -20,13 +20,21 @@ class DPOMethodConfig(TrainConfig):
     ``average_log_prob=True``; TRL ``loss_type = "sigmoid_norm"``):
     −log σ(β[(log π(y_w) − log π_ref(y_w))/|y_w| − (log π(y_l) − log π_ref(y_l))/|y_l|]).
     TRL's logged ``rewards/*`` stay the summed log-ratios either way."""
+    share_ref_logps: bool = Field(False, json_schema_extra={"key_when_set": True})
+    """Read the reference log-probs from the run's memo (``bench.ref_logps``): computed once per distinct
+    training row and shared by every DPO-family method of the task and seed (TRL
+    ``precompute_ref_log_probs``); equal to the per-step ones up to float rounding."""
     length_average_applies: ClassVar[bool] = True
+    shares_ref_logps: ClassVar[bool] = True
+    """False for a method of this family whose trainer is not a ``DPOTrainer`` (KTO)."""
     """False for a loss of this family that has its own length handling (IPO) or none (KTO)."""
 
     @model_validator(mode="after")
     def _length_average_applies(self):
         if self.length_average and not self.length_average_applies:
             raise ValueError(f"length_average is a DPO-loss option; {type(self).__name__} does not take it")
+        if self.share_ref_logps and not self.shares_ref_logps:
+            raise ValueError(f"share_ref_logps is a DPOTrainer option; {type(self).__name__} does not take it")
         return self
 
 
@@ -37,13 +45,15 @@ def dpo_args(cfg: DPOMethodConfig, args: dict):
 
     loss = "sigmoid_norm" if cfg.length_average else "sigmoid"
     # disable_dropout=False: TRL's default would also zero the LoRA dropout of the paper preset.
-    return DPOConfig(**args, beta=cfg.beta, loss_type=[loss], disable_dropout=False)
+    return DPOConfig(
+        **args, beta=cfg.beta, loss_type=[loss], disable_dropout=False, precompute_ref_log_probs=cfg.share_ref_logps
+    )
 
 
 def build(cfg: DPOMethodConfig, model, ref_model, args: dict, kw: dict, layer: int, hook: str):
-    from trl import DPOTrainer
+    from bench.decpo import SharedRefDPOTrainer
 
-    return DPOTrainer(model=model, ref_model=ref_model, args=dpo_args(cfg, args), **kw)
+    return SharedRefDPOTrainer(model=model, ref_model=ref_model, args=dpo_args(cfg, args), **kw)
 
 
 register_method(

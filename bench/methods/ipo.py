@@ -22,10 +22,14 @@ class IPOMethodConfig(DPOMethodConfig):
 
 
 def build(cfg: IPOMethodConfig, model, ref_model, args: dict, kw: dict, layer: int, hook: str):
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOConfig
 
-    dpo = DPOConfig(**args, beta=cfg.beta, loss_type=["ipo"], disable_dropout=False)
-    return DPOTrainer(model=model, ref_model=ref_model, args=dpo, **kw)
+    from bench.decpo import SharedRefDPOTrainer
+
+    dpo = DPOConfig(
+        **args, beta=cfg.beta, loss_type=["ipo"], disable_dropout=False, precompute_ref_log_probs=cfg.share_ref_logps
+    )
+    return SharedRefDPOTrainer(model=model, ref_model=ref_model, args=dpo, **kw)
 
 
 register_method(

@@ -24,6 +24,7 @@ class KTOMethodConfig(DPOMethodConfig):
     undesirable_weight: float = Field(1.0, gt=0)
     """λ_U, the weight of undesirable (rejected) rows."""
     length_average_applies: ClassVar[bool] = False
+    shares_ref_logps: ClassVar[bool] = False
 
 
 def build(cfg: KTOMethodConfig, model, ref_model, args: dict, kw: dict, layer: int, hook: str):

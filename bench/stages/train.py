@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ from bench.core.errors import NumericalError
 from bench.core.io import write_csv, write_json
 from bench.core.lm import READOUT
 from bench.core.metrics import MetricSet, metric, register_metrics
+from bench.ref_logps import RefLogpsMemo
 from bench.stages import JobFacts, Stage, StageContext, register_stage
 from bench.texts import proxy_pairs
 
@@ -83,6 +85,7 @@ class TrainStage(Stage):
         model, tok = ctx.base()
         data = ctx.data()
         cfg = ctx.suite.methods[ctx.job.method]
+        memo = RefLogpsMemo(ctx.store.out / "memo" / "ref_logps", json.dumps(ctx.facts.model, sort_keys=True))
         res = train_policy(
             ctx.facts.method.name,
             cfg,
@@ -98,6 +101,7 @@ class TrainStage(Stage):
             eval_beta=ctx.suite.eval.beta,
             proxy_pairs=proxy_pairs(data, ctx.suite.proxies.n_texts),
             progress=ctx.progress,
+            ref_memo=memo,
         )
         check_training_finite(res.curves, ctx.job.id)
         shutil.rmtree(work / "trainer", ignore_errors=True)
@@ -112,6 +116,9 @@ class TrainStage(Stage):
                 "global_batch_size": cfg.batch_size,
                 "per_process_batch_size": cfg.batch_size // dist.world_size(),
                 "layer": res.layer,
+                "ref_logps": {"computed": memo.computed, "reused": memo.reused}
+                if getattr(cfg, "share_ref_logps", False)
+                else None,
             },
         )
 

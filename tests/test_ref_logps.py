@@ -1,0 +1,90 @@
+"""Shared reference log-probs (``share_ref_logps``): computed once per distinct row, reused by every
+DPO-family method, and equal to TRL's per-step reference up to float rounding."""
+
+import json
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from bench.align import train_policy
+from bench.core.task import Pair
+from bench.methods import METHODS
+from bench.ref_logps import RefLogpsMemo, row_key
+
+TRAIN = [Pair(prompt=f"Question {i}: do you agree?", chosen="yes yes", rejected="no no") for i in range(8)]
+HELD_OUT = [Pair(prompt=f"Held-out question {i}: agree?", chosen="yes yes", rejected="no no") for i in range(4)]
+FAST = dict(max_steps=4, batch_size=4, eval_every=2, curve_pairs=2, curve_prompts=2, lr=5e-3)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _train(method, tiny_lm, out, memo=None, **cfg):
+    model, tok = tiny_lm
+    config = METHODS[method].config_cls(**{**FAST, **cfg})
+    kw = dict(seed=0, use_chat_template=False, layer=1, ref_memo=memo)
+    return train_policy(method, config, model, tok, TRAIN, HELD_OUT, out, **kw)
+
+
+def _lora(policy):
+    return {n: p.detach().clone() for n, p in policy.named_parameters() if "lora_" in n}
+
+
+def test_row_key_is_the_token_ids():
+    assert row_key([1, 2], [3], [4]) == row_key((1, 2), (3,), (4,))
+    assert row_key([1, 2], [3], [4]) != row_key([1], [2, 3], [4])  # where the prompt ends matters
+
+
+def test_memo_scopes_do_not_mix(tmp_path):
+    a = RefLogpsMemo(tmp_path, "model-a").scoped(max_length=8)
+    a.add({"k": [-1.0, -2.0]})
+    assert RefLogpsMemo(tmp_path, "model-a").scoped(max_length=8).load() == {"k": [-1.0, -2.0]}
+    assert RefLogpsMemo(tmp_path, "model-b").scoped(max_length=8).load() == {}
+    assert RefLogpsMemo(tmp_path, "model-a").scoped(max_length=9).load() == {}
+
+
+def test_shared_reference_is_computed_once_and_trains_like_the_per_step_one(tiny_lm, tmp_path):
+    memo = RefLogpsMemo(tmp_path / "memo", "tiny")
+    plain = _train("dpo", tiny_lm, tmp_path / "plain")
+    shared = _train("dpo", tiny_lm, tmp_path / "shared", memo, share_ref_logps=True)
+    # 4 steps × 4 pairs = 16 rows over 8 distinct pairs: each computed once, the repeats reused
+    assert (memo.computed, memo.reused) == (8, 8)
+    a, b = _lora(plain.policy), _lora(shared.policy)
+    assert all(torch.allclose(a[n], b[n], atol=1e-5) for n in a), "shared reference must train the same policy"
+    for p, s in zip(plain.curves, shared.curves, strict=True):
+        assert s["eval/reward_margin"] == pytest.approx(p["eval/reward_margin"], abs=1e-4)
+    # another method of the family on the same rows (the A/A control: another order) computes nothing
+    for method in ("dpo_aa", "decpo"):
+        memo2 = RefLogpsMemo(tmp_path / "memo", "tiny")
+        _train(method, tiny_lm, tmp_path / method, memo2, share_ref_logps=True)
+        assert (memo2.computed, memo2.reused) == (0, 16), method
+    stored = json.loads(next((tmp_path / "memo").glob("*.json")).read_text())
+    assert len(stored["rows"]) == 8 and json.loads(stored["scope"])["model"] == "tiny"
+
+
+def test_a_wrong_stored_value_is_what_training_reads(tiny_lm, tmp_path):
+    """Positive control for the memo being read at all: planted reference log-probs change the loss."""
+    memo = RefLogpsMemo(tmp_path / "memo", "tiny")
+    first = _train("dpo", tiny_lm, tmp_path / "a", memo, share_ref_logps=True)
+    path = next((tmp_path / "memo").glob("*.json"))
+    stored = json.loads(path.read_text())
+    stored["rows"] = {k: [c + 5.0, r] for k, (c, r) in stored["rows"].items()}  # reference prefers chosen by 5 nats
+    path.write_text(json.dumps(stored))
+    second = _train("dpo", tiny_lm, tmp_path / "b", RefLogpsMemo(tmp_path / "memo", "tiny"), share_ref_logps=True)
+    a, b = _lora(first.policy), _lora(second.policy)
+    assert not all(torch.allclose(a[n], b[n], atol=1e-5) for n in a)
+
+
+def test_share_ref_logps_is_a_dpo_trainer_option_and_keeps_keys():
+    with pytest.raises(ValidationError, match="share_ref_logps"):
+        METHODS["kto"].config_cls(share_ref_logps=True)
+    with pytest.raises(ValidationError):
+        METHODS["simpo"].config_cls(share_ref_logps=True)
+    assert "share_ref_logps" not in METHODS["dpo"].config_cls().key_dump()
+    assert METHODS["decpo"].config_cls(share_ref_logps=True).key_dump()["share_ref_logps"] is True
