@@ -57,7 +57,7 @@ class Runner:
             if (self.force and key not in self.store.built) or not self.store.done(key):
                 need.add(name)
             elif not STAGES[name].complete(self.store.path(key)) and need & _readers(name, plan):
-                need.add(name)
+                need.add(name)  # a stage to build opens its files (downstream stages come first here)
         return need
 
     def run_job(self, plan: Plan, on_stage=None) -> dict[str, bool]:
@@ -106,13 +106,9 @@ class Runner:
 
 
 def _readers(name: str, plan: Plan) -> set[str]:
-    """Stages of ``plan`` that need ``name``, directly or through other stages."""
-    out: set[str] = set()
-    for s in plan.stages:  # execution order: a stage's needs come before it
-        needs = set(STAGES[s.name].needs)
-        if name in needs or needs & out:
-            out.add(s.name)
-    return out
+    """Stages of ``plan`` that open ``name``'s files themselves (``Stage.reads``). One read through another
+    stage is covered by ``needed``: that stage, if gone too, is needed first and then reads ``name``."""
+    return {s.name for s in plan.stages if name in STAGES[s.name].reads(plan.facts)}
 
 
 def _run_or_record_failure(

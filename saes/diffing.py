@@ -13,9 +13,12 @@ saw (``saes.finetune``).
 - **Decoder drift** of latent i: cos(W_dec,i(fine-tune on the model), W_dec,i(fine-tune on the base model));
   ``sae_drift_frac`` = share of latents alive in the base SAE with cos < threshold, ``sae_drift_decoder`` =
   their mean 1 − cos. The base model against itself gives 0 by construction (same inputs, same seed).
-- **Concept rank**: mean over the task's concept latents of the percentile rank (r_i − ½)/n of their |T_i|
-  among the n alive latents (r = rank, ties averaged); 0.5 ⇔ they changed like any latent (or nothing
-  changed), → 1 ⇔ they changed most.
+- **Concept rank**, density-matched: the alive latents are cut into ``bins`` (20) equal-count groups by firing
+  rate (mean of the two models' rates); each concept latent's |T_i| gets its percentile rank (r − ½)/n among
+  the n alive latents of its group (r = rank, ties averaged), and the metric is their mean. 0.5 ⇔ the
+  concept latents changed like latents that fire as often (or nothing changed), → 1 ⇔ they changed most.
+  The matching matters: |T| grows with how often a latent fires, concept latents fire more often than most,
+  and an unmatched rank put them at 0.87–0.90 even for a re-initialised model (``results/default``).
 - **Jaccard** of two methods' top-changed latent sets, with its chance level for random sets of that size.
 """
 
@@ -79,15 +82,28 @@ def decoder_cosine(w_ref: Tensor, w: Tensor) -> Tensor:
     return torch.nn.functional.cosine_similarity(w_ref.double(), w.double(), dim=1)
 
 
-def concept_rank(change: Tensor, concept: np.ndarray, alive: Tensor) -> float:
-    """Mean percentile rank of the concept latents' |change| among alive latents (chance 0.5)."""
+def concept_rank(
+    change: Tensor, concept: np.ndarray, alive: Tensor, rate: Tensor | None = None, bins: int = 20
+) -> float:
+    """Mean density-matched percentile rank of the concept latents' |change| (chance 0.5; module docstring).
+
+    ``rate`` is each latent's firing rate (None = one group: the plain rank among all alive latents)."""
     alive_idx = torch.nonzero(alive).flatten().numpy()
     keep = np.intersect1d(concept, alive_idx)
     if len(keep) == 0 or len(alive_idx) < 2:
         return float("nan")
-    pct = (stats.rankdata(change.abs().numpy()[alive_idx], method="average") - 0.5) / len(alive_idx)
-    where = np.searchsorted(alive_idx, keep)
-    return float(pct[where].mean())
+    size = np.abs(change.numpy()[alive_idx])
+    if rate is None:
+        group = np.zeros(len(alive_idx), dtype=int)
+    else:  # equal-count groups by rate (ties broken by index, so every group holds ⌊n/bins⌋ or one more)
+        order = np.lexsort((alive_idx, rate.numpy()[alive_idx]))
+        group = np.empty(len(alive_idx), dtype=int)
+        group[order] = np.arange(len(alive_idx)) * min(bins, len(alive_idx)) // len(alive_idx)
+    pct = np.empty(len(alive_idx))
+    for g in np.unique(group):
+        members = group == g
+        pct[members] = (stats.rankdata(size[members], method="average") - 0.5) / members.sum()
+    return float(pct[np.searchsorted(alive_idx, keep)].mean())
 
 
 def top_changed(t: Tensor, alive: Tensor, n: int) -> list[int]:
@@ -145,6 +161,16 @@ def _concept_rank_null(ctx) -> float:
     return float(np.mean([concept_rank(change, rng.choice(500, 5, replace=False), alive) for _ in range(400)]))
 
 
+def _concept_rank_density_null(ctx) -> float:
+    """Every latent changes in proportion to how often it fires; concept latents are drawn ∝ their rate."""
+    rng = ctx.rng(77)
+    rate = torch.from_numpy(rng.lognormal(-4.0, 1.0, 2000))
+    change = rate * torch.from_numpy(1.0 + 0.3 * rng.standard_normal(2000))
+    alive, weights = torch.ones(2000, dtype=torch.bool), (rate / rate.sum()).numpy()
+    draws = [concept_rank(change, rng.choice(2000, 20, replace=False, p=weights), alive, rate) for _ in range(200)]
+    return float(np.mean(draws))
+
+
 def _concept_rank_planted(ctx) -> float:
     rng = ctx.rng(75)
     change = torch.from_numpy(rng.standard_normal(500))
@@ -190,6 +216,13 @@ def _register_controls() -> None:
         expect="0.47–0.53 (chance 0.5)",
         check=lambda v: 0.47 <= v <= 0.53,
     )(_concept_rank_null)
+    control(
+        "sae_transfer_concept_rank",
+        "negative",
+        "change ∝ firing rate for all 2000 latents, 20 concept latents drawn ∝ rate (mean of 200 draws)",
+        expect="0.45–0.55 (chance 0.5; unmatched ranks give ≈ 0.8)",
+        check=lambda v: 0.45 <= v <= 0.55,
+    )(_concept_rank_density_null)
     control(
         "sae_transfer_concept_rank",
         "positive",

@@ -156,6 +156,11 @@ def test_train_stage_without_its_policy_is_rebuilt(smoke_run):
     shutil.rmtree(smoke_run / "runs" / job["train"] / "policy")
     assert _run(smoke_run, "--shard", "2/15") == 0  # job 2 of 15 is toxicity dpo
     assert json.loads((smoke_run / "manifest.json").read_text())["stages_built"] == []
+    # a stage that reads only its own needs (sae_ft: base SAE, fine-tuned base, the model's replayed rows,
+    # all present) is rebuilt without the policy those rows were once read from
+    (smoke_run / "runs" / job["sae_ft"] / "metrics.json").unlink()
+    assert _run(smoke_run, "--shard", "2/15") == 0
+    assert json.loads((smoke_run / "manifest.json").read_text())["stages_built"] == [job["sae_ft"]]
     (smoke_run / "runs" / job["eval"] / "metrics.json").unlink()
     assert _run(smoke_run, "--shard", "2/15") == 0
     man = json.loads((smoke_run / "manifest.json").read_text())

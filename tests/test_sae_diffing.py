@@ -44,6 +44,11 @@ def test_concept_rank_and_top_changed():
     # |change| among alive: 0.1 (r1), 5 (r4), 0.3 (r2), 2 (r3); (r − ½)/4 → latents 1 and 3: 0.875, 0.625
     assert concept_rank(change, np.array([1, 3]), alive) == pytest.approx(0.75)
     assert concept_rank(torch.zeros(5), np.array([1]), alive) == pytest.approx(0.5)  # nothing changed: chance
+    # density-matched: 2 groups by rate, {0, 2} (rare) and {1, 3} (frequent); latent 3's |2| ranks 1st of 2
+    # in its group → (1 − ½)/2 = 0.25, although it ranks 3rd of 4 overall
+    rate = torch.tensor([0.01, 0.5, 0.02, 0.4, 0.0])
+    assert concept_rank(change, np.array([3]), alive, rate, bins=2) == pytest.approx(0.25)
+    assert concept_rank(change, np.array([3]), alive) == pytest.approx(0.625)
     assert top_changed(change, alive, 2) == [1, 3]
 
 

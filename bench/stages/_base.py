@@ -132,3 +132,9 @@ class Stage(ABC):
     def complete(self, folder: Path) -> bool:
         """A finished stage whose files later stages need are present (the store checks ``stage.json``)."""
         return True
+
+    def reads(self, facts: JobFacts) -> tuple[str, ...]:
+        """The upstream stages whose files ``run`` opens: its ``needs``, plus ``train`` where it loads the
+        job's policy (``ctx.policy()``) without needing ``train`` directly. A stage whose files are gone is
+        rebuilt only when a stage to build reads it (``bench.runner.Runner.needed``)."""
+        return self.needs

@@ -20,6 +20,9 @@ class SAEStage(Stage):
     def applies(self, facts: JobFacts) -> bool:
         return facts.suite.sae is not None
 
+    def reads(self, facts: JobFacts) -> tuple[str, ...]:
+        return (*self.needs, "train")  # the policy, for the CE score
+
     def spec(self, facts: JobFacts, up: dict[str, str]) -> dict[str, Any]:
         return {"acts": up["acts"], "sae": facts.suite.sae.model_dump(mode="json"), "seed": facts.job.seed}
 

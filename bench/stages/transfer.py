@@ -58,8 +58,8 @@ class TransferMetrics(MetricSet):
         headline=True,
     )
     sae_transfer_concept_rank: float | None = metric(
-        "mean percentile rank of the task's concept latents' frequency change among alive latents (0.5 = like "
-        "any latent, 1 = changed most)",
+        "mean percentile rank of the task's concept latents' frequency change among alive latents of similar "
+        "firing rate (20 equal-count rate groups; 0.5 = like latents that fire as often, 1 = changed most)",
         better="none",
         unit="fraction (chance 0.5)",
     )
@@ -159,10 +159,13 @@ def encode_by_doc(sae, x: torch.Tensor, doc: np.ndarray, chunk: int = 4096) -> t
 
 @register_stage
 class TransferStage(Stage):
-    name, version, order, needs = "sae_transfer", "2", 11, ("corpus_acts", "base_sae", "model_rows", "concept_latents")
+    name, version, order, needs = "sae_transfer", "3", 11, ("corpus_acts", "base_sae", "model_rows", "concept_latents")
 
     def applies(self, facts: JobFacts) -> bool:
         return facts.suite.sae_base is not None
+
+    def reads(self, facts: JobFacts) -> tuple[str, ...]:
+        return (*self.needs, "train") if facts.suite.sae_base.ce_docs else self.needs  # the policy, for CE
 
     def spec(self, facts: JobFacts, up: dict[str, str]) -> dict[str, Any]:
         cfg = facts.suite.sae_base
@@ -212,7 +215,9 @@ class TransferStage(Stage):
             sae_transfer_ev_drop=M.sae_explained_variance(x_base, xh_base) - ev_model,
             sae_transfer_ce_score=self._ce(ctx, store, sae) if cfg.ce_docs else None,
             sae_transfer_freq_changed=share_changed((t, p), alive, cfg.freq_q),
-            sae_transfer_concept_rank=concept_rank(t, concepts, alive) if len(concepts) else None,
+            sae_transfer_concept_rank=concept_rank(t, concepts, alive, (r_base + r_model).mean(0) / 2)
+            if len(concepts)
+            else None,
             sae_transfer_n_tokens=len(held),
         )
         write_json(work / "metrics.json", head.records(layer=ctx.facts.layer, sae=cfg.sae.architecture))
