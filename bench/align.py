@@ -22,14 +22,13 @@ from typing import Any, cast
 import numpy as np
 import torch
 from torch import nn
-from transformers import TrainerCallback
 
 from bench import dist
 from bench.core.compat import labelled_positions_only, quiet_training, unpatch_fused_forward
 from bench.core.errors import ConfigError, StoreError
 from bench.core.lm import decoder_layers, resolve_layer, training_ids, training_prompt
 from bench.core.task import Pair
-from bench.decpo import CurveCallback
+from bench.decpo import CurveCallback, NoiseSeed
 from bench.methods import METHODS, MethodConfig, TrainConfig
 from bench.ref_logps import RefLogpsMemo
 
@@ -179,17 +178,6 @@ def _common_args(cfg: TrainConfig, out_dir: Path, seed: int, device: torch.devic
         activation_checkpointing=cfg.gradient_checkpointing,
         max_length=cfg.max_length,
     )
-
-
-class NoiseSeed(TrainerCallback):
-    """Reseeds torch's RNG when training begins, after the trainer initialised the model (LoRA weights
-    keep the job seed), so the dropout draws follow ``seed`` (the job seed + 1000 × ``noise_seed``)."""
-
-    def __init__(self, seed: int):
-        self.seed = seed
-
-    def on_train_begin(self, args, state, control, **kw):
-        torch.manual_seed(self.seed)
 
 
 # ----------------------------------------------------------------------------------------------- entry point

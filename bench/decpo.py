@@ -169,6 +169,17 @@ class L1DPOTrainer(ActivationRegularisedDPOTrainer):
         return l1_penalty(z)
 
 
+class NoiseSeed(TrainerCallback):
+    """Reseeds torch's RNG when training begins, after the trainer initialised the model (LoRA weights
+    keep the job seed), so the dropout draws follow ``seed`` (the job seed + 1000 × ``noise_seed``)."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_begin(self, args, state, control, **kw):
+        torch.manual_seed(self.seed)
+
+
 class CurveCallback(TrainerCallback):
     """One curve row at step 0, every ``every`` optimiser steps and at the last step.
 

@@ -109,18 +109,15 @@ class TrainStage(Stage):
         if not dist.is_main():
             return
         save_policy(res.policy, work / "policy")
-        write_json(
-            work / "train.json",
-            {
-                "processes": dist.world_size(),
-                "global_batch_size": cfg.batch_size,
-                "per_process_batch_size": cfg.batch_size // dist.world_size(),
-                "layer": res.layer,
-                "ref_logps": {"computed": memo.computed, "reused": memo.reused}
-                if getattr(cfg, "share_ref_logps", False)
-                else None,
-            },
-        )
+        facts: dict[str, Any] = {
+            "processes": dist.world_size(),
+            "global_batch_size": cfg.batch_size,
+            "per_process_batch_size": cfg.batch_size // dist.world_size(),
+            "layer": res.layer,
+        }
+        if getattr(cfg, "share_ref_logps", False):  # reference rows computed here vs read from the memo
+            facts["ref_logps"] = {"computed": memo.computed, "reused": memo.reused}
+        write_json(work / "train.json", facts)
 
         write_csv(work / "curves.csv", pd.DataFrame(res.curves))
         write_json(
