@@ -82,16 +82,18 @@ class SharedRefDPOTrainer(DPOTrainer):
             loss_type=list(getattr(args, "loss_type")),  # noqa: B009
         )
         keys = [row_key(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"]) for r in dataset]
-        stored, missing = memo.lookup(keys)
-        if missing:
-            first = {k: i for i, k in reversed(list(enumerate(keys)))}
-            part = super()._precompute_ref_logps(dataset.select([first[k] for k in missing]), name, batch_size)
-            new = {
-                k: [float(c), float(r)]
-                for k, c, r in zip(missing, part["ref_chosen_logps"], part["ref_rejected_logps"], strict=True)
-            }
-            memo.add(new)
-            stored.update(new)
+        with memo.locked():  # a second worker on the same rows waits and reuses them
+            stored, missing = memo.lookup(keys)
+            if missing:
+                first = {k: i for i, k in reversed(list(enumerate(keys)))}
+                rows = dataset.select([first[k] for k in missing])
+                part = super()._precompute_ref_logps(rows, name, batch_size)
+                new = {
+                    k: [float(c), float(r)]
+                    for k, c, r in zip(missing, part["ref_chosen_logps"], part["ref_rejected_logps"], strict=True)
+                }
+                memo.add(new)
+                stored.update(new)
         memo.computed += len(missing)
         memo.reused += len(keys) - len(missing)
         return dataset.add_column("ref_chosen_logps", [stored[k][0] for k in keys]).add_column(

@@ -21,9 +21,11 @@ Precision. Shared log-probs equal the per-step ones up to float rounding (anothe
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,8 +43,8 @@ class RefLogpsMemo:
     """The memo of one results folder: ``folder/<scope hash>.json`` = {"scope": …, "rows": {key: [c, r]}}.
 
     ``computed`` and ``reused`` count the rows this memo computed and served (the train stage records them).
-    Two processes that add at once both merge with what is on disk first; a lost race costs a recomputation,
-    never a wrong value (a key's value is a function of the key and scope).
+    Trainers compute under ``locked()`` (an exclusive ``flock`` per scope), so two workers that reach the same
+    rows at once compute them once; a key's value is a function of the key and scope, never of the order.
     """
 
     folder: Path
@@ -63,6 +65,17 @@ class RefLogpsMemo:
             raise RuntimeError("RefLogpsMemo.scoped(...) must be called before it is read")
         digest = hashlib.blake2b(self._scope.encode(), digest_size=8).hexdigest()
         return self.folder / f"{digest}.json"
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold ``<scope file>.lock`` exclusively (blocking) inside the block."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def load(self) -> dict[str, list[float]]:
         if not self.path.is_file():

@@ -88,3 +88,15 @@ def test_share_ref_logps_is_a_dpo_trainer_option_and_keeps_keys():
         METHODS["simpo"].config_cls(share_ref_logps=True)
     assert "share_ref_logps" not in METHODS["dpo"].config_cls().key_dump()
     assert METHODS["decpo"].config_cls(share_ref_logps=True).key_dump()["share_ref_logps"] is True
+
+
+def test_the_memo_lock_is_exclusive_while_held(tmp_path):
+    """Two workers reaching the same rows: the second waits for the first's rows instead of recomputing."""
+    import fcntl
+
+    memo = RefLogpsMemo(tmp_path, "m").scoped(max_length=8)
+    lock = memo.path.with_suffix(".lock")
+    with memo.locked(), open(lock, "w") as other, pytest.raises(BlockingIOError):
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(lock, "w") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again
