@@ -91,7 +91,7 @@ class RefLogpsMemo:
         write_json(self.path, {"scope": self._scope, "rows": merged})
 
     def lookup(self, keys: Iterable[str]) -> tuple[dict[str, list[float]], list[str]]:
-        """(the stored rows among ``keys``, the keys still missing in first-seen order, deduplicated)."""
+        """(every stored row of this scope, the keys still missing in first-seen order, deduplicated)."""
         stored = self.load()
         missing = list(dict.fromkeys(k for k in keys if k not in stored))
-        return {k: v for k, v in stored.items()}, missing
+        return stored, missing

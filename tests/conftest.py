@@ -27,6 +27,16 @@ def _tiny(seed: int = 0):
     return load_model("tiny:llama", seed=seed, tiny=TinySpec())
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: the tiny model is overhead-bound, so one thread is ~2x faster on a
+    shared 2-core box (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def tiny_lm():
     """(model, tokenizer): random 2-layer d=64 Llama with the SmolLM2 tokenizer; safe to mutate."""

@@ -22,14 +22,7 @@ from bench.core.preference import pair_logprobs, preference_metrics
 from bench.core.task import Pair
 from bench.methods import METHODS, DecPOMethodConfig
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tiny model is overhead-bound: one intra-op thread is ~2x faster on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TRAINED = sorted(m for m in METHODS if METHODS[m].trains)

@@ -12,14 +12,7 @@ from bench.core.task import Pair
 from bench.decpo import decorrelation_penalty, l1_penalty
 from bench.methods import METHODS
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tiny model is overhead-bound: one intra-op thread is ~2x faster on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_decorrelation_penalty_by_hand():

@@ -17,12 +17,7 @@ HELD_OUT = [Pair(prompt=f"Held-out question {i}: agree?", chosen="yes yes", reje
 FAST = dict(max_steps=4, batch_size=4, eval_every=2, curve_pairs=2, curve_prompts=2, lr=5e-3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _train(method, tiny_lm, out, memo=None, **cfg):
