@@ -42,6 +42,10 @@ class BaseSAEConfig(Settings):
     """Training tokens of each fine-tune (epochs over ``finetune_rows``); 0 steps would drift nothing."""
     finetune_lr: float | None = Field(None, gt=0)
     """Fine-tune learning rate; None = the base SAE's lr."""
+    finetune_dead_feature_window: int | None = Field(None, ge=1)
+    """Steps without firing after which a latent counts as dead in the fine-tune (SAELens's ``dead_feature_window``:
+    it switches on the TopK AuxK loss for those latents); None = the base SAE's. Set it below the fine-tune's
+    steps (``finetune_tokens / batch_size``), or the auxiliary loss never engages."""
     freq_q: float = Field(0.05, gt=0, lt=1)
     """Benjamini–Hochberg false-discovery rate of the per-latent frequency-change tests."""
     freq_draws: int = Field(999, ge=19)
@@ -73,7 +77,13 @@ class BaseSAEConfig(Settings):
         return self
 
     def finetune_config(self) -> SAEConfig:
-        """The base SAE's config with the fine-tune's token budget and lr (what ``saes.finetune`` trains with)."""
+        """The base SAE's config with the fine-tune's token budget, lr and dead-feature window (what
+        ``saes.finetune`` trains with)."""
+        window = self.finetune_dead_feature_window or self.sae.dead_feature_window
         return self.sae.model_copy(
-            update={"training_tokens": self.finetune_tokens, "lr": self.finetune_lr or self.sae.lr}
+            update={
+                "training_tokens": self.finetune_tokens,
+                "lr": self.finetune_lr or self.sae.lr,
+                "dead_feature_window": window,
+            }
         )

@@ -123,6 +123,22 @@ def test_a_fine_tune_at_a_vanishing_lr_returns_the_base_sae_and_is_deterministic
     assert not torch.allclose(a.W_dec, ref.W_dec)
 
 
+def test_the_fine_tune_takes_its_own_lr_and_dead_feature_window():
+    from saes.base_config import BaseSAEConfig
+    from saes.config import SAEConfig
+
+    base = SAEConfig(expansion=2, k=4, training_tokens=4096, batch_size=64, dead_feature_window=20, lr=2e-3)
+    same = BaseSAEConfig(sae=base, finetune_rows=256, finetune_tokens=1024).finetune_config()
+    assert (same.lr, same.dead_feature_window, same.training_tokens) == (2e-3, 20, 1024)
+    own = BaseSAEConfig(
+        sae=base, finetune_rows=256, finetune_tokens=1024, finetune_lr=3e-4, finetune_dead_feature_window=4
+    ).finetune_config()
+    assert (own.lr, own.dead_feature_window, own.n_steps) == (3e-4, 4, 16)  # AuxK can engage within 16 steps
+    assert own.model_copy(update={"lr": 2e-3, "dead_feature_window": 20}) == same
+    with pytest.raises(ValueError, match="finetune_dead_feature_window"):
+        BaseSAEConfig(sae=base, finetune_rows=256, finetune_tokens=1024, finetune_dead_feature_window=0)
+
+
 # ----- the smoke suite end to end -----------------------------------------------------------------------
 
 
