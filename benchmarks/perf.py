@@ -19,6 +19,14 @@ machine load hits both. Rows of ``<out>/perf.csv`` (``ratio_def`` says which way
   (``HookedProxyLM`` around a copy of our HF model, hook ``model.layers.L.mlp.up_proj``). Both sides use
   ``normalize_activations="none"``: SAELens would otherwise spend extra LLM batches on the norm estimate.
   Ratio = ours / peer; goal ≥ 2.
+- ``multi_sae``: the suite's SAE workload, many SAEs from one text set: SAEs of every k in ``multi_ks`` at
+  every layer in ``multi_layers``, each trained for ``multi_epochs`` epochs of the train split. Throughput =
+  Σ SAE training tokens / wall seconds of everything (collection included). Ours: one
+  ``saes.activations.collect_sites`` pass for all layers + ``saes.train_many.train_saes`` (all SAEs in one
+  SAELens ``MultiSAETrainer`` pass over the cached stores). Peers, each on a ``HookedProxyLM`` around a copy of
+  the HF model, same token stream and settings: SAELens's ``MultiSAETrainingRunner`` (one LLM stream
+  for all SAEs, re-run every epoch) and one ``LanguageModelSAETrainingRunner`` per SAE. Ratio = ours / the
+  faster peer (both speeds in the notes); goal ≥ 2 (``benchmarks/multi_sae.py``).
 - ``decpo_step``: seconds per optimiser step (forward + backward + clip + AdamW) of DecPO and of DPO on
   the same batch of pairs, same model copy, same LoRA, after each trainer has run ``warmup`` real steps.
   Ratio = DecPO / DPO; goal ≤ 1.10.
@@ -58,6 +66,7 @@ from bench.core.task import Pair
 from bench.methods import DecPOMethodConfig, DPOMethodConfig
 from bench.models import load_model, resolve_device
 from bench.proxies import collect_last_token
+from benchmarks.multi_sae import bench_multi_sae
 from benchmarks.ref_share import bench_shared_ref
 from benchmarks.sae import bench_sae_pipeline, hooked_transformer, tl_hook_error, token_rows  # noqa: F401  (the rest re-exported: bench.perf.* is the public surface)
 from benchmarks.timing import (  # noqa: F401
@@ -76,7 +85,7 @@ from benchmarks.timing import (  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-ROWS = ("sae_pipeline", "sae_pipeline_hf", "proxies_one_pass", "decpo_step", "dpo_mfu", "shared_ref_logps")
+ROWS = ("sae_pipeline", "sae_pipeline_hf", "multi_sae", "proxies_one_pass", "decpo_step", "dpo_mfu", "shared_ref_logps")
 """Every row ``run_perf`` writes, in run order (``--only`` takes these names)."""
 
 
@@ -322,6 +331,7 @@ def _benchmarks(model, tok, texts: list[str], layer: int, sizes: PerfSizes, dev:
             ("sae_pipeline", "sae_pipeline_hf"),
             lambda: bench_sae_pipeline(model, tok, texts[: sizes.sae_texts], layer, sizes, dev, work),
         ),
+        (("multi_sae",), lambda: [bench_multi_sae(model, tok, texts[: sizes.sae_texts], sizes, dev, work)]),
         (("proxies_one_pass",), lambda: [bench_proxies(model, tok, texts[: sizes.proxy_texts], sizes, dev)]),
         (("decpo_step",), decpo),
         (("dpo_mfu",), mfu),

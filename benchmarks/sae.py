@@ -129,10 +129,13 @@ def saelens_runner_config(
     )
 
 
-def run_saelens(runner_cfg, model, rows: list[list[int]], device: torch.device) -> float:
-    """Seconds to construct and run SAELens's ``LanguageModelSAETrainingRunner`` (signal handlers restored)."""
+def run_saelens(runner_cfg, model, rows: list[list[int]], device: torch.device, runner=None) -> float:
+    """Seconds to construct and run ``runner`` (default: SAELens's ``LanguageModelSAETrainingRunner``) on
+    ``runner_cfg`` over the token ``rows`` (signal handlers restored)."""
     from datasets import Dataset
     from sae_lens import LanguageModelSAETrainingRunner
+
+    runner = runner or LanguageModelSAETrainingRunner
 
     dataset = Dataset.from_dict({"tokens": rows})
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -141,9 +144,7 @@ def run_saelens(runner_cfg, model, rows: list[list[int]], device: torch.device) 
             warnings.filterwarnings("ignore", message="The training dataset contains fewer samples")
             warnings.filterwarnings("ignore", message="To copy construct from a tensor")
             return _timed(
-                lambda: LanguageModelSAETrainingRunner(
-                    runner_cfg, override_dataset=dataset, override_model=model
-                ).run(),
+                lambda: runner(runner_cfg, override_dataset=dataset, override_model=model).run(),
                 device,
             )
     finally:

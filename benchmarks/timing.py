@@ -73,6 +73,12 @@ class PerfSizes(BaseModel, extra="forbid", frozen=True, use_attribute_docstrings
     """Pairs per step there: the family trains on ref_steps × ref_batch pairs."""
     proxy_texts: int = Field(2, ge=2)
     """Texts whose last-token activations the proxy benchmark collects (chat-formatted)."""
+    multi_layers: tuple[int | float, ...] = (0.25, 0.5)
+    """Layers (indices or depth fractions) of the multi-SAE benchmark; one store per layer."""
+    multi_ks: tuple[int, ...] = (16, 32)
+    """topk k of the SAEs trained on each layer's store (width: sae_expansion)."""
+    multi_epochs: int = Field(3, ge=1)
+    """Epochs of the train split each multi-SAE SAE trains for (SAELens re-runs the LLM each epoch)."""
     matmul_n: int | None = None
     """Side of the peak matmul; None = 2048 on CPU, 8192 on CUDA."""
 

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from bench.core.errors import ConfigError, StoreError, check_finite
-from bench.core.hooks import hooked_activations
+from bench.core.hooks import Site, hooked_sites
 from bench.core.io import write_text
 from bench.core.lm import _unwrap, format_prompt, hook_module
 from saes.heldout import DUPLICATE, HELDOUT, TRAIN, split_groups, token_roles
@@ -198,7 +198,6 @@ def _manifest(request: dict, lay: _Layout, groups: list[str], d_in: int, tokeniz
     )
 
 
-@torch.no_grad()
 def collect_activations(
     model,
     tokenizer,
@@ -221,35 +220,91 @@ def collect_activations(
     store is an error. The manifest is written last, so a folder without one is an unfinished store.
     NaN/inf activations raise ``NonFiniteActivationsError``.
     """
+    return collect_sites(
+        model,
+        tokenizer,
+        texts,
+        sites=[(layer, hook)],
+        out_dirs=[out_dir],
+        cfg=cfg,
+        groups=groups,
+        seed=seed,
+        options=options,
+    )[0]
+
+
+@torch.no_grad()
+def collect_sites(
+    model,
+    tokenizer,
+    texts: list[str],
+    *,
+    sites: Sequence[Site],
+    out_dirs: Sequence[Path],
+    cfg=None,
+    groups: Sequence[str] | None = None,
+    seed: int = 0,
+    options: StoreOptions | None = None,
+) -> list[Path]:
+    """One store per (layer, hook) site in ``sites`` (into the matching ``out_dirs``) from ONE forward pass
+    per batch of texts, stopped after the last hooked module (``bench.core.hooks.hooked_sites``).
+
+    Each store is exactly the one ``collect_activations`` would write for its site (same request, same
+    rows), so the stores share their layout: row r of every store is the same token, and
+    ``saes.train_many`` reads one row order from all of them. Stores already complete for their request
+    are reused (checked as in ``collect_activations``); only the others are collected. Returns ``out_dirs``.
+    """
     o = options or StoreOptions.of(cfg)
+    if len(sites) != len(out_dirs) or len(set(sites)) != len(sites):
+        raise ValueError(f"{len(sites)} sites for {len(out_dirs)} folders; give one folder per distinct site")
     groups = [str(i) for i in range(len(texts))] if groups is None else [str(g) for g in groups]
     if len(groups) != len(texts):
         raise ValueError(f"{len(groups)} groups for {len(texts)} texts; give one group name per text")
     texts, groups = list(texts)[: o.max_texts], groups[: o.max_texts]
     if o.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"store dtype {o.dtype!r} not supported; allowed: float32, bfloat16")
-    out_dir, hook_name = Path(out_dir), module_path(model, hook_module(model, layer, hook))
-    request = _request(model, hook_name, texts, groups, layer, hook, seed, o)
-    if (out_dir / "manifest.json").is_file():
-        store = ActivationStore(out_dir)
-        if store.manifest["request"] != request:
-            raise StoreError(
-                f"{out_dir} holds an activation store made by a different request; delete it or "
-                "collect into another folder"
+    todo: dict[Site, _Target] = {}
+    for site, out_dir in zip(sites, map(Path, out_dirs)):
+        hook_name = module_path(model, hook_module(model, *site))
+        request = _request(model, hook_name, texts, groups, site[0], site[1], seed, o)
+        if not _reused(out_dir, request, model):
+            todo[site] = _Target(out_dir, hook_name, request)
+    if todo:
+        lay = _layout(tokenizer, texts, groups, seed, o)
+        d_in = _write_acts(model, tokenizer, lay, todo, o)
+        index = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+        doc_group = np.array([index[g] for g in groups], dtype=np.int32)
+        meta = _row_meta(lay)
+        for site, t in todo.items():
+            for name, arr in meta.items():
+                np.save(t.out_dir / f"{name}.npy", arr)
+            tokenizer.save_pretrained(t.out_dir / "tokenizer")  # so the store can be shown on its own
+            np.save(t.out_dir / "doc_group.npy", doc_group)
+            _write_docs_and_manifest(
+                t.out_dir, lay.docs, lay.split, _manifest(t.request, lay, groups, d_in[site], tokenizer)
             )
-        verify_store(store, model)
-        log.info("reusing activation store %s", out_dir)
-        return out_dir
-    lay = _layout(tokenizer, texts, groups, seed, o)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    acts = _write_rows(model, tokenizer, lay, out_dir, layer=layer, hook=hook, hook_name=hook_name, o=o)
-    tokenizer.save_pretrained(out_dir / "tokenizer")  # so the store can be shown on its own
-    index = {g: i for i, g in enumerate(dict.fromkeys(groups))}
-    np.save(out_dir / "doc_group.npy", np.array([index[g] for g in groups], dtype=np.int32))
-    _write_docs_and_manifest(
-        out_dir, lay.docs, lay.split, _manifest(request, lay, groups, int(acts.shape[1]), tokenizer)
-    )
-    return out_dir
+    return [Path(d) for d in out_dirs]
+
+
+@dataclass(frozen=True)
+class _Target:
+    out_dir: Path
+    hook_name: str
+    request: dict
+
+
+def _reused(out_dir: Path, request: dict, model) -> bool:
+    """True for a complete store made by ``request`` (after ``verify_store``); False for none; else an error."""
+    if not (out_dir / "manifest.json").is_file():
+        return False
+    store = ActivationStore(out_dir)
+    if store.manifest["request"] != request:
+        raise StoreError(
+            f"{out_dir} holds an activation store made by a different request; delete it or collect into another folder"
+        )
+    verify_store(store, model)
+    log.info("reusing activation store %s", out_dir)
+    return True
 
 
 def _write_docs_and_manifest(
@@ -286,17 +341,25 @@ def _batch(docs, batch: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Ten
     return ids, mask
 
 
-def _write_rows(
-    model, tokenizer, lay: _Layout, out_dir: Path, *, layer: int, hook: str, hook_name: str, o: StoreOptions
-) -> np.ndarray:
-    """Forward the documents in batches (right-padded) and write every stored row to its place."""
+def _row_meta(lay: _Layout) -> dict[str, np.ndarray]:
+    """token_ids / doc_index / positions of every stored row (they follow from the layout alone)."""
     n_total = sum(lay.n_role.values())
     dest = _destinations(lay.roles, lay.order, lay.n_role)
-    meta = {
-        name: np.lib.format.open_memmap(out_dir / f"{name}.npy", mode="w+", dtype=np.int32, shape=(n_total,))
-        for name in ("token_ids", "doc_index", "positions")
-    }
-    acts = None
+    meta = {name: np.zeros(n_total, dtype=np.int32) for name in ("token_ids", "doc_index", "positions")}
+    for d in lay.order:
+        pos = np.flatnonzero(dest[d] >= 0)
+        meta["token_ids"][dest[d][pos]] = np.asarray(lay.docs[d][0], dtype=np.int32)[pos]
+        meta["doc_index"][dest[d][pos]] = d
+        meta["positions"][dest[d][pos]] = pos
+    return meta
+
+
+def _write_acts(model, tokenizer, lay: _Layout, todo: dict[Site, _Target], o: StoreOptions) -> dict[Site, int]:
+    """Forward the documents in batches (right-padded), once for every site; write each site's rows into its
+    ``acts.npy`` memmap at their places. Returns {site: d_in}."""
+    n_total = sum(lay.n_role.values())
+    dest = _destinations(lay.roles, lay.order, lay.n_role)
+    acts: dict[Site, np.memmap] = {}
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -304,26 +367,24 @@ def _write_rows(
         for start in range(0, len(lay.order), o.batch_size):
             batch = lay.order[start : start + o.batch_size]
             ids, mask = _batch(lay.docs, batch, tokenizer.pad_token_id)
-            out = hooked_activations(model, ids.to(device), mask.to(device), layer=layer, hook=hook)
-            for i, d in enumerate(batch):
-                pos = np.flatnonzero(dest[d] >= 0)
-                rows = out[i, torch.from_numpy(pos).to(out.device)]
-                check_finite(rows, f"activations of {hook_name} (text {d})")
-                if acts is None:
-                    acts = np.lib.format.open_memmap(
-                        out_dir / "acts.npy",
-                        mode="w+",
-                        shape=(n_total, rows.shape[-1]),
-                        dtype=np.float32 if o.dtype == "float32" else np.int16,
-                    )
-                acts[dest[d][pos]] = _to_disk(rows, o.dtype)
-                meta["token_ids"][dest[d][pos]] = np.asarray(lay.docs[d][0], dtype=np.int32)[pos]
-                meta["doc_index"][dest[d][pos]] = d
-                meta["positions"][dest[d][pos]] = pos
+            outs = hooked_sites(model, ids.to(device), mask.to(device), list(todo))
+            for site, out in outs.items():
+                t = todo[site]
+                for i, d in enumerate(batch):
+                    pos = np.flatnonzero(dest[d] >= 0)
+                    rows = out[i, torch.from_numpy(pos).to(out.device)]
+                    check_finite(rows, f"activations of {t.hook_name} (text {d})")
+                    if site not in acts:
+                        t.out_dir.mkdir(parents=True, exist_ok=True)
+                        acts[site] = np.lib.format.open_memmap(
+                            t.out_dir / "acts.npy",
+                            mode="w+",
+                            shape=(n_total, rows.shape[-1]),
+                            dtype=np.float32 if o.dtype == "float32" else np.int16,
+                        )
+                    acts[site][dest[d][pos]] = _to_disk(rows, o.dtype)
     finally:
         model.train(was_training)
-    assert acts is not None  # _layout raises unless some document is visited, and each visited one sets acts
-    acts.flush()
-    for m in meta.values():
-        m.flush()
-    return acts
+    for a in acts.values():  # _layout raises unless some document is visited, and each visited one sets acts
+        a.flush()
+    return {site: int(a.shape[1]) for site, a in acts.items()}

@@ -6,7 +6,7 @@ last (``saes.heldout``); ``doc`` and ``context`` rebuild a token's document and 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -111,19 +111,33 @@ class ActivationStore:
         self, batch_size: int, *, seed: int, device: str | torch.device = "cpu"
     ) -> Iterator[torch.Tensor]:
         """Endless shuffled batches of train-split activations (reshuffled every epoch, seeded)."""
-        rng = np.random.default_rng(seed)
+        read = self.train_reader(batch_size)
+        for idx in train_order(self.n_train, batch_size, seed):
+            yield read(idx).to(device)
+
+    def train_reader(self, batch_size: int) -> Callable[[np.ndarray], torch.Tensor]:
+        """idx -> (len(idx), d_in) float32 rows of the train split, in idx order; the split is held in memory
+        when it takes ≤ 2 GiB, else read from the memmap. Raises if the split holds fewer than ``batch_size``."""
         n = self.n_train
         if n < batch_size:
             raise ConfigError(
                 f"the store has {n} train tokens, fewer than one batch of {batch_size}; "
                 "collect more texts or lower sae.batch_size"
             )
-        data = self.rows(slice(0, n)) if n * self.d_in * 4 <= 2**31 else None  # ≤ 2 GiB: keep in memory
-        while True:
-            perm = rng.permutation(n)
-            for start in range(0, n - batch_size + 1, batch_size):
-                idx = perm[start : start + batch_size]
-                yield (data[torch.from_numpy(idx)] if data is not None else self.rows(np.sort(idx))).to(device)
+        if n * self.d_in * 4 <= 2**31:
+            data = self.rows(slice(0, n))
+            return lambda idx: data[torch.from_numpy(idx)]
+        return lambda idx: self.rows(np.sort(idx))  # a memmap reads sorted rows; order within a batch is moot
+
+
+def train_order(n: int, batch_size: int, seed: int) -> Iterator[np.ndarray]:
+    """Endless row-index batches of ``batch_size`` over [0, n): a fresh ``numpy.random.default_rng(seed)``
+    permutation every epoch, its last partial batch dropped."""
+    rng = np.random.default_rng(seed)
+    while True:
+        perm = rng.permutation(n)
+        for start in range(0, n - batch_size + 1, batch_size):
+            yield perm[start : start + batch_size]
 
 
 def verify_store(store: ActivationStore, model, *, rtol: float = 2e-2) -> None:

@@ -125,11 +125,22 @@ def train_sae(
         sae, trainer, scale = fit_sae(sae, cfg, data, device)
     seconds = time.perf_counter() - start
     out_dir = Path(out_dir)
-    record = dict(
+    record = training_record(cfg, seed, device, store, out_dir, trainer, sae, scale, seconds)
+    _save(sae, record, out_dir, training_state=keep_training_state)
+    log.info("trained %s SAE (%d steps, %.1fs) -> %s", cfg.architecture, trainer.n_training_steps, seconds, out_dir)
+    return out_dir
+
+
+def training_record(
+    cfg: SAEConfig, seed: int, device: str, store: ActivationStore, out_dir: Path, trainer, sae, scale, seconds: float
+) -> dict:
+    """``training.json``: config, seed, store (relative path and request), steps, tokens, epochs, wall seconds,
+    SAELens's end-of-training L0 and dead count, the activation scaling factor and the SAELens version."""
+    return dict(
         config=cfg.model_dump(mode="json"),
         seed=seed,
         device=device,
-        store=os.path.relpath(Path(store_dir).resolve(), out_dir.resolve()),
+        store=os.path.relpath(Path(store.path).resolve(), out_dir.resolve()),
         store_request=store.manifest["request"],
         n_steps=trainer.n_training_steps,
         n_training_tokens=trainer.n_training_samples,
@@ -141,9 +152,6 @@ def train_sae(
         activation_scaling_factor=scale,
         sae_lens_version=_sae_lens_version(),
     )
-    _save(sae, record, out_dir, training_state=keep_training_state)
-    log.info("trained %s SAE (%d steps, %.1fs) -> %s", cfg.architecture, trainer.n_training_steps, seconds, out_dir)
-    return out_dir
 
 
 def _save(sae, record: dict, out_dir: Path, *, training_state: bool = False) -> None:

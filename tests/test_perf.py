@@ -91,6 +91,7 @@ def test_run_perf_writes_every_benchmark(tmp_path, capsys):
         assert float(r["ours_min"]) <= float(r["ours"]) <= float(r["ours_max"])
         assert r["device"].startswith("cpu")
     assert "rel. err vs up_proj" in got["sae_pipeline"]["notes"]
+    assert "MultiSAETrainingRunner" in got["multi_sae"]["notes"] and "layers [0, 1]" in got["multi_sae"]["notes"]
     assert not any(p.name.startswith(".perf-") for p in tmp_path.iterdir())  # scratch folder removed
     out = capsys.readouterr().out
     assert all(name in out for name in BENCHMARKS)

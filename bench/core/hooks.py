@@ -1,6 +1,7 @@
 """Forward-hook mechanics shared by the proxies, the DecPO penalty, activation collection and the CE score.
 
-- ``StopForward`` / ``hooked_activations``: read one module's output and skip everything after it.
+- ``StopForward`` / ``hooked_activations`` / ``hooked_sites``: read one module's (or several modules') output in
+  one forward and skip everything after the last one read.
 - ``spliced``: replace a module's output by ``fn(output)`` inside a ``with`` block.
 - ``LastTokenCapture``: keep ``output[b, last non-padding token of row b]`` for the next forward (the
   DecPO/L1 penalty's Z).
@@ -26,28 +27,45 @@ def _first_tensor(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out[0]
 
 
+Site = tuple[int, str]
+"""(block index, hook module path inside the block), e.g. (15, "mlp.up_proj")."""
+
+
 @torch.no_grad()
 def hooked_activations(
     model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, layer: int, hook: str
 ) -> torch.Tensor:
     """Output of ``hook`` in block ``layer`` (batch, seq, d_in); the forward stops right after it."""
-    module = hook_module(model, layer, hook)
-    box: dict[str, torch.Tensor] = {}
+    return hooked_sites(model, input_ids, attention_mask, [(layer, hook)])[(layer, hook)]
 
-    def capture(_mod, _inp, out):
-        box["out"] = _first_tensor(out)
-        raise StopForward
 
-    handle = module.register_forward_hook(capture)
+@torch.no_grad()
+def hooked_sites(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, sites: Sequence[Site]
+) -> dict[Site, torch.Tensor]:
+    """{site: output of that hooked module (batch, seq, d)} from one forward, stopped once every site is read."""
+    wanted = list(dict.fromkeys(sites))
+    box: dict[Site, torch.Tensor] = {}
+
+    def make_capture(site: Site):
+        def capture(_mod, _inp, out):
+            box[site] = _first_tensor(out)
+            if len(box) == len(wanted):  # nothing later is read: skip the rest of the model
+                raise StopForward
+
+        return capture
+
+    handles = [hook_module(model, *site).register_forward_hook(make_capture(site)) for site in wanted]
     try:
         model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     except StopForward:
         pass
     finally:
-        handle.remove()
-    if "out" not in box:
-        raise RuntimeError(f"the forward pass never reached {hook!r} of layer {layer}")
-    return box["out"]
+        for h in handles:
+            h.remove()
+    if missing := [s for s in wanted if s not in box]:
+        raise RuntimeError(f"the forward pass never reached {', '.join(f'{h!r} of layer {l}' for l, h in missing)}")
+    return box
 
 
 @torch.no_grad()
