@@ -3,8 +3,10 @@
 ``collect_activations`` runs the model once over the tokenized texts, **stopping the forward pass
 right after the hooked module** (a forward hook stores the output and raises a private exception, so
 no layer above it is computed), and writes per-token activations into a preallocated ``.npy`` memmap
-batch by batch. The train/held-out split is by *item group* (``saes.heldout.split_groups``: every text
-made from one item on one side; without groups, by document), never by token, and every stored token
+batch by batch. ``collect_sites`` does the same for several (layer, hook) sites in one forward pass
+(one store per site, every store with the same rows). The train/held-out split is by *item group*
+(``saes.heldout.split_groups``: every text made from one item on one side; without groups, by document),
+never by token, and every stored token
 has a role (``saes.heldout.token_roles``): a training token, a held-out token whose prefix occurs
 nowhere in training and only once in the held-out split, or a duplicate of an earlier prefix (the same
 activation; stored so whole documents can be pooled, never trained on or scored). Padding is always
