@@ -257,8 +257,12 @@ def collect_sites(
     are reused (checked as in ``collect_activations``); only the others are collected. Returns ``out_dirs``.
     """
     o = options or StoreOptions.of(cfg)
-    if len(sites) != len(out_dirs) or len(set(sites)) != len(sites):
-        raise ValueError(f"{len(sites)} sites for {len(out_dirs)} folders; give one folder per distinct site")
+    if (
+        len(sites) != len(out_dirs)
+        or len(set(sites)) != len(sites)
+        or len({Path(d).resolve() for d in out_dirs}) != len(sites)
+    ):
+        raise ValueError(f"{len(sites)} sites for {len(out_dirs)} folders; give one distinct folder per distinct site")
     groups = [str(i) for i in range(len(texts))] if groups is None else [str(g) for g in groups]
     if len(groups) != len(texts):
         raise ValueError(f"{len(groups)} groups for {len(texts)} texts; give one group name per text")

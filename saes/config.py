@@ -34,7 +34,7 @@ _ARCH_FIELDS: dict[str, tuple[str, ...]] = {
     "matryoshka_fracs": ("matryoshka_batchtopk",),
 }
 # SAELens fields monobench sets itself; an override of one of these is refused.
-_OWNED = {"architecture", "d_in", "d_sae", "metadata", "device", "dtype"}
+_OWNED = {"architecture", "d_in", "d_sae", "metadata", "device", "dtype", "normalize_activations"}
 
 
 class SAEEvalConfig(Settings):
@@ -205,7 +205,7 @@ class SAEConfig(Settings):
         if clash := sorted(self.sae_lens_overrides.keys() & _OWNED):
             raise ValueError(
                 f"sae.sae_lens_overrides sets {clash}, which monobench sets itself; "
-                "use sae.architecture / sae.expansion instead"
+                "use sae.architecture / sae.expansion / sae.normalize_activations instead"
             )
         return self
 

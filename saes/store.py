@@ -116,8 +116,9 @@ class ActivationStore:
             yield read(idx).to(device)
 
     def train_reader(self, batch_size: int) -> Callable[[np.ndarray], torch.Tensor]:
-        """idx -> (len(idx), d_in) float32 rows of the train split, in idx order; the split is held in memory
-        when it takes ≤ 2 GiB, else read from the memmap. Raises if the split holds fewer than ``batch_size``."""
+        """idx -> (len(idx), d_in) float32 rows of the train split: in idx order from memory when the split
+        takes ≤ 2 GiB, else read from the memmap in sorted order (the same rows; order within a batch does not
+        matter to training). Raises if the split holds fewer than ``batch_size``."""
         n = self.n_train
         if n < batch_size:
             raise ConfigError(

@@ -37,8 +37,8 @@ from saes.train import _sae_metadata, _save, _trainer_config, training_record
 log = logging.getLogger(__name__)
 
 LAYOUT_FIELDS = ("model", "max_length", "heldout_frac", "seed", "use_chat_template", "drop_special_tokens")
-"""Request fields that fix a store's rows (with n_texts, texts_sha256 and the train-token count); layer, hook
-and dtype do not."""
+"""Request fields that fix a store's rows (with the store version, n_texts, texts_sha256 and the train-token
+count); layer, hook and dtype do not."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,8 @@ def trainer_key(job: SAEJob, store: ActivationStore) -> tuple:
     """Jobs with equal keys can train in one pass: same batch stream (layout, batch size, seed) and one
     ``SAETrainerConfig`` (steps, lr and schedule, dead-feature window, norm-estimate batches, normalisation)."""
     req, c = store.manifest["request"], job.cfg
-    layout = (*(req[f] for f in LAYOUT_FIELDS), req["n_texts"], req["texts_sha256"], store.n_train)
+    layout = (store.manifest["version"], *(req[f] for f in LAYOUT_FIELDS), req["n_texts"], req["texts_sha256"])
+    layout += (store.n_train,)
     steps = (c.n_steps, c.batch_size, c.lr, c.lr_warm_up_steps, c.lr_decay_steps, c.dead_feature_window)
     return (layout, steps, c.n_batches_for_norm_estimate, c.normalize_activations, job.seed)
 
@@ -67,6 +68,8 @@ def train_saes(jobs: Sequence[SAEJob], *, device: str | torch.device = "cpu") ->
     if len({Path(j.out_dir).resolve() for j in jobs}) != len(jobs):
         raise ValueError("two SAE jobs write to one folder; give each SAE its own out_dir")
     stores = {Path(j.store).resolve(): ActivationStore(Path(j.store)) for j in jobs}
+    for j in jobs:  # every config checked against its store before anything trains
+        to_sae_lens_config(j.cfg, stores[Path(j.store).resolve()].d_in)
     groups: dict[tuple, list[SAEJob]] = {}
     for j in jobs:
         groups.setdefault(trainer_key(j, stores[Path(j.store).resolve()]), []).append(j)

@@ -49,6 +49,8 @@ def test_sae_lens_overrides_are_checked_against_the_dataclass():
         to_sae_lens_config(SAEConfig(architecture="jumprelu", sae_lens_overrides={"typo_field": 1}), 32)
     with pytest.raises(ValidationError, match="monobench sets itself"):
         SAEConfig(sae_lens_overrides={"d_sae": 10})
+    with pytest.raises(ValidationError, match="monobench sets itself"):  # the trainer and train_many read our field
+        SAEConfig(sae_lens_overrides={"normalize_activations": "none"})
 
 
 def test_cross_field_checks():

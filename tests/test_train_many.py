@@ -115,3 +115,31 @@ def test_two_jobs_into_one_folder_are_refused(stores, tmp_path):
     dirs = stores[3]
     with pytest.raises(ValueError, match="one folder"):
         train_saes([SAEJob(dirs[0], CFG, tmp_path / "x"), SAEJob(dirs[1], CFG, tmp_path / "x")])
+
+
+def test_two_sites_into_one_folder_are_refused(stores, tmp_path):
+    model, tok = stores[0], stores[1]
+    with pytest.raises(ValueError, match="distinct folder"):
+        collect_sites(model, tok, _texts(4), sites=[(0, "mlp.up_proj"), (1, "mlp.up_proj")], out_dirs=[tmp_path] * 2)
+
+
+def test_a_module_called_twice_keeps_its_first_output_among_several_sites(monkeypatch):
+    """Sites are read at their module's first call, as the one-site path (which stops there) does."""
+
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+
+        def forward(self, input_ids, attention_mask, use_cache):
+            return self.b(self.a(self.a(input_ids)))
+
+    m = Twice()
+    x = torch.tensor([[1.0, -2.0]])
+    monkeypatch.setattr(hooks, "hook_module", lambda model, layer, hook: getattr(model, hook))
+    got = hooks.hooked_sites(m, x, x, [(0, "a"), (0, "b")])
+    with torch.no_grad():
+        first = m.a(x)
+        torch.testing.assert_close(got[(0, "a")], first)
+        torch.testing.assert_close(got[(0, "b")], m.b(m.a(first)))
+    assert not torch.allclose(m.a(first), first)  # the second call's output differs: the test can tell them apart

@@ -49,7 +49,9 @@ def hooked_sites(
 
     def make_capture(site: Site):
         def capture(_mod, _inp, out):
-            box[site] = _first_tensor(out)
+            if site in box:  # a module called again before the last site: keep its first output, as one site does
+                return
+            box[site] = _first_tensor(out) if len(wanted) == 1 else _first_tensor(out).clone()  # later ops run on
             if len(box) == len(wanted):  # nothing later is read: skip the rest of the model
                 raise StopForward
 
