@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import math
 import shutil
 import statistics
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 from bench.core.lm import hook_module, n_layers, resolve_layer
-from benchmarks.sae import _sae_config, run_saelens, saelens_runner_config, token_rows
+from benchmarks.sae import _sae_config, run_saelens, runner_training_kwargs, saelens_runner_config, token_rows
 from benchmarks.timing import PerfRow, PerfSizes, _row, _timed, alternate
 from saes.activations import ActivationStore, collect_activations, collect_sites, module_path, tokenize_docs
 from saes.config import SAEConfig, to_sae_lens_config
@@ -50,7 +49,6 @@ def _budget(model, tokenizer, texts: list[str], layer: int, sizes: PerfSizes, wo
 
 def _multi_runner_config(cfgs: dict[str, SAEConfig], hooks: dict[str, str], d_in: int, device: str, **kw):
     """SAELens ``MultiSAETrainingRunnerConfig`` with ``saelens_runner_config``'s settings for every SAE."""
-    from sae_lens import LoggingConfig
     from sae_lens.multi_sae_training_runner import MultiSAETrainingRunnerConfig
 
     c = next(iter(cfgs.values()))
@@ -61,27 +59,7 @@ def _multi_runner_config(cfgs: dict[str, SAEConfig], hooks: dict[str, str], d_in
         model_class_name="AutoModelForCausalLM",
         dataset_path="",
         streaming=False,
-        context_size=c.context_length,
-        prepend_bos=False,
-        training_tokens=c.n_steps * c.batch_size,
-        train_batch_size_tokens=c.batch_size,
-        n_batches_in_buffer=math.ceil(c.batch_size / c.context_length),
-        device=device,
-        dtype="float32",
-        lr=c.lr,
-        lr_end=c.lr,
-        lr_scheduler_name="constant",
-        lr_warm_up_steps=c.lr_warm_up_steps,
-        lr_decay_steps=c.lr_decay_steps,
-        dead_feature_window=c.dead_feature_window,
-        feature_sampling_window=max(c.n_steps + 1, 2),
-        n_batches_for_norm_estimate=c.n_batches_for_norm_estimate,
-        logger=LoggingConfig(log_to_wandb=False),
-        n_checkpoints=0,
-        checkpoint_path=None,
-        save_final_checkpoint=False,
-        compile_llm=False,
-        seed=0,
+        **runner_training_kwargs(c, device),
         **kw,
     )
 

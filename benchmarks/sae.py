@@ -90,7 +90,7 @@ def saelens_runner_config(
     collection batches. The mixing buffer is the smallest that holds one training batch (SAELens's
     default of 20 windows would make it forward more tokens than it trains on); both favour the peer.
     """
-    from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
+    from sae_lens import LanguageModelSAERunnerConfig
 
     return LanguageModelSAERunnerConfig(
         sae=sae_cfg,
@@ -100,12 +100,25 @@ def saelens_runner_config(
         dataset_path="",
         is_dataset_tokenized=True,
         streaming=False,
+        exclude_special_tokens=special_ids,
+        store_batch_size_prompts=store_prompts,
+        output_path=str(out),
+        compile_sae=False,
+        verbose=False,
+        **runner_training_kwargs(cfg, device),
+    )
+
+
+def runner_training_kwargs(cfg, device: str) -> dict:
+    """The settings every SAELens runner config of the perf rows shares with ``train_sae``'s trainer: token
+    budget, batch, constant lr, dead-feature window, norm-estimate batches; no wandb, checkpoints or compile."""
+    from sae_lens import LoggingConfig
+
+    return dict(
         context_size=cfg.context_length,
         prepend_bos=False,
-        exclude_special_tokens=special_ids,
         training_tokens=cfg.n_steps * cfg.batch_size,
         train_batch_size_tokens=cfg.batch_size,
-        store_batch_size_prompts=store_prompts,
         n_batches_in_buffer=math.ceil(cfg.batch_size / cfg.context_length),
         device=device,
         dtype="float32",
@@ -121,10 +134,7 @@ def saelens_runner_config(
         n_checkpoints=0,
         checkpoint_path=None,
         save_final_checkpoint=False,
-        output_path=str(out),
         compile_llm=False,
-        compile_sae=False,
-        verbose=False,
         seed=0,
     )
 
