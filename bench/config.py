@@ -22,7 +22,7 @@ from bench.core.settings import Settings
 from bench.methods import METHODS
 from bench.models import TinySpec
 from saes.base_config import BaseSAEConfig
-from saes.config import SAEConfig
+from saes.grid import SAEGridConfig
 from tasks import TASKS
 
 
@@ -146,8 +146,8 @@ class SuiteConfig(_Strict):
         data["tasks"] = _resolve_tables("tasks", data.get("tasks"), {k: v.config_cls for k, v in TASKS.items()})
         methods = expand_grid(data.get("methods"), data.get("grid") or {})
         data["methods"] = _resolve_tables("methods", methods, {k: v.config_cls for k, v in METHODS.items()})
-        if data.get("sae") is not None and not isinstance(data["sae"], BaseModel):
-            data["sae"] = _validate(SAEConfig, data["sae"], "sae")
+        if data.get("sae") is not None and not isinstance(data["sae"], SAEGridConfig):
+            data["sae"] = _validate(SAEGridConfig, data["sae"], "sae")
         if data.get("sae_base") is not None and not isinstance(data["sae_base"], BaseModel):
             data["sae_base"] = _validate(BaseSAEConfig, data["sae_base"], "sae_base")
         if not data["tasks"]:
@@ -160,6 +160,8 @@ class SuiteConfig(_Strict):
 def _validate(cls: type[BaseModel], table: Any, where: str) -> BaseModel:
     if isinstance(table, cls):
         return table
+    if isinstance(table, BaseModel):  # e.g. a plain SAEConfig where the table takes its subclass
+        table = table.model_dump()
     try:
         return cls.model_validate(table or {})
     except ValidationError as e:

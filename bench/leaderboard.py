@@ -4,6 +4,9 @@
 - ``leaderboard.csv``: one row per (model, task, method, seed); a column per metric, taking records
   without a layer or at the job's regularised (hook) layer. Identity columns: ``suite, model, task,
   method, seed, config_hash, monobench_version, hook_layer``.
+- ``sae_grid.csv`` (only when a suite trains more SAEs than the primary: ``[sae] layers`` / ``variants``, see
+  ``saes.grid``): one row per (model, task, method, seed, layer, sae), a column per SAE metric, the primary
+  included.
 - ``leaderboard_seeds.csv`` (only with ≥ 2 seeds): per (model, task, method) the mean, and the
   half-width of the 95 % t confidence interval (``<metric>_ci95``) across seeds.
 
@@ -50,9 +53,10 @@ def tidy_metrics(dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
                         "metric": r["metric"],
                         "value": r["value"],
                         "_hook": job["hook_layer"],
+                        "_head": bool(r.get("head", True)),
                     }
                 )
-    tidy = pd.DataFrame(rows, columns=TIDY_COLS + ["_hook"])
+    tidy = pd.DataFrame(rows, columns=TIDY_COLS + ["_hook", "_head"])
     table = pd.DataFrame([{c: j[c] for c in ID_COLS} for j in jobs.values()], columns=ID_COLS)
     return tidy, table
 
@@ -62,7 +66,7 @@ def leaderboard(tidy: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     if tidy.empty:
         return table.copy()
 
-    head = tidy[tidy["layer"].isna() | (tidy["layer"] == tidy["_hook"])]
+    head = tidy[(tidy["layer"].isna() | (tidy["layer"] == tidy["_hook"])) & tidy["_head"].astype(bool)]
     known = [m.name for m in metrics()]
     # stable column order: the registry's order, then any other metric alphabetically
     order = [m for m in known if m in set(head["metric"])] + sorted(set(head["metric"]) - set(known))
@@ -78,6 +82,19 @@ def leaderboard(tidy: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
         .drop(columns="_m")
     )
     return board[ID_COLS + [c for c in order if c in board.columns]].reset_index(drop=True)
+
+
+def sae_grid(tidy: pd.DataFrame) -> pd.DataFrame | None:
+    """Every SAE of every job, one row per (model, task, method, seed, layer, sae) and a column per metric of
+    the ``sae`` stage's SAEs (``SAEMetrics``), when any job trained more than its primary SAE; else None."""
+    if tidy.empty or tidy["_head"].astype(bool).all():
+        return None
+    names = [m.name for m in metrics() if m.group == "sae"]
+    rows = tidy[tidy["metric"].isin(names) & tidy["sae"].notna()]
+    wide = rows.pivot_table(
+        index=["model", "task", "method", "seed", "layer", "sae"], columns="metric", values="value", aggfunc="first"
+    ).reset_index()
+    return wide[[*wide.columns[:6], *(m for m in names if m in wide.columns)]]
 
 
 def seed_summary(board: pd.DataFrame) -> pd.DataFrame | None:
@@ -149,6 +166,8 @@ def write_leaderboard(out: Path, sources: list[Path] | None = None) -> pd.DataFr
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "metrics.csv", tidy[TIDY_COLS])
     write_csv(out / "leaderboard.csv", board)
+    if (grid := sae_grid(tidy)) is not None:
+        write_csv(out / "sae_grid.csv", grid)
     summary = seed_summary(board)
     if summary is not None:
         write_csv(out / "leaderboard_seeds.csv", summary)

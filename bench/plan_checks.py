@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from bench.core.errors import ConfigError
-from bench.core.lm import hook_module
+from bench.core.lm import decoder_layers, hook_module
 
 
 def module_width(module: nn.Module) -> int | None:
@@ -24,16 +24,26 @@ def module_width(module: nn.Module) -> int | None:
 
 def check_model_fits(suite, layers: set[int], model: nn.Module) -> None:
     """Raise ConfigError naming the setting when ``suite.hook.module`` is missing at a planned layer, or the
-    [sae] table does not fit the module's width (e.g. ``k`` ≥ d_sae = expansion × width)."""
+    [sae] table (or one of its variants) does not fit the module's width (e.g. ``k`` ≥ d_sae = expansion × width).
+    ``[sae] layers`` are checked with the jobs' layers, and must not repeat a job's hook layer."""
+    grid = getattr(suite, "sae", None)
+    extra = set(getattr(grid, "layers", ()))
+    n_layers = len(decoder_layers(model))
+    if bad := sorted(x for x in extra if x >= n_layers):
+        raise ConfigError(f"sae.layers = {sorted(extra)}: {bad} out of range; the model has {n_layers} layers")
+    if clash := sorted(layers & extra):
+        raise ConfigError(f"sae.layers lists {clash}, the hook layer of some jobs (always collected); remove it")
     widths = {}
-    for layer in sorted(layers):
+    for layer in sorted(layers | extra):
         try:
             widths[layer] = module_width(hook_module(model, layer, suite.hook.module))
         except ConfigError as e:
             raise ConfigError(f"hook.module = {suite.hook.module!r}: {e}") from None
     from saes.config import to_sae_lens_config
 
-    tables = [(name, cfg) for name, cfg in (("sae", suite.sae), ("sae_base.sae", _base_sae(suite))) if cfg is not None]
+    tables = [("sae" if i == 0 else f"sae.variants.{label}", cfg) for i, (label, cfg) in enumerate(_configs(grid))]
+    if (base := _base_sae(suite)) is not None:
+        tables.append(("sae_base.sae", base))
     for width in {w for w in widths.values() if w is not None}:
         for name, cfg in tables:
             try:
@@ -42,6 +52,12 @@ def check_model_fits(suite, layers: set[int], model: nn.Module) -> None:
                 raise ConfigError(
                     f"[{name}] does not fit hook.module {suite.hook.module!r} (width {width}): {e}"
                 ) from None
+
+
+def _configs(grid) -> list:
+    if grid is None:
+        return []
+    return list(grid.configs().items()) if hasattr(grid, "configs") else [(grid.architecture, grid)]
 
 
 def _base_sae(suite):

@@ -27,7 +27,8 @@ IDENTITY = {
     "monobench_version": "monobench version that produced the row",
     "hook_layer": "index of the regularised layer (DecPO/L1 act there; SAEs and headline proxies are read there)",
     "layer": "(metrics.csv) layer index for per-layer metrics, empty otherwise",
-    "sae": "(metrics.csv) SAE architecture for SAE metrics, empty otherwise",
+    "sae": "(metrics.csv, sae_grid.csv) SAE label for SAE metrics: the [sae] architecture for the primary SAE, "
+    "a `[sae.variants.<name>]` name for the others; empty otherwise",
     "metric": "(metrics.csv) metric name (a row of the table below)",
     "value": "(metrics.csv) its value",
 }
@@ -57,7 +58,10 @@ def schema_markdown() -> str:
         "",
         "`leaderboard.csv`: one row per (model, task, method, seed): the identity columns, then one column per "
         "metric (per-layer metrics at the row's `hook_layer`). `metrics.csv`: tidy long form "
-        "`suite, model, task, method, seed, layer, sae, metric, value` with every layer. "
+        "`suite, model, task, method, seed, layer, sae, metric, value` with every layer. `sae_grid.csv` (only when "
+        "`[sae] layers` or `[sae.variants.*]` ask for more SAEs than the primary, `saes/grid.py`): one row per "
+        "(model, task, method, seed, layer, sae) with a column per `sae_*` metric of the `sae` stage; the "
+        "leaderboard's `sae_*` columns are the primary SAE's (the [sae] table at `hook_layer`). "
         "`leaderboard_seeds.csv` (≥ 2 seeds): per (model, task, method) the mean of each metric and "
         "`<metric>_ci95`, the half-width of its 95 % t confidence interval across seeds, plus `n_seeds`.",
         "",

@@ -1,4 +1,5 @@
-"""``acts``: the activation store of the job's policy at the hook, over the task's SAE token set."""
+"""``acts``: the activation store of the job's policy at the hook, over the task's SAE token set (and, when
+``[sae] layers`` lists more layers, one store per extra layer in ``layer<L>/``, from the same forward pass)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from bench.core.io import write_json
 from bench.core.metrics import MetricSet, metric, register_metrics
 from bench.stages import JobFacts, Stage, StageContext, register_stage
 from bench.texts import sae_documents
-from saes.activations import ActivationStore, collect_activations
+from saes.activations import ActivationStore, collect_activations, collect_sites
 from saes.heldout import audit_store
 
 
@@ -52,30 +53,36 @@ class ActsStage(Stage):
             "policy": facts.policy_id(up),
             "data": up["data"],
             "hook": facts.hook,
-            "sae": facts.suite.sae.model_dump(mode="json"),
+            "sae": {k: v for k, v in facts.suite.sae.key_dump().items() if k != "variants"},
             "seed": facts.job.seed,
         }
 
     def complete(self, folder: Path) -> bool:
         """Committed results keep the store's records, not its arrays or tokenizer: without them it is rebuilt
         when a stage that reads it (the SAE) must be built."""
-        return all((folder / f).exists() for f in ("manifest.json", "acts.npy", "doc_tokens.npy", "tokenizer"))
+        stores = [folder, *sorted(folder.glob("layer*"))]
+        files = ("manifest.json", "acts.npy", "doc_tokens.npy", "tokenizer")
+        return all((d / f).exists() for d in stores for f in files)
 
     def run(self, ctx: StageContext, work: Path) -> None:
 
         pol, tok = ctx.policy()
         texts, groups = sae_documents(ctx.data())
-        collect_activations(
-            pol,
-            tok,
-            texts,
-            groups=groups,
-            layer=ctx.facts.layer,
-            hook=ctx.suite.hook.module,
-            out_dir=work,
-            cfg=ctx.suite.sae,
-            seed=ctx.job.seed,
-        )
+        cfg, layer = ctx.suite.sae, ctx.facts.layer
+        if cfg.layers:
+            layers = cfg.all_layers(layer)
+            sites = [(x, ctx.suite.hook.module) for x in layers]
+            dirs = [store_dir(work, layer, x) for x in layers]
+            collect_sites(
+                pol, tok, texts, sites=sites, out_dirs=dirs, cfg=cfg.primary(), groups=groups, seed=ctx.job.seed
+            )
+            for d in dirs[1:]:
+                check_not_collapsed(ActivationStore(d), f"{ctx.job.id} (layer {d.name})")
+        else:
+            collect_activations(
+                pol, tok, texts, groups=groups, layer=layer, hook=ctx.suite.hook.module, out_dir=work,
+                cfg=cfg.primary(), seed=ctx.job.seed,
+            )  # fmt: skip
         store = ActivationStore(work)
         check_not_collapsed(store, ctx.job.id)
         audit = audit_store(store)
@@ -95,6 +102,11 @@ class ActsStage(Stage):
                 acts_heldout_twins=audit["twins"],
             ).records(),
         )
+
+
+def store_dir(folder: Path, hook_layer: int, layer: int) -> Path:
+    """Where the acts stage in ``folder`` keeps the store of ``layer``: the folder itself for the hook layer."""
+    return folder if layer == hook_layer else folder / f"layer{layer}"
 
 
 def check_not_collapsed(store: ActivationStore, job: str) -> None:

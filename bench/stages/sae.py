@@ -1,4 +1,11 @@
-"""``sae``: a SAELens SAE trained on the job's activation store, and its held-out scores (SPEC.md §5)."""
+"""``sae``: SAELens SAEs trained on the job's activation store(s), and their held-out scores (SPEC.md §5).
+
+The primary SAE ([sae] at the hook layer) is in ``sae/`` with its scores beside it; its records are the
+leaderboard's ``sae_*`` columns. With ``[sae] layers`` / ``[sae.variants.*]`` (``saes.grid``) every other
+(layer, config) SAE is in ``grid/L<layer>-<label>/`` and trained in the same lockstep pass where the batch
+streams agree (``saes.train_many``); its records carry ``layer`` and ``sae`` = label and ``head = false``
+(``metrics.csv`` and ``sae_grid.csv``, not leaderboard columns).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,11 @@ from typing import Any
 
 from bench.core.io import write_json
 from bench.stages import JobFacts, Stage, StageContext, register_stage
+from bench.stages.acts import store_dir
 from saes.eval_output import SAEMetrics
 from saes.score import Concepts, score_sae
 from saes.train import train_sae
+from saes.train_many import SAEJob, train_saes
 from tasks import TASKS
 
 
@@ -24,29 +33,45 @@ class SAEStage(Stage):
         return (*self.needs, "train")  # the policy, for the CE score
 
     def spec(self, facts: JobFacts, up: dict[str, str]) -> dict[str, Any]:
-        return {"acts": up["acts"], "sae": facts.suite.sae.model_dump(mode="json"), "seed": facts.job.seed}
+        return {"acts": up["acts"], "sae": facts.suite.sae.key_dump(), "seed": facts.job.seed}
 
     def run(self, ctx: StageContext, work: Path) -> None:
 
         data = ctx.data()
         pol, tok = ctx.policy()
-        acts = ctx.path("acts")
-        sae_dir = train_sae(
-            acts, ctx.suite.sae, work / "sae", seed=ctx.job.seed, device=str(next(pol.parameters()).device)
-        )
-        head = score_sae(
-            sae_dir,
-            acts,
-            pol,
-            tok,
-            layer=ctx.facts.layer,
-            hook=ctx.suite.hook.module,
-            concepts=Concepts(data.concept_texts, data.concept_labels, TASKS[ctx.job.task]().concept_groups(data)),
-            cfg=ctx.suite.sae,
-            out_dir=work,
-            seed=ctx.job.seed,
-            embed_cache_dir=ctx.store.out / "cache" / "context-embeddings",
-        )
-        write_json(
-            work / "metrics.json", SAEMetrics(**head).records(layer=ctx.facts.layer, sae=ctx.suite.sae.architecture)
-        )
+        acts, grid, hook_layer = ctx.path("acts"), ctx.suite.sae, ctx.facts.layer
+        device = str(next(pol.parameters()).device)
+        primary = grid.architecture
+        where = {
+            (layer, label): (work if (layer, label) == (hook_layer, primary) else work / "grid" / f"L{layer}-{label}")
+            for layer in grid.all_layers(hook_layer)
+            for label in grid.configs()
+        }
+        configs = grid.configs()
+        if len(where) == 1:
+            train_sae(acts, configs[primary], work / "sae", seed=ctx.job.seed, device=device)
+        else:
+            jobs = [
+                SAEJob(store_dir(acts, hook_layer, layer), configs[label], out / "sae", seed=ctx.job.seed)
+                for (layer, label), out in where.items()
+            ]
+            train_saes(jobs, device=device)
+        concepts = Concepts(data.concept_texts, data.concept_labels, TASKS[ctx.job.task]().concept_groups(data))
+        records: list[dict[str, Any]] = []
+        for (layer, label), out in where.items():
+            scores = score_sae(
+                out / "sae",
+                store_dir(acts, hook_layer, layer),
+                pol,
+                tok,
+                layer=layer,
+                hook=ctx.suite.hook.module,
+                concepts=concepts,
+                cfg=configs[label],
+                out_dir=out,
+                seed=ctx.job.seed,
+                embed_cache_dir=ctx.store.out / "cache" / "context-embeddings",
+            )
+            head = {} if out == work else {"head": False}
+            records += SAEMetrics(**scores).records(layer=layer, sae=label, **head)
+        write_json(work / "metrics.json", records)

@@ -1,0 +1,116 @@
+"""Many SAEs per model from one collection pass ([sae] layers / variants, ``saes.grid``): the settings, and a
+tiny suite end to end — one forward for every layer, one lockstep pass for every SAE, the primary SAE's
+leaderboard numbers unchanged by the extra SAEs."""
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.cli import main
+from saes.config import SAEConfig
+from saes.grid import SAEGridConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SUITE = """
+description = "sae grid test"
+seeds = [0]
+[model]
+id = "tiny:llama"
+tiny = { n_layers = 3, d_model = 64, d_mlp = 128, n_heads = 4, n_kv_heads = 2 }
+[hook]
+layer = 1
+[proxies]
+n_texts = 8
+[tasks.sycophancy]
+n_train = 4
+n_eval = 6
+n_eval_unseen = 2
+[methods.base]
+[sae]
+expansion = 2
+k = 8
+training_tokens = 1024
+batch_size = 64
+max_texts = 32
+context_length = 128
+[sae.eval]
+ms_null_draws = 19
+"""
+GRID = "layers = [2]\n[sae.variants.k4]\nk = 4\n"
+
+
+def test_grid_settings_labels_and_unchanged_keys():
+    plain = {"k": 8, "expansion": 2}
+    grid = SAEGridConfig(**plain, layers=(0, 2), variants={"k4": {"k": 4}, "wide": {"expansion": 4}})
+    assert list(grid.configs()) == ["topk", "k4", "wide"]
+    assert grid.variant("k4") == SAEConfig(k=4, expansion=2) and grid.primary() == SAEConfig(**plain)
+    assert grid.all_layers(1) == [1, 0, 2]
+    # a suite without a grid keeps its stage keys (and stored results): the key is SAEConfig's dump
+    assert SAEGridConfig(**plain).key_dump() == SAEConfig(**plain).model_dump(mode="json")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"variants": {"short": {"context_length": 32}}}, "decide the shared activation store"),
+        ({"variants": {"topk": {"k": 4}}}, "other than the primary"),
+        ({"variants": {"bad": {"k": 0}}}, "sae.variants.bad: .*k = 0 must be ≥ 1"),
+        ({"variants": {"typo": {"kk": 3}}}, "sae.variants.typo"),
+        ({"layers": (2, 2)}, "distinct layer indices"),
+    ],
+)
+def test_grid_rejects_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SAEGridConfig(**kwargs)
+    with pytest.raises(ValueError, match="lists the hook layer 3"):
+        SAEGridConfig(layers=(3,)).all_layers(3)
+
+
+def _run(suite: Path, out: Path) -> pd.DataFrame:
+    assert main(["run", "suite", str(suite), "--out", str(out), "--device", "cpu"]) == 0
+    return pd.read_csv(out / "leaderboard.csv")
+
+
+def test_grid_suite_collects_once_trains_in_one_pass_and_keeps_the_primary(tmp_path):
+    suite, out = tmp_path / "s.toml", tmp_path / "run"
+    suite.write_text(SUITE)
+    plain = _run(suite, out)
+    assert not (out / "sae_grid.csv").exists()
+    suite.write_text(SUITE.replace("[sae.eval]", GRID + "[sae.eval]"))
+    board = _run(suite, out)
+    sae_cols = [c for c in plain.columns if c.startswith("sae_")]
+    assert sae_cols and board[sae_cols].equals(plain[sae_cols])  # the primary SAE is the same SAE, same scores
+
+    job = json.loads(next((out / "jobs").glob("*__sycophancy__base__s0.json")).read_text())
+    acts = out / "runs" / job["stages"]["acts"]
+    assert json.loads((acts / "layer2" / "manifest.json").read_text())["request"]["layer"] == 2
+    assert (acts / "layer2" / "doc_tokens.npy").read_bytes() == (acts / "doc_tokens.npy").read_bytes()
+    sae = out / "runs" / job["stages"]["sae"]
+    for sub in ("grid/L1-k4", "grid/L2-topk", "grid/L2-k4"):
+        rec = json.loads((sae / sub / "sae" / "training.json").read_text())
+        assert rec["n_saes_in_pass"] == 4  # one lockstep pass for the 2 layers × 2 configs
+    grid = pd.read_csv(out / "sae_grid.csv")
+    assert sorted(zip(grid["layer"], grid["sae"])) == [(1, "k4"), (1, "topk"), (2, "k4"), (2, "topk")]
+    primary = grid[(grid["layer"] == 1) & (grid["sae"] == "topk")]
+    assert primary["sae_explained_variance"].item() == pytest.approx(board["sae_explained_variance"].item())
+    assert grid.loc[grid["sae"] == "k4", "sae_l0"].max() <= 4 + 1e-6
+
+
+@pytest.mark.parametrize(
+    ("grid", "match"),
+    [
+        ("layers = [7]\n", r"sae.layers = \[7\]: \[7\] out of range; the model has 3 layers"),
+        ("layers = [1]\n", r"sae.layers lists \[1\], the hook layer"),
+        ("[sae.variants.big]\nk = 1000\n", r"\[sae.variants.big\] does not fit .*k = 1000"),
+    ],
+)
+def test_dry_run_refuses_grid_that_does_not_fit_the_model(tmp_path, capsys, grid, match):
+    suite = tmp_path / "s.toml"
+    suite.write_text(SUITE.replace("[sae.eval]", grid + "[sae.eval]"))
+    assert main(["run", "suite", str(suite), "--out", str(tmp_path / "o"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(match, err[0]), err
