@@ -166,9 +166,9 @@ def write_leaderboard(out: Path, sources: list[Path] | None = None) -> pd.DataFr
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "metrics.csv", tidy[TIDY_COLS])
     write_csv(out / "leaderboard.csv", board)
-    if (grid := sae_grid(tidy)) is not None:
-        write_csv(out / "sae_grid.csv", grid)
-    summary = seed_summary(board)
-    if summary is not None:
-        write_csv(out / "leaderboard_seeds.csv", summary)
+    for name, table in (("sae_grid.csv", sae_grid(tidy)), ("leaderboard_seeds.csv", seed_summary(board))):
+        if table is not None:
+            write_csv(out / name, table)
+        else:
+            (out / name).unlink(missing_ok=True)  # none from an earlier render may describe other runs
     return board

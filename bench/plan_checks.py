@@ -25,14 +25,12 @@ def module_width(module: nn.Module) -> int | None:
 def check_model_fits(suite, layers: set[int], model: nn.Module) -> None:
     """Raise ConfigError naming the setting when ``suite.hook.module`` is missing at a planned layer, or the
     [sae] table (or one of its variants) does not fit the module's width (e.g. ``k`` ≥ d_sae = expansion × width).
-    ``[sae] layers`` are checked with the jobs' layers, and must not repeat a job's hook layer."""
+    ``[sae] layers`` are checked with the jobs' layers."""
     grid = getattr(suite, "sae", None)
     extra = set(getattr(grid, "layers", ()))
     n_layers = len(decoder_layers(model))
     if bad := sorted(x for x in extra if x >= n_layers):
         raise ConfigError(f"sae.layers = {sorted(extra)}: {bad} out of range; the model has {n_layers} layers")
-    if clash := sorted(layers & extra):
-        raise ConfigError(f"sae.layers lists {clash}, the hook layer of some jobs (always collected); remove it")
     widths = {}
     for layer in sorted(layers | extra):
         try:

@@ -202,8 +202,9 @@ ARTIFACT_FOLDERS = ("policy", "sae", "trainer", "tokenizer")
 
 
 def _is_artifact(name: str) -> bool:
-    """Weights and activations (.gitignore keeps them out of committed results), not small records."""
-    return name.endswith(ARTIFACT_SUFFIXES) or Path(name).parts[0] in ARTIFACT_FOLDERS
+    """Weights and activations (.gitignore keeps them out of committed results), not small records: a file
+    with an artifact suffix, or inside an artifact folder at any depth (``grid/L7-k16/sae/cfg.json``)."""
+    return name.endswith(ARTIFACT_SUFFIXES) or any(p in ARTIFACT_FOLDERS for p in Path(name).parts[:-1])
 
 
 def _file_problem(folder: Path, name: str, size: int, digest: str | None) -> str | None:

@@ -44,8 +44,8 @@ class SAEGridConfig(SAEConfig):
     """The suite's ``[sae]`` table: the primary SAE's config plus the extra layers and variants to train."""
 
     layers: tuple[int, ...] = Field(default=(), json_schema_extra={"key_when_set": True})
-    """Layers (of the [hook] module) collected in the same forward as the hook layer; every SAE config is trained
-    at each. The hook layer itself is always included; listing it again is an error."""
+    """Layers (of the [hook] module) collected in the same forward as the job's hook layer; every SAE config is
+    trained at each. A job's own hook layer is always collected (listed here, it is not collected twice)."""
     variants: dict[str, dict[str, Any]] = Field(default={}, json_schema_extra={"key_when_set": True})
     """Variant name → [sae] fields it changes (e.g. ``{k = 16}``); each is trained on every collected layer."""
 
@@ -78,7 +78,14 @@ class SAEGridConfig(SAEConfig):
         return SAEConfig(**self.model_dump(exclude={"layers", "variants"}))
 
     def variant(self, name: str) -> SAEConfig:
-        return SAEConfig(**(self.model_dump(exclude={"layers", "variants"}) | self.variants[name]))
+        """[sae] with the variant's fields changed; a table field (``eval``, ``sae_lens_overrides``) is
+        merged key by key, so ``[sae.variants.x.eval] ms_top_n = 8`` keeps the rest of ``[sae.eval]``."""
+        base = self.model_dump(exclude={"layers", "variants"})
+        changes = {
+            k: base[k] | v if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+            for k, v in self.variants[name].items()
+        }
+        return SAEConfig(**(base | changes))
 
     def configs(self) -> dict[str, SAEConfig]:
         """{label: config}: the primary under its architecture's name (as its records always were), then each
@@ -86,7 +93,6 @@ class SAEGridConfig(SAEConfig):
         return {self.architecture: self.primary()} | {n: self.variant(n) for n in self.variants}
 
     def all_layers(self, hook_layer: int) -> list[int]:
-        """The hook layer first, then the extra ``layers``."""
-        if hook_layer in self.layers:
-            raise ValueError(f"sae.layers lists the hook layer {hook_layer}, which is always collected; remove it")
-        return [hook_layer, *self.layers]
+        """The job's hook layer first, then the other ``layers`` (a suite whose methods sweep ``layer`` may list
+        one job's hook layer for the others)."""
+        return [hook_layer, *(x for x in self.layers if x != hook_layer)]

@@ -125,9 +125,19 @@ def context_parts(
     return dec(doc[max(0, p - before + 1) : p]), dec(doc[p : p + 1]), dec(doc[p + 1 : p + 1 + after])
 
 
+def _moved_store(run_dir: Path, recorded: Path) -> Path:
+    """Where a store recorded at ``recorded`` is now that the results folder moved: the nearest ancestor of
+    ``run_dir`` holding its last two path parts (``acts-<key>/layer<L>`` of a grid SAE) or its name."""
+    for anc in run_dir.parents:
+        for tail in (Path(recorded.parent.name) / recorded.name, Path(recorded.name)):
+            if (anc / tail / "tokenizer").is_dir():
+                return anc / tail
+    return run_dir.parent / recorded.name
+
+
 def show_feature(run_dir: Path, feature: int, n: int = 10) -> str:
     """``format_feature`` for a scored run folder: the store is the one recorded in ``eval_results.json``
-    (or, if that path moved, the folder of the same name next to the run), with its saved tokenizer."""
+    (or, if that path moved, found beside the run's folders: ``_moved_store``), with its saved tokenizer."""
     from transformers import AutoTokenizer
 
     run_dir = Path(run_dir)
@@ -139,7 +149,7 @@ def show_feature(run_dir: Path, feature: int, n: int = 10) -> str:
         recorded = (sae_dir / read_json(sae_dir / "training.json")["store"]).resolve()
     else:
         raise StoreError(f"no {EVAL_RESULTS} or training.json in {run_dir}; which activation store to read is unknown")
-    store_dir = recorded if recorded.is_dir() else run_dir.parent / recorded.name
+    store_dir = recorded if recorded.is_dir() else _moved_store(run_dir, recorded)
     if not (store_dir / "tokenizer").is_dir():
         raise StoreError(
             f"activation store {store_dir} (recorded in {path}) is missing or has no saved "

@@ -12,6 +12,7 @@ import pytest
 from bench.cli import main
 from saes.config import SAEConfig
 from saes.grid import SAEGridConfig
+from saes.show import _moved_store, show_feature
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,7 +49,10 @@ def test_grid_settings_labels_and_unchanged_keys():
     grid = SAEGridConfig(**plain, layers=(0, 2), variants={"k4": {"k": 4}, "wide": {"expansion": 4}})
     assert list(grid.configs()) == ["topk", "k4", "wide"]
     assert grid.variant("k4") == SAEConfig(k=4, expansion=2) and grid.primary() == SAEConfig(**plain)
-    assert grid.all_layers(1) == [1, 0, 2]
+    assert grid.all_layers(1) == [1, 0, 2] and grid.all_layers(2) == [2, 0]  # a job's hook layer comes first, once
+    # a variant's table changes only the keys it names
+    ev = SAEGridConfig(eval={"ms_null_draws": 19}, variants={"x": {"eval": {"ms_top_n": 8}}}).variant("x").eval
+    assert (ev.ms_null_draws, ev.ms_top_n) == (19, 8)
     # a suite without a grid keeps its stage keys (and stored results): the key is SAEConfig's dump
     assert SAEGridConfig(**plain).key_dump() == SAEConfig(**plain).model_dump(mode="json")
 
@@ -66,8 +70,15 @@ def test_grid_settings_labels_and_unchanged_keys():
 def test_grid_rejects_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SAEGridConfig(**kwargs)
-    with pytest.raises(ValueError, match="lists the hook layer 3"):
-        SAEGridConfig(layers=(3,)).all_layers(3)
+
+
+def test_a_render_without_grid_removes_a_stale_sae_grid_csv(tmp_path):
+    from bench.leaderboard import write_leaderboard
+
+    (tmp_path / "sae_grid.csv").write_text("model,task\n")
+    (tmp_path / "leaderboard_seeds.csv").write_text("model,task\n")
+    write_leaderboard(tmp_path)
+    assert not (tmp_path / "sae_grid.csv").exists() and not (tmp_path / "leaderboard_seeds.csv").exists()
 
 
 def _run(suite: Path, out: Path) -> pd.DataFrame:
@@ -98,13 +109,17 @@ def test_grid_suite_collects_once_trains_in_one_pass_and_keeps_the_primary(tmp_p
     primary = grid[(grid["layer"] == 1) & (grid["sae"] == "topk")]
     assert primary["sae_explained_variance"].item() == pytest.approx(board["sae_explained_variance"].item())
     assert grid.loc[grid["sae"] == "k4", "sae_l0"].max() <= 4 + 1e-6
+    moved = tmp_path / "moved"
+    out.rename(moved)  # show-feature finds each SAE's store (the layer-2 one for a layer-2 SAE) after a move
+    run = moved / "runs" / job["stages"]["sae"] / "grid" / "L2-k4"
+    assert _moved_store(run, acts / "layer2") == moved / "runs" / acts.name / "layer2"
+    assert show_feature(run, 0, n=2).strip()
 
 
 @pytest.mark.parametrize(
     ("grid", "match"),
     [
         ("layers = [7]\n", r"sae.layers = \[7\]: \[7\] out of range; the model has 3 layers"),
-        ("layers = [1]\n", r"sae.layers lists \[1\], the hook layer"),
         ("[sae.variants.big]\nk = 1000\n", r"\[sae.variants.big\] does not fit .*k = 1000"),
     ],
 )

@@ -1,6 +1,7 @@
 """Results store: content-addressed keys, atomic stage folders, leaderboard rendering from records."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -109,6 +110,38 @@ def test_uncommitted_weights_do_not_make_a_committed_stage_stale(tmp_path):
     (store.path(key) / "sae" / "sae_weights.safetensors").unlink()
     (store.path(key) / "acts.npy").unlink()
     assert store.done(key)
+
+
+NESTED = {  # stage → (files committed, artifacts left out), the SAE grid's nested stores and SAEs included
+    "acts": (["manifest.json", "layer2/manifest.json"], ["tokenizer/tokenizer.json", "layer2/tokenizer/vocab.json",
+                                                         "layer2/acts.npy"]),
+    "sae": (["eval_results.json", "grid/L2-k4/eval_results.json"], ["sae/cfg.json", "grid/L2-k4/sae/cfg.json",
+                                                                    "grid/L2-k4/sae/training.json"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("stage", sorted(NESTED))
+def test_nested_artifacts_are_gitignored_and_their_absence_keeps_a_stage_done(tmp_path, stage):
+    import subprocess
+
+    kept, dropped = NESTED[stage]
+    root = Path(__file__).resolve().parents[1]
+    names = [f"results/x/runs/{stage}-0123/{n}" for n in kept + dropped]
+    out = subprocess.run(
+        ["git", "check-ignore", "--no-index", *names], cwd=root, capture_output=True, text=True
+    ).stdout.split()
+    assert out == names[len(kept) :]  # .gitignore drops exactly the artifacts
+    store = Store(tmp_path)
+    key = store.key(stage, {}, "1")
+    with store.build(key, {}) as work:
+        for n in kept + dropped:
+            (work / n).parent.mkdir(parents=True, exist_ok=True)
+            (work / n).write_text("x")
+    for n in dropped:
+        (store.path(key) / n).unlink()
+    assert store.done(key)
+    (store.path(key) / kept[-1]).unlink()
+    assert not store.done(key)
 
 
 def test_stage_folders_and_files_are_readable_by_others(tmp_path):
