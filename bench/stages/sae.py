@@ -41,13 +41,12 @@ class SAEStage(Stage):
         pol, tok = ctx.policy()
         acts, grid, hook_layer = ctx.path("acts"), ctx.suite.sae, ctx.facts.layer
         device = str(next(pol.parameters()).device)
-        primary = grid.architecture
+        primary, configs = grid.architecture, grid.configs()
         where = {
             (layer, label): (work if (layer, label) == (hook_layer, primary) else work / "grid" / f"L{layer}-{label}")
             for layer in grid.all_layers(hook_layer)
-            for label in grid.configs()
+            for label in configs
         }
-        configs = grid.configs()
         if len(where) == 1:
             train_sae(acts, configs[primary], work / "sae", seed=ctx.job.seed, device=device)
         else:
