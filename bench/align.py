@@ -172,7 +172,7 @@ def _common_args(cfg: TrainConfig, out_dir: Path, seed: int, device: torch.devic
         logging_strategy="steps",
         logging_steps=cfg.eval_every,
         disable_tqdm=not progress,
-        bf16=device.type == "cuda",
+        bf16=False,  # float32 on every device: see bench.models.dtype_for
         fp16=False,
         use_cpu=device.type == "cpu",
         activation_checkpointing=cfg.gradient_checkpointing,

@@ -14,6 +14,7 @@ import torch
 
 from bench import __version__
 from bench.core.io import read_json, write_json
+from bench.models import dtype_for
 
 PACKAGES = (
     "torch",
@@ -92,7 +93,7 @@ def machine(device: str) -> dict[str, Any]:
     return {
         "cpu": cpu,
         "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None,
-        "dtype": "bfloat16" if dev.type == "cuda" else "float32",
+        "dtype": str(dtype_for(dev)).removeprefix("torch."),
         "python": sys.version.split()[0],
         **{p: versions()[p] for p in ("torch", "transformers", "trl", "sae-lens")},
     }

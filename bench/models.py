@@ -69,8 +69,13 @@ def resolve_device(device: str) -> torch.device:
 
 
 def dtype_for(device: torch.device) -> torch.dtype:
-    """fp32 on CPU (bf16 matmuls are slow there), bf16 on GPU."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    """float32 on every device. Not bfloat16 on GPUs: the LoRA updates of a short preference run are
+    smaller than bf16's spacing at the base weights' size (SmolLM2 layer-15 ``up_proj``: update median
+    2.1e-4, bf16 step 2.4e-4–4.9e-4), so merging them into bf16 weights drops most of them (58 % of the
+    entries vanished, the merged update's relative error was 99.7 %) and every stage after training
+    would read a policy close to the base model."""
+    del device
+    return torch.float32
 
 
 def embedded_gguf(name: str) -> tuple[Path, str]:

@@ -70,7 +70,7 @@ def decor_loss(z: Tensor) -> float:
     """‖Ẑ Ẑᵀ − I‖²_F / N² with Ẑ the row-normalised Z (mean squared off-diagonal cosine, × (N−1)/N)."""
     z = _check(z)
     u = _unit_rows(z)
-    g = u @ u.T - torch.eye(z.shape[0], dtype=z.dtype)
+    g = u @ u.T - torch.eye(z.shape[0], dtype=z.dtype, device=z.device)
     return float((g**2).sum() / z.shape[0] ** 2)
 
 

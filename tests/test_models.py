@@ -78,3 +78,18 @@ def test_layer_resolution_and_last_token():
     mask_left = torch.tensor([[0, 1, 1], [0, 0, 1]])
     assert last_token_index(mask_right).tolist() == [1, 2]
     assert last_token_index(mask_left).tolist() == [2, 2]
+
+
+def test_models_compute_in_float32_on_every_device_because_bf16_erases_small_lora_updates():
+    """dtype_for is float32 on cuda too: a LoRA-sized update (~2e-4) merged into bfloat16 weights of
+    SmolLM2's size (|w| ~ 0.05) mostly rounds away, in float32 it survives."""
+    from bench.models import dtype_for
+
+    assert dtype_for(torch.device("cpu")) == dtype_for(torch.device("cuda")) == torch.float32
+    g = torch.Generator().manual_seed(0)
+    w = 0.05 * torch.randn(256, 256, generator=g)
+    delta = 2e-4 * torch.randn(256, 256, generator=g)
+    for dtype, lost in ((torch.bfloat16, True), (torch.float32, False)):
+        merged = (w.to(dtype) + delta.to(dtype)).float() - w.to(dtype).float()
+        rel_err = float((merged - delta).norm() / delta.norm())
+        assert (rel_err > 0.5) is lost, (dtype, rel_err)

@@ -85,7 +85,8 @@ def read_last_tokens(
 
     def make_hook(layer: int):
         def fn(_mod, _inp, out):
-            store[layer].append(out[torch.arange(out.shape[0]), current["last"]].float().cpu())
+            rows = torch.arange(out.shape[0], device=out.device)
+            store[layer].append(out[rows, current["last"].to(out.device)].float().cpu())
             if layer == last_layer:  # nothing later is read: skip the rest of the model and its LM head
                 raise StopForward
 

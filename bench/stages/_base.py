@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from bench.core.io import read_json, stable_hash
 from bench.core.task import TaskData
 from bench.methods import METHODS, base_name
+from bench.models import resolve_device
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,11 @@ class StageContext:
 
     def base(self):
         return self.pool.base(self.job.seed)
+
+    @property
+    def device(self) -> str:
+        """The torch device this run computes on (``cpu`` or ``cuda``), ``--device auto`` resolved."""
+        return str(resolve_device(self.pool.device))
 
 
 class Stage(ABC):

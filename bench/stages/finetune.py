@@ -85,7 +85,9 @@ class FinetuneBaseStage(Stage):
         cfg = ctx.suite.sae_base
         store = ActivationStore(ctx.path("corpus_acts"))
         x = store.rows(pick_rows(store, "train", cfg.finetune_rows, seed=cfg.seed))
-        finetune_sae(ctx.path("base_sae") / "sae", cfg.finetune_config(), x, work / "sae", seed=cfg.seed)
+        finetune_sae(
+            ctx.path("base_sae") / "sae", cfg.finetune_config(), x, work / "sae", seed=cfg.seed, device=ctx.device
+        )
         write_json(work / "metrics.json", [])
 
 
@@ -112,7 +114,12 @@ class FinetuneStage(Stage):
         train = np.flatnonzero(replayed.rows < store.n_train)
         held = np.flatnonzero((replayed.rows >= store.n_train) & (replayed.rows < store.n_train + store.n_heldout))
         finetune_sae(
-            ctx.path("base_sae") / "sae", cfg.finetune_config(), replayed.acts(train), work / "sae", seed=cfg.seed
+            ctx.path("base_sae") / "sae",
+            cfg.finetune_config(),
+            replayed.acts(train),
+            work / "sae",
+            seed=cfg.seed,
+            device=ctx.device,
         )
         ft, ref = load_sae(work / "sae"), load_sae(ctx.path("ft_base") / "sae")
         alive = torch.from_numpy(np.load(ctx.path("base_sae") / "density.npy") > 0)
