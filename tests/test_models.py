@@ -82,14 +82,16 @@ def test_layer_resolution_and_last_token():
 
 def test_models_compute_in_float32_on_every_device_because_bf16_erases_small_lora_updates():
     """dtype_for is float32 on cuda too: a LoRA-sized update (~2e-4) merged into bfloat16 weights of
-    SmolLM2's size (|w| ~ 0.05) mostly rounds away, in float32 it survives."""
+    SmolLM2's size (|w| ~ 0.05) is distorted by bf16 rounding (here 39 % relative error; 99.7 % on the real
+    layer-15 up_proj adapter of the reference run), in float32 it survives."""
     from bench.models import dtype_for
 
     assert dtype_for(torch.device("cpu")) == dtype_for(torch.device("cuda")) == torch.float32
     g = torch.Generator().manual_seed(0)
     w = 0.05 * torch.randn(256, 256, generator=g)
     delta = 2e-4 * torch.randn(256, 256, generator=g)
-    for dtype, lost in ((torch.bfloat16, True), (torch.float32, False)):
+    errors = {}
+    for dtype in (torch.bfloat16, torch.float32):
         merged = (w.to(dtype) + delta.to(dtype)).float() - w.to(dtype).float()
-        rel_err = float((merged - delta).norm() / delta.norm())
-        assert (rel_err > 0.5) is lost, (dtype, rel_err)
+        errors[dtype] = float((merged - delta).norm() / delta.norm())
+    assert errors[torch.bfloat16] > 0.3 and errors[torch.float32] < 1e-3, errors
