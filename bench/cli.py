@@ -243,6 +243,7 @@ def cmd_leaderboard(args) -> int:
 def cmd_data_show(args) -> int:
     from bench.config import load_suite
     from bench.core.io import read_json
+    from bench.models import resolve_device
     from bench.plan import Job, Plan, plan_job
     from bench.runner import Runner
     from bench.store import Store
@@ -254,7 +255,7 @@ def cmd_data_show(args) -> int:
     store = Store(out)
     runner = Runner(suite, store, device="auto", progress=False)
     seed = args.seed if args.seed is not None else suite.seeds[0]
-    plan = plan_job(suite, store, Job(args.task, "base", seed), runner.n_layers(seed))
+    plan = plan_job(suite, store, Job(args.task, "base", seed), runner.n_layers(seed), resolve_device("auto").type)
     plan = Plan(plan.facts, tuple(s for s in plan.stages if s.name == "data"))
     runner.run_job(plan)
     data = read_json(store.path(plan.keys["data"]) / "data.json")

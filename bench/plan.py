@@ -72,16 +72,22 @@ def job_layer(suite: SuiteConfig, method: str, n_model_layers: int) -> int:
     return resolve_layer(own if own is not None else suite.hook.layer, n_model_layers)
 
 
-def job_facts(suite: SuiteConfig, job: Job, n_model_layers: int) -> JobFacts:
+def job_facts(suite: SuiteConfig, job: Job, n_model_layers: int, device: str = "cpu") -> JobFacts:
+    """What a job's stage keys are made of. ``device`` is the resolved torch device type: a GPU's kernels
+    round differently from the CPU's, so ``cuda`` enters the model identity (and with it every stage key
+    and the shared reference log-probs' scope) and a GPU run never reuses a CPU run's stages in one folder.
+    On ``cpu`` it is left out, so CPU keys are what they always were."""
     m = suite.model
     tiny = m.tiny.model_dump() if m.id.startswith("tiny:") else None
     model = model_identity(m.id, revision=m.revision, tiny=tiny, seed=job.seed)
+    if device != "cpu":
+        model["device"] = device
     return JobFacts(suite=suite, job=job, model=model, layer=job_layer(suite, job.method, n_model_layers))
 
 
-def plan_job(suite: SuiteConfig, store: Store, job: Job, n_model_layers: int) -> Plan:
-    """Stage keys of one job (no computation), for running and for --dry-run."""
-    facts = job_facts(suite, job, n_model_layers)
+def plan_job(suite: SuiteConfig, store: Store, job: Job, n_model_layers: int, device: str = "cpu") -> Plan:
+    """Stage keys of one job (no computation), for running and for --dry-run; ``device`` as in ``job_facts``."""
+    facts = job_facts(suite, job, n_model_layers, device)
     up: dict[str, str] = {}
     planned = []
     for stage in ordered():

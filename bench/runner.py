@@ -21,6 +21,7 @@ from bench.core.compat import hub_offline
 from bench.core.errors import NumericalError
 from bench.leaderboard import write_leaderboard
 from bench.manifest import machine, write_manifest
+from bench.models import resolve_device
 from bench.plan import Plan, dry_run_lines, expand_jobs, plan_job, select_shard
 from bench.plan_checks import check_model_fits
 from bench.pool import ModelPool
@@ -206,7 +207,9 @@ def run_suite(
     echo = echo if main else (lambda *_: None)
     store = Store(out, machine=machine(device), verify=verify)
     runner = Runner(suite, store, device=device, force=force, progress=progress)
-    plans = [plan_job(suite, store, j, runner.n_layers(j.seed)) for j in select_shard(expand_jobs(suite, seeds), shard)]
+    dev = resolve_device(device).type
+    jobs = select_shard(expand_jobs(suite, seeds), shard)
+    plans = [plan_job(suite, store, j, runner.n_layers(j.seed), dev) for j in jobs]
     if plans:
         check_model_fits(suite, {p.hook_layer for p in plans}, runner.pool.base(plans[0].job.seed)[0])
     if dry_run:

@@ -76,3 +76,19 @@ def test_a_hub_dataset_source_carries_its_revision(hub):
 
     assert hf_source("hf:org/data") == ("org/data", "train", None)
     assert hf_source("hf:org/data:test@abc") == ("org/data", "test", "abc")
+
+
+def test_a_gpu_run_gets_its_own_stage_keys_and_cpu_keys_are_unchanged(tmp_path):
+    """cuda enters the model identity (so every stage key and the shared reference log-probs' scope): a GPU
+    run in a CPU run's folder builds its own stages; on cpu the identity is what it always was."""
+    from bench.config import load_suite
+    from bench.plan import plan_job
+    from bench.store import Store
+
+    suite, _ = load_suite("smoke")
+    store = Store(tmp_path)
+    job = Job("toxicity", "dpo", 0)
+    cpu, default, gpu = (plan_job(suite, store, job, 2, *d) for d in (("cpu",), (), ("cuda",)))
+    assert cpu.keys == default.keys and "device" not in cpu.facts.model
+    assert gpu.facts.model["device"] == "cuda"
+    assert all(gpu.keys[s] != cpu.keys[s] for s in cpu.keys)
