@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from tiny_suites import tiny_sycophancy_suite
 
 from bench.cli import main
 from bench.config import expand_grid, load_suite
@@ -20,36 +21,9 @@ TRAIN = (
     "max_steps = 2\nbatch_size = 2\nlr = 1e-3\neval_every = 2\ncurve_pairs = 2\ncurve_prompts = 4\n"
     "max_length = 160\nmax_prompt_length = 120\n"
 )
-SUITE = f"""
-description = "grid test"
-seeds = [0]
-[model]
-id = "tiny:llama"
-tiny = {{ n_layers = 3, d_model = 64, d_mlp = 128, n_heads = 4, n_kv_heads = 2 }}
-[hook]
-layer = 1
-[proxies]
-n_texts = 8
-[tasks.sycophancy]
-n_train = 4
-n_eval = 6
-n_eval_unseen = 2
-[methods.base]
-[methods.decpo]
-{TRAIN}
-[sae]
-expansion = 2
-k = 8
-training_tokens = 1024
-batch_size = 64
-max_texts = 32
-context_length = 128
-[sae.eval]
-ms_null_draws = 19
-[grid]
-"methods.decpo.lambda" = [0.01]
-"methods.decpo.layer" = [0, 2]
-"""
+SUITE = tiny_sycophancy_suite("grid test", f"[methods.base]\n[methods.decpo]\n{TRAIN}") + (
+    '[grid]\n"methods.decpo.lambda" = [0.01]\n"methods.decpo.layer" = [0, 2]\n'
+)
 VARIANTS = ["decpo@lambda=0.01,layer=0", "decpo@lambda=0.01,layer=2"]
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from tiny_suites import tiny_sycophancy_suite
 
 from bench.cli import main
 from saes.config import SAEConfig
@@ -16,31 +17,7 @@ from saes.show import _moved_store, show_feature
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SUITE = """
-description = "sae grid test"
-seeds = [0]
-[model]
-id = "tiny:llama"
-tiny = { n_layers = 3, d_model = 64, d_mlp = 128, n_heads = 4, n_kv_heads = 2 }
-[hook]
-layer = 1
-[proxies]
-n_texts = 8
-[tasks.sycophancy]
-n_train = 4
-n_eval = 6
-n_eval_unseen = 2
-[methods.base]
-[sae]
-expansion = 2
-k = 8
-training_tokens = 1024
-batch_size = 64
-max_texts = 32
-context_length = 128
-[sae.eval]
-ms_null_draws = 19
-"""
+SUITE = tiny_sycophancy_suite("sae grid test")
 GRID = "layers = [2]\n[sae.variants.k4]\nk = 4\n"
 
 
