@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from bench import __version__
-from bench.core.io import read_json, write_json
+from bench.core.io import read_json, read_records, write_json
 from bench.models import dtype_for
 
 PACKAGES = (
@@ -102,8 +102,8 @@ def machine(device: str) -> dict[str, Any]:
 def stage_machines(out: Path) -> list[dict[str, Any]]:
     """The distinct machines that computed the stages the folder's job records use."""
     seen: list[dict[str, Any]] = []
-    for job in sorted((out / "jobs").glob("*.json")):
-        for key in read_json(job)["stages"].values():
+    for job in read_records(out / "jobs"):
+        for key in job["stages"].values():
             f = out / "runs" / str(key) / "stage.json"
             m = read_json(f).get("machine") if f.is_file() else None
             if m and m not in seen:
@@ -114,8 +114,8 @@ def stage_machines(out: Path) -> list[dict[str, Any]]:
 def data_provenance(out: Path) -> dict[str, Any]:
     """Per data stage: the task's provenance record (sources, counts, model-generated fields)."""
     prov = {}
-    for job in sorted((out / "jobs").glob("*.json")):
-        key = read_json(job)["stages"].get("data")
+    for job in read_records(out / "jobs"):
+        key = job["stages"].get("data")
         f = out / "runs" / str(key) / "data.json"
         if key and key not in prov and f.is_file():
             d = read_json(f)
@@ -142,10 +142,8 @@ def write_manifest(
         "stages_reused": sorted(set(runner.store.reused)) if runner else [],
         "data_provenance": data_provenance(out),
     }
-    failures = sorted((out / "failures").glob("*.json")) if (out / "failures").exists() else []
     failed: dict[str, str] = {}
-    for p in failures:
-        rec = read_json(p)
+    for rec in read_records(out / "failures"):
         failed[rec["job"] if rec["job"] not in failed else f"{rec.get('model')} {rec['job']}"] = rec["error"]
     man["failed_jobs"] = failed
     machines = stage_machines(out)
@@ -160,9 +158,7 @@ def write_manifest(
 def merge_shard_manifests(out: Path) -> dict[str, Any] | None:
     """One manifest from ``manifests/shard-*.json`` (None if there are none): the newest shard's fields, the
     union of the stages every shard built and reused, and per shard when it wrote and where it ran."""
-    shards = (
-        [read_json(p) for p in sorted((out / "manifests").glob("shard-*.json"))] if (out / "manifests").exists() else []
-    )
+    shards = read_records(out / "manifests", "shard-*.json")
     if not shards:
         return None
     man = dict(max(shards, key=lambda m: m["written"]))

@@ -24,7 +24,7 @@ import pandas as pd
 
 from bench import figures as F
 from bench.core.errors import StoreError
-from bench.core.io import read_json, write_with
+from bench.core.io import json_records, read_json, read_records, write_with
 from bench.figure_specs import FIGURES
 from bench.leaderboard import seed_summary, write_leaderboard
 from bench.paper.section import paper_section
@@ -70,7 +70,7 @@ def _check_folder(d: Path) -> None:
     if not d.is_dir():
         raise StoreError(f"results folder {d} does not exist; {hint}")
     if not (d / "leaderboard.csv").is_file():
-        if not any((d / "jobs").glob("*.json")):
+        if not json_records(d / "jobs"):
             raise StoreError(f"no stored runs in {d}: expected leaderboard.csv or jobs/*.json; {hint}")
 
         log.info("%s has job records but no leaderboard.csv; rendering the CSVs from stored stages", d)
@@ -103,7 +103,7 @@ def load_results(d: Path) -> Results:
     seeds = _read_csv(d / "leaderboard_seeds.csv")
     if seeds is None:
         seeds = seed_summary(board)
-    jobs = [read_json(p) for p in sorted((d / "jobs").glob("*.json"))]
+    jobs = read_records(d / "jobs")
     manifest = read_json(d / "manifest.json") if (d / "manifest.json").is_file() else {}
     return Results(d, board, seeds, tidy, _curves(d, jobs), jobs, manifest)
 

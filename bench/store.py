@@ -27,7 +27,7 @@ from typing import Any
 
 from bench import __version__
 from bench.core.errors import StoreError
-from bench.core.io import DIR_MODE, file_digest, read_json, stable_hash, write_json
+from bench.core.io import DIR_MODE, file_digest, read_json, read_records, stable_hash, write_json
 
 log = logging.getLogger(__name__)
 HOST = socket.gethostname().replace(".", "_") or "host"
@@ -172,7 +172,7 @@ class Store:
 
     def failures(self) -> list[dict[str, Any]]:
         folder = self.out / "failures"
-        return [read_json(p) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
+        return read_records(folder)
 
     def write_job(self, name: str, record: dict[str, Any]) -> None:
         """``jobs/<name>.json`` (``record_name``); replaces a record of the same job and model written under the
@@ -183,9 +183,7 @@ class Store:
             legacy.unlink()
 
     def job_records(self) -> list[dict[str, Any]]:
-        if not self.jobs.exists():
-            return []
-        return [read_json(p) for p in sorted(self.jobs.glob("*.json"))]
+        return read_records(self.jobs)
 
 
 def record_name(model_id: str, job_id: str) -> str:

@@ -39,6 +39,7 @@ def run_workers(args, n: int, jobs: list[str] | None = None, records: Path | Non
     print only their summary lines."""
     threads = str(max(1, (os.cpu_count() or 1) // n))
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, MONOBENCH_WORKER="1")
+    env.setdefault("TQDM_DISABLE", "1")  # the libraries' progress bars (SAELens, GGUF, weights) would interleave
     procs = [subprocess.Popen(worker_command(args, i, n), env=env) for i in range(1, n + 1)]
     live = bool(jobs) and records is not None and sys.stderr.isatty()
     view = Overview(

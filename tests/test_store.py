@@ -211,3 +211,26 @@ def test_merging_two_seed_folders_adds_ci_columns(tmp_path):
     assert row.n_seeds == 2 and row.align_score == pytest.approx(0.6)
     # t_{0.975, 1} = 12.706; sd = 0.1414; half-width = 12.706 * 0.1414 / sqrt(2) = 1.2706
     assert row.align_score_ci95 == pytest.approx(12.7062 * 0.141421 / 2**0.5, rel=1e-3)
+
+
+def test_readers_skip_records_being_written_by_another_worker(tmp_path, monkeypatch):
+    """A worker's ``jobs/.<name>.json.<random>.json`` temp file (half written, renamed away at any moment)
+    is not a record: listing it once crashed the other worker's manifest (FileNotFoundError)."""
+    import bench.core.io as io
+    from bench.manifest import stage_machines
+
+    write_json(tmp_path / "jobs" / "a.json", {"job": "a", "stages": {}})
+    (tmp_path / "jobs" / ".b.json.x1y2z3.json").write_text('{"job": "b", "sta')
+    assert [r["job"] for r in Store(tmp_path).job_records()] == ["a"]
+    assert stage_machines(tmp_path) == []
+    write_json(tmp_path / "failures" / "c.json", {"job": "c", "error": "x"})
+    write_json(tmp_path / "failures" / "d.json", {"job": "d", "error": "y"})
+    real = io.read_json
+
+    def cleared_meanwhile(path):  # another process cleared c's failure after the listing
+        if Path(path).name == "c.json":
+            raise FileNotFoundError(path)
+        return real(path)
+
+    monkeypatch.setattr(io, "read_json", cleared_meanwhile)
+    assert [r["job"] for r in Store(tmp_path).failures()] == ["d"]

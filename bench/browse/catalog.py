@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.core.io import read_json
+from bench.core.io import read_json, read_records
 
 
 @dataclass
@@ -102,7 +102,7 @@ def catalog(out: Path) -> list[SAEEntry]:
     """Every SAE of the folder ``out``: fresh ones in job order, then the base SAEs."""
     out = Path(out)
     board = pd.read_csv(out / "leaderboard.csv") if (out / "leaderboard.csv").is_file() else pd.DataFrame()
-    jobs = [read_json(p) for p in sorted((out / "jobs").glob("*.json"))]
+    jobs = read_records(out / "jobs")
     runs = out / "runs"
     fresh: list[SAEEntry] = []
     base: dict[str, SAEEntry] = {}

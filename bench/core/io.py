@@ -44,6 +44,25 @@ def read_json(path: Path) -> Any:
         ) from e
 
 
+def json_records(folder: Path, pattern: str = "*.json") -> list[Path]:
+    """The finished records ``folder/pattern``, sorted; not the hidden temporary files ``atomic_path`` is
+    writing beside them (``.<name>.<random>.json``, which another process renames or removes at any time)."""
+    folder = Path(folder)
+    return sorted(p for p in folder.glob(pattern) if not p.name.startswith(".")) if folder.is_dir() else []
+
+
+def read_records(folder: Path, pattern: str = "*.json") -> list[Any]:
+    """``read_json`` of every ``json_records(folder, pattern)``, skipping one that another process removed
+    between the listing and the read (a cleared failure record)."""
+    out = []
+    for p in json_records(folder, pattern):
+        try:
+            out.append(read_json(p))
+        except FileNotFoundError:
+            continue
+    return out
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success it replaces ``path`` (mode 0644), else it is removed."""
