@@ -83,9 +83,10 @@ def model_identity(
     model_id: str, *, revision: str | None = None, tiny: dict[str, Any] | None = None, seed: int = 0
 ) -> dict[str, Any]:
     """What identifies a model spec's weights: the embedded GGUF's hash, a local folder's content hash, a
-    hub id with its revision, or a tiny model's shape and seed (a tiny model is its seed)."""
+    hub id with its revision, or a tiny model's shape, seed and how the seed draws its weights (a tiny model
+    is its seed; ``init`` names ``bench.models.tiny_init_seed``, so tiny stages built before it are not reused)."""
     if model_id.startswith("tiny:"):
-        return {"id": model_id, "tiny": tiny or {}, "seed": seed}
+        return {"id": model_id, "tiny": tiny or {}, "seed": seed, "init": "sha256-seed"}
     if model_id.startswith("embedded:"):
         folder, filename = embedded_gguf(model_id.split(":", 1)[1])
         return {"id": model_id, "gguf_sha256": file_sha256(folder / filename)}

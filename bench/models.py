@@ -137,8 +137,17 @@ def _ensure_padding(tok):
     return tok
 
 
+def tiny_init_seed(seed: int) -> int:
+    """The torch seed the ``tiny:llama`` weights are drawn from: the first 31 bits of sha256("tiny:llama/<seed>")."""
+    return int(hashlib.sha256(f"tiny:llama/{seed}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
 def build_tiny_llama(tiny: TinySpec, vocab_size: int, seed: int):
-    """Randomly initialised LlamaForCausalLM; the same seed gives the same weights."""
+    """Randomly initialised LlamaForCausalLM; the same seed gives the same weights.
+
+    The weights are drawn from ``tiny_init_seed(seed)``, not from ``seed`` itself: ``random_init`` re-draws the
+    same config from ``torch.manual_seed(seed)``, and would otherwise rebuild this very model, making the
+    random-init control equal the base model on every tiny suite."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(
@@ -153,7 +162,7 @@ def build_tiny_llama(tiny: TinySpec, vocab_size: int, seed: int):
         **tiny.extra,
     )
     gen = torch.random.get_rng_state()
-    torch.manual_seed(seed)
+    torch.manual_seed(tiny_init_seed(seed))
     try:
         model = LlamaForCausalLM(cfg)
     finally:

@@ -4,9 +4,9 @@ The default model is small enough that a forward or backward pass gains little f
 thread on a 2-core CPU, while two jobs side by side each keep a core busy; so N single-threaded shards
 finish a suite about N times sooner than one process (measured in README "Budgets"). Each worker gets
 ``cpu_count // N`` threads (at least 1). Shards are the ordinary ``--shard`` mechanism — stages are written
-atomically into the shared folder, and a stage two workers both need is computed by each and kept once —
-so the result equals a one-process run's. After all workers end, the leaderboard and manifest are
-rewritten over the whole folder.
+atomically into the shared folder, and a stage two workers both need is built by the first to claim its
+lock while the other waits and reuses it (``Store.claim``) — so the result equals a one-process run's.
+After all workers end, the leaderboard and manifest are rewritten over the whole folder.
 """
 
 from __future__ import annotations

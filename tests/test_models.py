@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bench.core.lm import generate, hook_module, last_token_index, n_layers, resolve_layer
-from bench.models import ModelLoadError, TinySpec, load_model
+from bench.models import ModelLoadError, TinySpec, load_model, random_init
 
 
 def test_embedded_smollm2_loads_offline_and_generates(smollm):
@@ -22,6 +22,17 @@ def test_tiny_llama_is_seeded():
     assert a.config.num_hidden_layers == 2 and a.config.hidden_size == 32
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+
+
+def test_random_init_control_differs_from_the_tiny_base_model():
+    """``random_init`` re-draws the config from the job's seed; the tiny base model of that seed must not be
+    the same draw (it was, so the control equalled the base model on every tiny suite)."""
+    for seed in (0, 1):
+        base, _ = load_model("tiny:llama", seed=seed, tiny=TinySpec(n_layers=2, d_model=32, d_mlp=64))
+        fresh = random_init(base, seed)
+        same = [torch.equal(p, q) for (n, p), (_, q) in zip(base.named_parameters(), fresh.named_parameters())]
+        changed = [n for (n, p), ok in zip(base.named_parameters(), same) if not ok and "norm" not in n]
+        assert len(changed) == sum("norm" not in n for n, _ in base.named_parameters()), changed
 
 
 @pytest.mark.parametrize(
