@@ -81,7 +81,7 @@ def _run_parser(sub) -> None:
         type=int,
         default=1,
         metavar="N",
-        help="run the jobs as N local shards side by side (1 thread each)",
+        help="run the jobs as N local shards side by side (cpu_count // N threads each)",
     )
     rs.add_argument(
         "--verbose",
