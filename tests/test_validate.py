@@ -22,6 +22,10 @@ def test_quick_validation_passes_for_every_metric(tmp_path, capsys):
         "syco_rate",
         "tox_rate",
         "align_score",
+        "positivity_gain",
+        "relatedness",
+        "no_opinion_acc",
+        "mean_tox_prob",
     ):
         assert set(table.loc[table.metric == metric, "kind"]) == {"negative", "positive"}, metric
     dup = table[table.control.str.contains("duplicated tokens")]
