@@ -157,6 +157,24 @@ def _register_controls() -> None:
             feature_density(torch.from_numpy(ctx.rng(15).random((500, 64)).astype(np.float32) * (np.arange(64) >= 16)))
         )
     )
+    control(
+        "sae_dead_frac",
+        "negative",
+        "each of 64 latents active on exactly one random token of 500 (rare, not dead)",
+        expect="= 0",
+        check=lambda v: v == 0,
+    )(
+        lambda ctx: sae_dead_frac(
+            feature_density(torch.from_numpy(_one_hot_rows(ctx.rng(16).integers(0, 500, 64), 500)))
+        )
+    )
+
+
+def _one_hot_rows(rows: np.ndarray, n_tokens: int) -> np.ndarray:
+    """(n_tokens, len(rows)) float32 activations: latent j is 1.0 on token rows[j] and 0 elsewhere."""
+    acts = np.zeros((n_tokens, len(rows)), dtype=np.float32)
+    acts[rows, np.arange(len(rows))] = 1.0
+    return acts
 
 
 _register_controls()

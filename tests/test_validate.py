@@ -26,6 +26,7 @@ def test_quick_validation_passes_for_every_metric(tmp_path, capsys):
         "relatedness",
         "no_opinion_acc",
         "mean_tox_prob",
+        "sae_dead_frac",
     ):
         assert set(table.loc[table.metric == metric, "kind"]) == {"negative", "positive"}, metric
     dup = table[table.control.str.contains("duplicated tokens")]
