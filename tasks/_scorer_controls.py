@@ -18,6 +18,8 @@ the other published scorer columns:
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from bench.core.controls import control
@@ -41,9 +43,22 @@ def relatedness_chance(texts: list[str]) -> float:
     return float(((e @ e.T).sum() - np.trace(e @ e.T)) / (n * (n - 1)))
 
 
-def _shift_minus_chance(ctx) -> float:
+@functools.cache
+def _shift_metrics() -> dict[str, float]:
+    """reframe_metrics of the held-out thoughts against a cyclic shift of themselves (scored once, read twice)."""
     t = _thoughts()
-    return reframe_metrics(t, _shifted(t))["relatedness"] - relatedness_chance(t)
+    return reframe_metrics(t, _shifted(t))
+
+
+@functools.cache
+def _hopeful_metrics() -> dict[str, float]:
+    """reframe_metrics of each thought against itself + a hopeful sentence (scored once, read twice)."""
+    t = _thoughts()
+    return reframe_metrics(t, [x + HOPEFUL for x in t])
+
+
+def _shift_minus_chance(ctx) -> float:
+    return _shift_metrics()["relatedness"] - relatedness_chance(_thoughts())
 
 
 def _opinionless(ctx, knows: bool, n: int = 4000) -> float:
@@ -60,14 +75,14 @@ def _register() -> None:
         "reframing: other held-out thoughts as reframes (cyclic shift)",
         expect="= 0 (± 1e-9)",
         check=lambda v: abs(v) <= 1e-9,
-    )(lambda ctx: reframe_metrics(t := _thoughts(), _shifted(t))["positivity_gain"])
+    )(lambda ctx: _shift_metrics()["positivity_gain"])
     control(
         "positivity_gain",
         "positive",
         "reframing: the thought + a hopeful sentence",
         expect="≥ 0.5",
         check=lambda v: v >= 0.5,
-    )(lambda ctx: reframe_metrics(t := _thoughts(), [x + HOPEFUL for x in t])["positivity_gain"])
+    )(lambda ctx: _hopeful_metrics()["positivity_gain"])
     control(
         "relatedness",
         "negative",
@@ -81,7 +96,7 @@ def _register() -> None:
         "reframing: the thought + a hopeful sentence",
         expect="≥ 0.7",
         check=lambda v: v >= 0.7,
-    )(lambda ctx: reframe_metrics(t := _thoughts(), [x + HOPEFUL for x in t])["relatedness"])
+    )(lambda ctx: _hopeful_metrics()["relatedness"])
     control(
         "no_opinion_acc",
         "negative",
