@@ -18,7 +18,7 @@ from dataclasses import fields
 from itertools import pairwise
 from typing import Any, Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from bench.core.settings import Settings
 
@@ -61,8 +61,9 @@ class SAEEvalConfig(Settings):
     latent_max_tokens: int = 8192
     """Held-out tokens (the first, in store order) used for correlations and MS; all are used for
     density, L0 and reconstruction."""
-    ce_max_docs: int | None = None
-    """Held-out documents used for the CE score (a fixed random subset; None = all). It costs three
+    ce_max_docs: int | None = Field(None, ge=0)
+    """Held-out documents used for the CE score (a fixed random subset; None = all; 0 = no CE score: the
+    ``sae_ce_*`` columns are left empty, as the ``default`` suite does to fit its budget). It costs three
     full forward passes per document — the dominant scoring cost on CPU — but when zero-ablating the
     hook barely moves the loss (SmolLM2 layer 15 up_proj: ~0.06 nats) the score is a ratio of small
     differences, and 16 documents instead of 40 moved it from 0.45 to 0.16."""

@@ -41,14 +41,16 @@ class SAEMetrics(MetricSet):
     sae_dense_frac: float | None = _m("share of latents active on > 10 % of held-out tokens", "lower", "fraction")
     sae_ce_score: float | None = _m(
         "(CE_zero-abl − CE_sae) / (CE_zero-abl − CE_clean), SAE spliced in at the hook; "
-        "empty when |CE_zero-abl − CE_clean| < 0.05 nats (a ratio of noise)",
+        "empty when |CE_zero-abl − CE_clean| < 0.05 nats (a ratio of noise) or not computed (ce_max_docs = 0)",
         "higher",
         "fraction",
     )
     sae_ce_delta: float | None = _m(
-        "CE_sae − CE_clean: the next-token loss the spliced SAE adds", "lower", "nats", True
+        "CE_sae − CE_clean: the next-token loss the spliced SAE adds; empty when ce_max_docs = 0", "lower", "nats", True
     )
-    sae_ce_gap: float | None = _m("CE_zero-abl − CE_clean: the loss zero-ablating the hook adds", "none", "nats")
+    sae_ce_gap: float | None = _m(
+        "CE_zero-abl − CE_clean: the loss zero-ablating the hook adds; empty when ce_max_docs = 0", "none", "nats"
+    )
     sae_frac_decorrelated: float | None = _m(
         "alive latents not correlated with another: not (max_{j≠i} |Pearson ρ_ij| ≥ 0.3 and a per-latent permutation "
         "test of independence rejects at 0.05)",
@@ -118,15 +120,15 @@ class ModelPerformance(_Group):
     ce_score: float | None = Field(
         description="(CE_zero − CE_sae) / (CE_zero − CE_clean)", json_schema_extra=DEFAULT_DISPLAY
     )
-    ce_delta: float = Field(description="CE_sae − CE_clean (nats): the loss the spliced SAE adds")
-    ce_gap: float = Field(
+    ce_delta: float | None = Field(description="CE_sae − CE_clean (nats): the loss the spliced SAE adds")
+    ce_gap: float | None = Field(
         description="CE_zero − CE_clean (nats): the loss zero-ablating the hook adds; the CE "
         "score is undefined below ce_min_gap"
     )
-    ce_clean: float = Field(description="next-token CE (nats) of the unmodified model")
-    ce_sae: float = Field(description="CE with the hooked module's output replaced by the SAE reconstruction")
-    ce_zero_ablation: float = Field(description="CE with the hooked module's output set to zero")
-    n_tokens: int = Field(description="predicted held-out tokens the CE is averaged over")
+    ce_clean: float | None = Field(description="next-token CE (nats) of the unmodified model")
+    ce_sae: float | None = Field(description="CE with the hooked module's output replaced by the SAE reconstruction")
+    ce_zero_ablation: float | None = Field(description="CE with the hooked module's output set to zero")
+    n_tokens: int = Field(description="predicted held-out tokens the CE is averaged over (0: no CE computed)")
 
 
 class Monosemanticity(_Group):

@@ -190,7 +190,11 @@ def score_sae(
     with _timed(seconds, "monosemanticity"):
         ms, n_ctx = _monosemanticity(store, tokenizer, z[:, alive], ev, seed, embed_fn, embed_cache_dir)
     with _timed(seconds, "ce"):
-        ce = ce_losses(model, store, sae, layer=layer, hook=hook, max_docs=ev.ce_max_docs, batch_size=ev.batch_size)
+        ce = (
+            ce_losses(model, store, sae, layer=layer, hook=hook, max_docs=ev.ce_max_docs, batch_size=ev.batch_size)
+            if ev.ce_max_docs != 0
+            else None
+        )
     with _timed(seconds, "probe"):
         probe = _probe(model, tokenizer, sae, store, ev, concepts, layer=layer, hook=hook, seed=seed)
     where = Path(out_dir or sae_dir)
@@ -285,7 +289,7 @@ def _groups(
     density,
     dec: dict,
     ms: tuple,
-    ce: tuple[float, float, float, int],
+    ce: tuple[float, float, float, int] | None,
     probe,
     n_lat: int,
     n_ctx: int,
@@ -306,15 +310,7 @@ def _groups(
             n_alive=n_alive,
             n_tokens=x.shape[0],
         ),
-        model_performance_preservation=ModelPerformance(
-            ce_score=M.sae_ce_score(*ce[:3], min_gap=ev.ce_min_gap),
-            ce_delta=ce[1] - ce[0],
-            ce_gap=ce[2] - ce[0],
-            ce_clean=ce[0],
-            ce_sae=ce[1],
-            ce_zero_ablation=ce[2],
-            n_tokens=ce[3],
-        ),
+        model_performance_preservation=_model_performance(ce, ev.ce_min_gap),
         monosemanticity=Monosemanticity(
             frac_decorrelated=dec["frac_decorrelated"],
             frac_decorrelated_null=dec["null"],
@@ -368,3 +364,21 @@ def _sae_lens_version() -> str:
     from importlib.metadata import version
 
     return version("sae-lens")
+
+
+def _model_performance(ce: tuple[float, float, float, int] | None, min_gap: float) -> ModelPerformance:
+    """CE score, Δ and gap (nats) from (clean, spliced, zero-ablated, tokens); all undefined (None, 0 tokens)
+    when no CE was computed (``ce_max_docs = 0``)."""
+    if ce is None:
+        return ModelPerformance(
+            ce_score=None, ce_delta=None, ce_gap=None, ce_clean=None, ce_sae=None, ce_zero_ablation=None, n_tokens=0
+        )
+    return ModelPerformance(
+        ce_score=M.sae_ce_score(*ce[:3], min_gap=min_gap),
+        ce_delta=ce[1] - ce[0],
+        ce_gap=ce[2] - ce[0],
+        ce_clean=ce[0],
+        ce_sae=ce[1],
+        ce_zero_ablation=ce[2],
+        n_tokens=ce[3],
+    )

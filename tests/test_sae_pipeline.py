@@ -403,3 +403,20 @@ def test_grouped_probe_split_keeps_groups_whole():
     assert all(acc < 0.5 for acc in probe_scores(feats, labels, test_frac=0.3, seed=0))
     with pytest.raises(ValueError, match="59 concept groups for 60"):
         probe_scores(feats, labels, test_frac=0.3, seed=0, groups=groups[:59])
+
+
+def test_ce_max_docs_zero_skips_the_ce_score_and_keeps_the_rest(built, tmp_path):
+    """``ce_max_docs = 0`` (the ``default`` suite): no CE forward, the three ``sae_ce_*`` columns undefined,
+    every other score the same as with CE."""
+    model, tok, store, sae_dir = built
+    kw = dict(layer=1, hook="mlp.up_proj", embed_fn=CountingEmbed(), embed_cache_dir=tmp_path / "emb")
+    with_ce = score_sae(sae_dir, store, model, tok, out_dir=tmp_path / "a", cfg=CFG.eval, **kw)
+    no_ce_cfg = CFG.eval.model_copy(update={"ce_max_docs": 0})
+    no_ce = score_sae(sae_dir, store, model, tok, out_dir=tmp_path / "b", cfg=no_ce_cfg, **kw)
+    ce_keys = {"sae_ce_score", "sae_ce_delta", "sae_ce_gap"}
+    assert all(math.isnan(no_ce[k]) for k in ce_keys) and math.isfinite(with_ce["sae_ce_delta"])
+    assert {k: v for k, v in no_ce.items() if k not in ce_keys} == {
+        k: v for k, v in with_ce.items() if k not in ce_keys
+    }
+    out = SAEEvalOutput.model_validate_json((tmp_path / "b" / "eval_results.json").read_text())
+    assert out.eval_result_metrics.model_performance_preservation.n_tokens == 0
