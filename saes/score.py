@@ -190,11 +190,7 @@ def score_sae(
     with _timed(seconds, "monosemanticity"):
         ms, n_ctx = _monosemanticity(store, tokenizer, z[:, alive], ev, seed, embed_fn, embed_cache_dir)
     with _timed(seconds, "ce"):
-        ce = (
-            ce_losses(model, store, sae, layer=layer, hook=hook, max_docs=ev.ce_max_docs, batch_size=ev.batch_size)
-            if ev.ce_max_docs != 0
-            else None
-        )
+        ce = _ce(model, store, sae, ev, layer=layer, hook=hook)
     with _timed(seconds, "probe"):
         probe = _probe(model, tokenizer, sae, store, ev, concepts, layer=layer, hook=hook, seed=seed)
     where = Path(out_dir or sae_dir)
@@ -364,6 +360,13 @@ def _sae_lens_version() -> str:
     from importlib.metadata import version
 
     return version("sae-lens")
+
+
+def _ce(model, store, sae, ev: SAEEvalConfig, *, layer: int, hook: str) -> tuple[float, float, float, int] | None:
+    """``saes.ce.ce_losses`` on ``ev.ce_max_docs`` held-out documents; None when that is 0 (no CE score)."""
+    if ev.ce_max_docs == 0:
+        return None
+    return ce_losses(model, store, sae, layer=layer, hook=hook, max_docs=ev.ce_max_docs, batch_size=ev.batch_size)
 
 
 def _model_performance(ce: tuple[float, float, float, int] | None, min_gap: float) -> ModelPerformance:
