@@ -26,8 +26,9 @@ from bench.plan import Plan, dry_run_lines, expand_jobs, plan_job, select_shard
 from bench.plan_checks import check_model_fits
 from bench.pool import ModelPool
 from bench.progress import Overview
+from bench.schedule import Schedule, longest_first, queue_from_env
 from bench.stages import STAGES, StageContext
-from bench.store import Store, record_name
+from bench.store import StageBusy, Store, record_name
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ class Runner:
     ):
         self.suite, self.store, self.force, self.progress = suite, store, force, progress
         self.pool = ModelPool(suite, store, device)
+        self._partial: dict[str, dict[str, bool]] = {}
+        """Job id → what ``run_job`` built of it before a busy stage stopped it."""
 
     def n_layers(self, seed: int) -> int:
         return self.pool.n_layers(seed)
@@ -61,14 +64,16 @@ class Runner:
                 need.add(name)  # a stage to build opens its files (downstream stages come first here)
         return need
 
-    def run_job(self, plan: Plan, on_stage=None) -> dict[str, bool]:
+    def run_job(self, plan: Plan, on_stage=None, *, wait: bool = True) -> dict[str, bool]:
         """Run the job's missing stages; returns stage → whether it was computed (False = reused).
-        ``on_stage(name)`` is called before each stage this process builds (the live overview)."""
-        computed: dict[str, bool] = {}
+        ``on_stage(name)`` is called before each stage this process builds (the live overview). With
+        ``wait=False`` a stage another process is building raises ``StageBusy`` (what this call built so far
+        is kept and counted when the job is run again)."""
+        computed = self._partial.pop(plan.job.id, {})
         need = self.needed(plan)
         for planned in plan.stages:
             stage, key = STAGES[planned.name], planned.key
-            computed[stage.name] = False
+            computed.setdefault(stage.name, False)
             if not dist.main_decides(stage.name in need):
                 self.store.reused.append(key)
                 continue
@@ -81,13 +86,18 @@ class Runner:
                 continue
             # a second run of this job waits for the first one's stage and reuses it (one rank only: ranks
             # of a launcher must agree, so they compute what rank 0 decided)
-            with self.store.claim(key) if dist.world_size() == 1 else contextlib.nullcontext():
-                if dist.world_size() == 1 and not self.force and self.complete(stage.name, key):
-                    self.store.reused.append(key)
-                    continue
-                if on_stage is not None:
-                    on_stage(stage.name)
-                computed[stage.name] = self._build(stage, planned, plan, ctx)
+            try:
+                claim = self.store.claim(key, wait=wait) if dist.world_size() == 1 else contextlib.nullcontext()
+                with claim:
+                    if dist.world_size() == 1 and not self.force and self.complete(stage.name, key):
+                        self.store.reused.append(key)
+                        continue
+                    if on_stage is not None:
+                        on_stage(stage.name)
+                    computed[stage.name] = self._build(stage, planned, plan, ctx)
+            except StageBusy:
+                self._partial[plan.job.id] = computed
+                raise
         return computed
 
     def _build(self, stage, planned, plan: Plan, ctx: StageContext) -> bool:
@@ -113,12 +123,12 @@ def _readers(name: str, plan: Plan) -> set[str]:
 
 
 def _run_or_record_failure(
-    runner: Runner, plan: Plan, failed: dict[str, str], echo, on_stage=None
+    runner: Runner, plan: Plan, failed: dict[str, str], echo, on_stage=None, wait: bool = True
 ) -> dict[str, bool] | None:
     """Run one job; a numerical fault (diverged training, collapsed activations) fails this job alone:
     recorded in ``failures/<job>.json`` and ``failed``, None returned, the other jobs still run."""
     try:
-        return runner.run_job(plan, on_stage)
+        return runner.run_job(plan, on_stage, wait=wait)
     except NumericalError as e:
         if dist.world_size() > 1:  # ranks must agree; a one-rank skip would deadlock the others
             raise
@@ -127,6 +137,26 @@ def _run_or_record_failure(
         failed[plan.job.id] = str(e)
         echo(f"{plan.job.id}: FAILED — {e}")
         return None
+
+
+def _run_scheduled(runner: Runner, schedule: Schedule, view: Overview, n_jobs: int, failed: dict[str, str], record):
+    """Run the schedule's jobs, setting aside one whose next stage another process builds (one-rank runs
+    only: ranks of a launcher must agree). ``record(plan, computed, seconds)`` follows each finished job."""
+    computed: dict[str, dict[str, bool]] = {}
+    started: dict[str, tuple[int, float]] = {}
+    for plan, wait in iter(schedule.next, None):
+        i, t0 = started.setdefault(plan.job.id, (len(started) + 1, time.time()))
+        on_stage = lambda name, plan=plan, i=i: view.stage(plan.job.id, name, i, n_jobs)  # noqa: E731
+        try:
+            done = _run_or_record_failure(runner, plan, failed, view.echo, on_stage, wait or dist.world_size() > 1)
+        except StageBusy as busy:
+            log.info("%s: another process is building %s; running another job meanwhile", plan.job.id, busy.key)
+            schedule.set_aside(plan, busy.key)
+            continue
+        if done is not None:
+            computed[plan.job.id] = done
+            record(plan, done, time.time() - t0)
+    return computed
 
 
 @dataclass
@@ -208,7 +238,8 @@ def run_suite(
     store = Store(out, machine=machine(device), verify=verify)
     runner = Runner(suite, store, device=device, force=force, progress=progress)
     dev = resolve_device(device).type
-    jobs = select_shard(expand_jobs(suite, seeds), shard)
+    queue = queue_from_env() if dist.world_size() == 1 else None  # a --workers launch: claim jobs from it
+    jobs = expand_jobs(suite, seeds) if queue else select_shard(expand_jobs(suite, seeds), shard)
     plans = [plan_job(suite, store, j, runner.n_layers(j.seed), dev) for j in jobs]
     if plans:
         check_model_fits(suite, {p.hook_layer for p in plans}, runner.pool.base(plans[0].job.seed)[0])
@@ -218,25 +249,23 @@ def run_suite(
         return RunSummary(out, plans, {}, 0.0)
     if main:
         store.clean_tmp()
-    computed: dict[str, dict[str, bool]] = {}
     failed: dict[str, str] = {}
     view = Overview(
         f"suite {suite.name}", stages_to_build(plans, runner.needed), store.runs, enabled=progress and main, echo=echo
     )
-    try:
-        for i, plan in enumerate(plans, 1):
-            t0 = time.time()
-            on_stage = lambda name, plan=plan, i=i: view.stage(plan.job.id, name, i, len(plans))  # noqa: E731
-            if (done := _run_or_record_failure(runner, plan, failed, view.echo, on_stage)) is None:
-                continue
-            computed[plan.job.id] = done
-            if not main:
-                continue
+
+    def record(plan: Plan, done: dict[str, bool], seconds: float) -> None:
+        if main:
             _record_job(store, suite, plan, runner, out, suite_file, device, seeds, shard)
-            view.job_done(plan.job.id, _summary_line(plan, computed[plan.job.id], time.time() - t0))
+            view.job_done(plan.job.id, _summary_line(plan, done, seconds))
+
+    schedule = Schedule(longest_first(plans) if queue else plans, queue, store.claimed_elsewhere)
+    try:
+        computed = _run_scheduled(runner, schedule, view, len(plans), failed, record)
     finally:
         view.close()
     if main:
         write_manifest(out, suite, suite_file, device=device, seeds=seeds or suite.seeds, shard=shard, runner=runner)
         write_leaderboard(out)
-    return RunSummary(out, plans, computed, time.time() - start, failed)
+    ran = [p for p in plans if p.job.id in computed or p.job.id in failed] if queue else plans
+    return RunSummary(out, ran, computed, time.time() - start, failed)

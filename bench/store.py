@@ -36,6 +36,14 @@ STALE_SECONDS = 24 * 3600
 """Another host's temp folder is removed only when untouched this long (its PID means nothing here)."""
 
 
+class StageBusy(Exception):
+    """Another process holds the build lock of this stage key (``Store.claim(key, wait=False)``)."""
+
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
 class Store:
     """Stages of one results folder."""
 
@@ -80,16 +88,19 @@ class Store:
         return True
 
     @contextlib.contextmanager
-    def claim(self, key: str) -> Iterator[None]:
+    def claim(self, key: str, *, wait: bool = True) -> Iterator[None]:
         """Hold ``locks/<key>.lock`` (an exclusive ``flock``) while building ``key``: a second run of the same
         job, in another process or PID namespace, waits here and then reuses the stage instead of computing
-        it again. There is no global lock: runs of different stages proceed side by side."""
+        it again. There is no global lock: runs of different stages proceed side by side. With ``wait=False``
+        a lock held elsewhere raises ``StageBusy`` instead (the scheduler then runs another job meanwhile)."""
         lock = self.out / "locks" / f"{key}.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
         with open(lock, "a") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                if not wait:
+                    raise StageBusy(key) from None
                 log.info("waiting for another run that is building %s", key)
                 fcntl.flock(f, fcntl.LOCK_EX)
             try:
@@ -97,7 +108,7 @@ class Store:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def _claimed_elsewhere(self, key: str) -> bool:
+    def claimed_elsewhere(self, key: str) -> bool:
         """Whether some process (any PID namespace on this host) holds ``key``'s build lock now."""
         lock = self.out / "locks" / f"{key}.lock"
         if not lock.is_file():
@@ -156,7 +167,7 @@ class Store:
         for p in self.tmp.glob("*") if self.tmp.exists() else []:
             parts = p.name.split(".")
             key, host = (parts[0], parts[1]) if len(parts) > 3 else ("", "")
-            mine = host == HOST and not self._claimed_elsewhere(key)
+            mine = host == HOST and not self.claimed_elsewhere(key)
             stale = now - p.stat().st_mtime > STALE_SECONDS
             if mine or stale:
                 shutil.rmtree(p, ignore_errors=True)

@@ -182,6 +182,7 @@ def test_workers_run_shards_side_by_side_equal_to_one_process(smoke_run, tmp_pat
         atol=1e-5,
     )
     assert json.loads((out / "manifest.json").read_text())["suite"] == "smoke"
+    assert not list((out / "locks").glob("queue-*"))  # the launch's job claims are removed at its end
 
 
 def test_claims_checklist_of_the_tiny_model_says_what_it_cannot_test(smoke_run, tmp_path):
