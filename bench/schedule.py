@@ -7,10 +7,12 @@ finishes last while the other worker idles, and a worker that reaches a stage an
 unclaimed job of one shared list (an ``O_EXCL`` file per job in the launch's queue folder) until none is
 left, and the list puts the jobs that train a model first within each (seed, task): longest first, so the
 short jobs fill the end. In every single-process mode, a job whose next stage is locked by another process
-is set aside (one at a time) and resumed once that lock is free or nothing else is left; its finished
-stages are reused. Only the order in which a process builds stages changes — stage keys, and so the
-results, are those of a one-process run. A worker killed mid-job leaves its claimed job unfinished for that
-launch (the launch exits non-zero); the next run resumes it from the store.
+is set aside (up to four at once) and the process takes a job that needs none of the busy stages (often one
+of the next task); a set-aside job resumes once its stage's lock is free, and is waited on when every job
+left needs a busy stage; its finished stages are reused. Only the order in which a process builds stages
+changes — stage keys, and so the results, are those of a one-process run. A worker killed mid-job leaves
+its claimed job unfinished for that launch (the launch exits non-zero); the next run resumes it from the
+store.
 """
 
 from __future__ import annotations
@@ -64,31 +66,42 @@ def longest_first(plans: list[Plan]) -> list[Plan]:
 
 class Schedule:
     """The jobs one process runs, in order: its own (static shard) or those it claims from a ``JobQueue``,
-    plus at most one set-aside job waiting for a stage that ``busy(key)`` says another process builds."""
+    plus up to ``MAX_ASIDE`` jobs set aside, each waiting for a stage that ``busy(key)`` says another process
+    is building."""
+
+    MAX_ASIDE = 4
 
     def __init__(self, plans: list[Plan], queue: JobQueue | None, busy: Callable[[str], bool]):
         self.todo = deque(plans)
         self.queue, self.busy = queue, busy
-        self.waiting: tuple[Plan, str] | None = None
+        self.aside: list[tuple[Plan, str]] = []
 
     def next(self) -> tuple[Plan, bool] | None:
         """The next job and whether it may wait for a busy stage (False: the runner raises ``StageBusy`` and
-        the job is set aside); None when every job is done. A set-aside job goes first once its stage's lock
-        is free; a new job may wait only while another is set aside, so a process never holds more than two."""
-        if self.waiting is not None and not self.busy(self.waiting[1]):
-            plan, self.waiting = self.waiting[0], None
+        the job is set aside); None when every job is done. First a set-aside job whose stage is free again;
+        else the first job not yet taken that needs none of the busy stages (claimed from the queue); else
+        — every job left needs a busy stage, or ``MAX_ASIDE`` are aside — the oldest set-aside job, waiting
+        for its stage. So a process never claims a job it could only wait on."""
+        for i, (plan, key) in enumerate(self.aside):
+            if not self.busy(key):
+                del self.aside[i]
+                return plan, False
+        if len(self.aside) < self.MAX_ASIDE and (plan := self._claim_free({k for _, k in self.aside})) is not None:
             return plan, False
-        while self.todo:
-            plan = self.todo.popleft()
+        if self.aside:
+            return self.aside.pop(0)[0], True
+        return None
+
+    def _claim_free(self, busy: set[str]) -> Plan | None:
+        """Take (claim, with a queue) the first job left whose stages include none of ``busy``."""
+        for plan in list(self.todo):
+            if busy & {s.key for s in plan.stages}:
+                continue
+            self.todo.remove(plan)
             if self.queue is None or self.queue.claim(plan.job.id):
-                return plan, self.waiting is not None
-        if self.waiting is not None:
-            plan, self.waiting = self.waiting[0], None
-            return plan, True
+                return plan
         return None
 
     def set_aside(self, plan: Plan, key: str) -> None:
         """``plan`` stopped at stage ``key``, which another process is building."""
-        if self.waiting is not None:
-            raise RuntimeError(f"{plan.job.id} set aside while {self.waiting[0].job.id} still waits")
-        self.waiting = (plan, key)
+        self.aside.append((plan, key))

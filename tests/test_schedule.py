@@ -16,7 +16,8 @@ from bench.schedule import JobQueue, Schedule, longest_first
 
 
 def _plan(task: str, method: str, seed: int = 0, train: bool = True):
-    stages = [SimpleNamespace(name=n) for n in (["data", "train", "eval"] if train else ["data", "eval"])]
+    names = ["data", "train", "eval"] if train else ["data", "eval"]
+    stages = [SimpleNamespace(name=n, key=f"{n}-{task}" if n == "data" else f"{n}-{task}-{method}") for n in names]
     job = SimpleNamespace(id=f"{task}__{method}__s{seed}", task=task, method=method, seed=seed)
     return SimpleNamespace(job=job, stages=stages)
 
@@ -34,19 +35,34 @@ def test_two_workers_sharing_a_queue_get_every_job_exactly_once(tmp_path):
     assert a.next() is None and b.next() is None
 
 
-def test_a_set_aside_job_resumes_when_its_stage_is_free_or_nothing_else_is_left():
-    busy = {"k": True}
-    s = Schedule([_plan("t", "a"), _plan("t", "b"), _plan("t", "c")], None, lambda key: busy[key])
-    plan, wait = s.next()
-    assert (plan.job.id, wait) == ("t__a__s0", False)
-    s.set_aside(plan, "k")
-    assert [(p.job.id, w) for p, w in [s.next()]] == [("t__b__s0", True)]  # may wait: one job is already aside
-    busy["k"] = False
-    assert [(p.job.id, w) for p, w in [s.next()]] == [("t__a__s0", False)]  # its stage is free again
-    plan, _ = s.next()
-    s.set_aside(plan, "k")  # c stops at a busy stage and nothing else is left: it waits for it
-    busy["k"] = True
-    assert [(p.job.id, w) for p, w in [s.next()]] == [("t__c__s0", True)]
+def test_a_set_aside_job_resumes_when_its_stage_is_free_and_meanwhile_jobs_not_needing_it_run():
+    busy = {"data-x": True, "eval-y-a": True}
+    plans = [_plan("x", "a"), _plan("x", "b"), _plan("y", "a"), _plan("y", "b")]
+    s = Schedule(plans, None, lambda key: busy.get(key, False))
+    ran = []
+
+    def step(stops_at: str | None = None) -> None:
+        plan, wait = s.next()
+        ran.append((plan.job.id, wait))
+        if stops_at is not None:
+            s.set_aside(plan, stops_at)
+
+    step("data-x")  # x/a stops at x's data, which another process builds
+    step("eval-y-a")  # not x/b (it needs x's data too) but y/a, which stops at its eval
+    step()  # y/b needs neither busy stage
+    busy["eval-y-a"] = False
+    step()  # y/a again: its stage is free now
+    step()  # only x/a and x/b are left, both need the busy data: wait for it with x/a rather than claim x/b
+    busy["data-x"] = False
+    step()
+    assert ran == [
+        ("x__a__s0", False),
+        ("y__a__s0", False),
+        ("y__b__s0", False),
+        ("y__a__s0", False),
+        ("x__a__s0", True),
+        ("x__b__s0", False),
+    ]
     assert s.next() is None
 
 
