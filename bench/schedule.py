@@ -86,8 +86,8 @@ class Schedule:
             if not self.busy(key):
                 del self.aside[i]
                 return plan, False
-        if len(self.aside) < self.MAX_ASIDE and (plan := self._claim_free({k for _, k in self.aside})) is not None:
-            return plan, False
+        if len(self.aside) < self.MAX_ASIDE and (new := self._claim_free({k for _, k in self.aside})) is not None:
+            return new, False
         if self.aside:
             return self.aside.pop(0)[0], True
         return None
