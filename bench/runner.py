@@ -148,7 +148,7 @@ def _run_scheduled(runner: Runner, schedule: Schedule, view: Overview, n_jobs: i
         i, t0 = started.setdefault(plan.job.id, (len(started) + 1, time.time()))
         on_stage = lambda name, plan=plan, i=i: view.stage(plan.job.id, name, i, n_jobs)  # noqa: E731
         try:
-            done = _run_or_record_failure(runner, plan, failed, view.echo, on_stage, wait or dist.world_size() > 1)
+            done = _run_or_record_failure(runner, plan, failed, view.echo, on_stage, wait)
         except StageBusy as busy:
             log.info("%s: another process is building %s; running another job meanwhile", plan.job.id, busy.key)
             schedule.set_aside(plan, busy.key)
