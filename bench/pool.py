@@ -2,16 +2,27 @@
 held-out pair log-probs per data stage (the reference of every method of a task).
 
 Caches are keyed by content (seed, stage keys), never by the order jobs run in, so a job computes the same
-numbers whether or not another job ran before it.
+numbers whether or not another job ran before it. The held-out reference log-probs are also kept on disk
+(``<out>/memo/eval_ref_logps/``), so another worker or a resumed run reads them instead of recomputing them:
+the same float64 values the computation gives (JSON round-trips a float exactly).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
+import hashlib
+import json
+import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import torch
+
 from bench.align import load_policy
+from bench.core.io import write_json
 from bench.core.lm import n_layers
 from bench.core.preference import pair_logprobs
 from bench.identity import resolve_revision
@@ -67,13 +78,65 @@ class ModelPool:
     def forget_policy(self) -> None:
         self._policy = None
 
-    def remember_reference(self, data_key: str, logps) -> None:
-        """The base model's held-out pair log-probs of a data stage (its eval stage computed them)."""
+    def remember_reference(self, data_key: str, seed: int, kw: dict, logps) -> None:
+        """The base model's held-out pair log-probs of a data stage (its eval stage computed them with ``kw``)."""
         self._reference[data_key] = logps
+        path = self._reference_file(data_key, self.base(seed)[0], seed, kw)
+        with _locked(path):
+            self._save_reference(path, logps)
 
     def reference_logps(self, data_key: str, seed: int, pairs, kw: dict):
-        """The base model's pair log-probs of ``pairs`` (the data stage ``data_key``), computed once."""
-        if data_key not in self._reference:
-            model, tok = self.base(seed)
-            self._reference[data_key] = pair_logprobs(model, tok, pairs, **kw)
-        return self._reference[data_key]
+        """The base model's pair log-probs of ``pairs`` (the data stage ``data_key``), computed once per
+        results folder: read from this process's memory, else from the disk memo, else computed (under a
+        lock, so two workers compute them once) and written there."""
+        if data_key in self._reference:
+            return self._reference[data_key]
+        model, tok = self.base(seed)
+        path = self._reference_file(data_key, model, seed, kw)
+        with _locked(path):
+            logps = self._load_reference(path)
+            if logps is None:
+                logps = pair_logprobs(model, tok, pairs, **kw)
+                self._save_reference(path, logps)
+        self._reference[data_key] = logps
+        return logps
+
+    def _reference_file(self, data_key: str, model, seed: int, kw: dict) -> Path:
+        """``<out>/memo/eval_ref_logps/<blake2b of the scope>.json``; the scope is the data stage key (which
+        holds the base model's identity), the batching, the device type and dtype, and the seed of a tiny
+        model (whose weights depend on it)."""
+        param = next(model.parameters())
+        scope = {
+            "data": data_key,
+            "kw": kw,
+            "device": param.device.type,
+            "dtype": str(param.dtype),
+            "seed": seed if self.suite.model.id.startswith("tiny:") else None,
+        }
+        digest = hashlib.blake2b(json.dumps(scope, sort_keys=True).encode(), digest_size=16).hexdigest()
+        return Path(self.store.out) / "memo" / "eval_ref_logps" / f"{digest}.json"
+
+    @staticmethod
+    def _load_reference(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if not path.is_file():
+            return None
+        chosen, rejected = json.loads(path.read_text(encoding="utf-8"))
+        return torch.tensor(chosen, dtype=torch.float64), torch.tensor(rejected, dtype=torch.float64)
+
+    @staticmethod
+    def _save_reference(path: Path, logps) -> None:
+        rows = [t.tolist() for t in logps]
+        if all(math.isfinite(v) for row in rows for v in row):  # a non-finite value is left to the metrics' checks
+            write_json(path, rows)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold ``<path>.lock`` exclusively (blocking) inside the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

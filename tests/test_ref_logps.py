@@ -95,3 +95,34 @@ def test_the_memo_lock_is_exclusive_while_held(tmp_path):
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
     with open(lock, "w") as other:
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again
+
+
+def test_held_out_reference_logps_are_computed_once_per_results_folder(tiny_lm, tmp_path, monkeypatch):
+    """The eval stages' reference (the base model's held-out pair log-probs) is read back by another pool —
+    another worker or a resumed run — bit for bit, and recomputed only when its batching changes."""
+    import bench.pool
+    from bench.config import SuiteConfig
+    from bench.core.preference import pair_logprobs
+
+    model, tok = tiny_lm
+    suite = SuiteConfig.model_validate(
+        {"name": "x", "model": {"id": "embedded:m"}, "tasks": {"toxicity": {}}, "methods": {"base": {}}}
+    )
+    calls = []
+    monkeypatch.setattr(bench.pool, "load_model", lambda spec, **kw: (model, tok))
+    monkeypatch.setattr(bench.pool, "pair_logprobs", lambda *a, **kw: calls.append(kw) or pair_logprobs(*a, **kw))
+    store = type("Store", (), {"out": tmp_path})()
+    kw = dict(batch_size=2, use_chat_template=False)
+    direct = pair_logprobs(model, tok, HELD_OUT, **kw)
+
+    first = bench.pool.ModelPool(suite, store).reference_logps("data-a", 0, HELD_OUT, kw)
+    again = bench.pool.ModelPool(suite, store).reference_logps("data-a", 0, HELD_OUT, kw)
+    assert len(calls) == 1 and len(list((tmp_path / "memo" / "eval_ref_logps").glob("*.json"))) == 1
+    for a, b, c in zip(first, again, direct):
+        assert a.dtype == b.dtype == torch.float64 and torch.equal(a, c) and torch.equal(b, c)
+
+    bench.pool.ModelPool(suite, store).reference_logps("data-a", 0, HELD_OUT, {**kw, "batch_size": 3})
+    assert len(calls) == 2  # other batching (other padding): another scope
+    bench.pool.ModelPool(suite, store).remember_reference("data-b", 0, kw, direct)  # the base model's eval
+    served = bench.pool.ModelPool(suite, store).reference_logps("data-b", 0, HELD_OUT, kw)
+    assert len(calls) == 2 and all(torch.equal(a, b) for a, b in zip(served, direct))

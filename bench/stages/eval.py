@@ -43,7 +43,7 @@ class EvalStage(Stage):
             task = TASKS[ctx.job.task]().score(ctx.suite.tasks[ctx.job.task], pol, tok, data, pair_logps=pol_logps)
         recs = task.records()
         if ctx.facts.method.policy == "base":
-            ctx.pool.remember_reference(ctx.keys["data"], pol_logps)
+            ctx.pool.remember_reference(ctx.keys["data"], ctx.job.seed, kw, pol_logps)
         else:
             ref = ctx.pool.reference_logps(ctx.keys["data"], ctx.job.seed, data.eval_pairs, kw)
             recs += PreferenceMetrics(
