@@ -9,20 +9,17 @@ the same float64 values the computation gives (JSON round-trips a float exactly)
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import fcntl
 import hashlib
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 
 from bench.align import load_policy
-from bench.core.io import write_json
+from bench.core.io import file_lock, write_json
 from bench.core.lm import n_layers
 from bench.core.preference import pair_logprobs
 from bench.identity import resolve_revision
@@ -82,7 +79,7 @@ class ModelPool:
         """The base model's held-out pair log-probs of a data stage (its eval stage computed them with ``kw``)."""
         self._reference[data_key] = logps
         path = self._reference_file(data_key, self.base(seed)[0], seed, kw)
-        with _locked(path):
+        with file_lock(path):
             self._save_reference(path, logps)
 
     def reference_logps(self, data_key: str, seed: int, pairs, kw: dict):
@@ -93,7 +90,7 @@ class ModelPool:
             return self._reference[data_key]
         model, tok = self.base(seed)
         path = self._reference_file(data_key, model, seed, kw)
-        with _locked(path):
+        with file_lock(path):
             logps = self._load_reference(path)
             if logps is None:
                 logps = pair_logprobs(model, tok, pairs, **kw)
@@ -128,15 +125,3 @@ class ModelPool:
         rows = [t.tolist() for t in logps]
         if all(math.isfinite(v) for row in rows for v in row):  # a non-finite value is left to the metrics' checks
             write_json(path, rows)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold ``<path>.lock`` exclusively (blocking) inside the block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

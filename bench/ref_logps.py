@@ -21,15 +21,14 @@ Precision. Shared log-probs equal the per-step ones up to float rounding (anothe
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.core.io import write_json
+from bench.core.io import file_lock, write_json
 
 
 def row_key(prompt_ids: Sequence[int], chosen_ids: Sequence[int], rejected_ids: Sequence[int]) -> str:
@@ -66,16 +65,9 @@ class RefLogpsMemo:
         digest = hashlib.blake2b(self._scope.encode(), digest_size=8).hexdigest()
         return self.folder / f"{digest}.json"
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self) -> AbstractContextManager[None]:
         """Hold ``<scope file>.lock`` exclusively (blocking) inside the block."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        return file_lock(self.path)
 
     def load(self) -> dict[str, list[float]]:
         if not self.path.is_file():
