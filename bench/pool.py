@@ -75,21 +75,21 @@ class ModelPool:
     def forget_policy(self) -> None:
         self._policy = None
 
-    def remember_reference(self, data_key: str, seed: int, kw: dict, logps) -> None:
+    def remember_reference(self, data_key: str, seed: int, kw: dict, logps, *, version: str) -> None:
         """The base model's held-out pair log-probs of a data stage (its eval stage computed them with ``kw``)."""
         self._reference[data_key] = logps
-        path = self._reference_file(data_key, self.base(seed)[0], seed, kw)
+        path = self._reference_file(data_key, self.base(seed)[0], seed, kw, version)
         with file_lock(path):
             self._save_reference(path, logps)
 
-    def reference_logps(self, data_key: str, seed: int, pairs, kw: dict):
+    def reference_logps(self, data_key: str, seed: int, pairs, kw: dict, *, version: str):
         """The base model's pair log-probs of ``pairs`` (the data stage ``data_key``), computed once per
         results folder: read from this process's memory, else from the disk memo, else computed (under a
         lock, so two workers compute them once) and written there."""
         if data_key in self._reference:
             return self._reference[data_key]
         model, tok = self.base(seed)
-        path = self._reference_file(data_key, model, seed, kw)
+        path = self._reference_file(data_key, model, seed, kw, version)
         with file_lock(path):
             logps = self._load_reference(path)
             if logps is None:
@@ -98,14 +98,15 @@ class ModelPool:
         self._reference[data_key] = logps
         return logps
 
-    def _reference_file(self, data_key: str, model, seed: int, kw: dict) -> Path:
+    def _reference_file(self, data_key: str, model, seed: int, kw: dict, version: str) -> Path:
         """``<out>/memo/eval_ref_logps/<blake2b of the scope>.json``; the scope is the data stage key (which
-        holds the base model's identity), the batching, the device type and dtype, and the seed of a tiny
-        model (whose weights depend on it)."""
+        holds the base model's identity), the batching, the device type and dtype, the seed of a tiny model
+        (whose weights depend on it) and the eval stage's version (bumped when its computation changes)."""
         param = next(model.parameters())
         scope = {
             "data": data_key,
             "kw": kw,
+            "eval_version": version,
             "device": param.device.type,
             "dtype": str(param.dtype),
             "seed": seed if self.suite.model.id.startswith("tiny:") else None,

@@ -115,14 +115,16 @@ def test_held_out_reference_logps_are_computed_once_per_results_folder(tiny_lm, 
     kw = dict(batch_size=2, use_chat_template=False)
     direct = pair_logprobs(model, tok, HELD_OUT, **kw)
 
-    first = bench.pool.ModelPool(suite, store).reference_logps("data-a", 0, HELD_OUT, kw)
-    again = bench.pool.ModelPool(suite, store).reference_logps("data-a", 0, HELD_OUT, kw)
+    first = bench.pool.ModelPool(suite, store).reference_logps("data-a", 0, HELD_OUT, kw, version="2")
+    again = bench.pool.ModelPool(suite, store).reference_logps("data-a", 0, HELD_OUT, kw, version="2")
     assert len(calls) == 1 and len(list((tmp_path / "memo" / "eval_ref_logps").glob("*.json"))) == 1
     for a, b, c in zip(first, again, direct):
         assert a.dtype == b.dtype == torch.float64 and torch.equal(a, c) and torch.equal(b, c)
 
-    bench.pool.ModelPool(suite, store).reference_logps("data-a", 0, HELD_OUT, {**kw, "batch_size": 3})
+    bench.pool.ModelPool(suite, store).reference_logps("data-a", 0, HELD_OUT, {**kw, "batch_size": 3}, version="2")
     assert len(calls) == 2  # other batching (other padding): another scope
-    bench.pool.ModelPool(suite, store).remember_reference("data-b", 0, kw, direct)  # the base model's eval
-    served = bench.pool.ModelPool(suite, store).reference_logps("data-b", 0, HELD_OUT, kw)
-    assert len(calls) == 2 and all(torch.equal(a, b) for a, b in zip(served, direct))
+    bench.pool.ModelPool(suite, store).reference_logps("data-a", 0, HELD_OUT, kw, version="3")
+    assert len(calls) == 3  # a new eval stage version: computed again
+    bench.pool.ModelPool(suite, store).remember_reference("data-b", 0, kw, direct, version="2")  # the base model's eval
+    served = bench.pool.ModelPool(suite, store).reference_logps("data-b", 0, HELD_OUT, kw, version="2")
+    assert len(calls) == 3 and all(torch.equal(a, b) for a, b in zip(served, direct))
