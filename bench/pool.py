@@ -10,7 +10,6 @@ the same float64 values the computation gives (JSON round-trips a float exactly)
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any, cast
 import torch
 
 from bench.align import load_policy
-from bench.core.io import file_lock, write_json
+from bench.core.io import file_lock, stable_hash, write_json
 from bench.core.lm import n_layers
 from bench.core.preference import pair_logprobs
 from bench.identity import resolve_revision
@@ -31,7 +30,7 @@ class ModelPool:
         self.suite, self.store, self.device = suite, store, device
         self._base: dict[int, tuple[Any, Any]] = {}
         self._policy: tuple[str, Any] | None = None
-        self._reference: dict[str, Any] = {}
+        self._reference: dict[Path, Any] = {}
 
     def base(self, seed: int):
         """(model, tokenizer) of the suite's base model, loaded once (per seed for tiny models, whose weights
@@ -77,8 +76,8 @@ class ModelPool:
 
     def remember_reference(self, data_key: str, seed: int, kw: dict, logps, *, version: str) -> None:
         """The base model's held-out pair log-probs of a data stage (its eval stage computed them with ``kw``)."""
-        self._reference[data_key] = logps
         path = self._reference_file(data_key, self.base(seed)[0], seed, kw, version)
+        self._reference[path] = logps
         with file_lock(path):
             self._save_reference(path, logps)
 
@@ -86,22 +85,23 @@ class ModelPool:
         """The base model's pair log-probs of ``pairs`` (the data stage ``data_key``), computed once per
         results folder: read from this process's memory, else from the disk memo, else computed (under a
         lock, so two workers compute them once) and written there."""
-        if data_key in self._reference:
-            return self._reference[data_key]
         model, tok = self.base(seed)
         path = self._reference_file(data_key, model, seed, kw, version)
+        if path in self._reference:
+            return self._reference[path]
         with file_lock(path):
             logps = self._load_reference(path)
             if logps is None:
                 logps = pair_logprobs(model, tok, pairs, **kw)
                 self._save_reference(path, logps)
-        self._reference[data_key] = logps
+        self._reference[path] = logps
         return logps
 
     def _reference_file(self, data_key: str, model, seed: int, kw: dict, version: str) -> Path:
-        """``<out>/memo/eval_ref_logps/<blake2b of the scope>.json``; the scope is the data stage key (which
-        holds the base model's identity), the batching, the device type and dtype, the seed of a tiny model
-        (whose weights depend on it) and the eval stage's version (bumped when its computation changes)."""
+        """``<out>/memo/eval_ref_logps/<stable_hash of the scope>.json``, also this process's memory key. The
+        scope is the data stage key (which holds the base model's identity), the batching, the device type and
+        dtype, the seed of a tiny model (whose weights depend on it) and the eval stage's version (bumped when
+        its computation changes)."""
         param = next(model.parameters())
         scope = {
             "data": data_key,
@@ -111,8 +111,7 @@ class ModelPool:
             "dtype": str(param.dtype),
             "seed": seed if self.suite.model.id.startswith("tiny:") else None,
         }
-        digest = hashlib.blake2b(json.dumps(scope, sort_keys=True).encode(), digest_size=16).hexdigest()
-        return Path(self.store.out) / "memo" / "eval_ref_logps" / f"{digest}.json"
+        return Path(self.store.out) / "memo" / "eval_ref_logps" / f"{stable_hash(scope, 32)}.json"
 
     @staticmethod
     def _load_reference(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
