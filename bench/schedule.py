@@ -8,11 +8,12 @@ unclaimed job of one shared list (an ``O_EXCL`` file per job in the launch's que
 left, and the list puts the jobs that train a model first within each (seed, task): longest first, so the
 short jobs fill the end. In every single-process mode, a job whose next stage is locked by another process
 is set aside (up to four at once) and the process takes a job that needs none of the busy stages (often one
-of the next task); a set-aside job resumes once its stage's lock is free, and is waited on when every job
-left needs a busy stage; its finished stages are reused. Only the order in which a process builds stages
-changes — stage keys, and so the results, are those of a one-process run. A worker killed mid-job leaves
-its claimed job unfinished for that launch (the launch exits non-zero); the next run resumes it from the
-store.
+of the next task), else one with stages to build before a busy one (its training and eval while the shared
+base SAE, read late by every job, trains); a set-aside job resumes once its stage's lock is free, and is
+waited on when every job left starts with a busy stage or four are aside; its finished stages are reused.
+Only the order in which a process builds stages changes — stage keys, and so the results, are those of a
+one-process run. A worker killed mid-job leaves its claimed job unfinished for that launch (the launch exits
+non-zero); the next run resumes it from the store.
 """
 
 from __future__ import annotations
@@ -80,8 +81,8 @@ class Schedule:
         """The next job and whether it may wait for a busy stage (False: the runner raises ``StageBusy`` and
         the job is set aside); None when every job is done. First a set-aside job whose stage is free again;
         else the first job not yet taken that needs none of the busy stages (claimed from the queue); else
-        — every job left needs a busy stage, or ``MAX_ASIDE`` are aside — the oldest set-aside job, waiting
-        for its stage. So a process never claims a job it could only wait on."""
+        — every job left starts with a busy stage, or ``MAX_ASIDE`` are aside — the oldest set-aside job,
+        waiting for its stage. So a process never claims a job it could only wait on."""
         for i, (plan, key) in enumerate(self.aside):
             if not self.busy(key):
                 del self.aside[i]
@@ -93,13 +94,16 @@ class Schedule:
         return None
 
     def _claim_free(self, busy: set[str]) -> Plan | None:
-        """Take (claim, with a queue) the first job left whose stages include none of ``busy``."""
-        for plan in list(self.todo):
-            if busy & {s.key for s in plan.stages}:
-                continue
-            self.todo.remove(plan)
-            if self.queue is None or self.queue.claim(plan.job.id):
-                return plan
+        """Take (claim, with a queue) the first job left whose stages include none of ``busy``; failing that,
+        the first whose first stage is not busy: it has stages to build before it reaches a busy one (e.g.
+        training and eval before the shared base SAE that every job reads late)."""
+        for usable in (lambda p: not busy & {s.key for s in p.stages}, lambda p: p.stages[0].key not in busy):
+            for plan in list(self.todo):
+                if not usable(plan):
+                    continue
+                self.todo.remove(plan)
+                if self.queue is None or self.queue.claim(plan.job.id):
+                    return plan
         return None
 
     def set_aside(self, plan: Plan, key: str) -> None:

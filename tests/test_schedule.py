@@ -66,6 +66,24 @@ def test_a_set_aside_job_resumes_when_its_stage_is_free_and_meanwhile_jobs_not_n
     assert s.next() is None
 
 
+def test_while_a_stage_every_job_reads_late_is_busy_jobs_build_their_earlier_stages():
+    """A shared stage late in every plan (the base SAE): jobs are still claimed and run up to it, four at
+    most set aside; then the oldest waits for it."""
+    plans = []
+    for m in "abcdef":
+        p = _plan("x", m)
+        p.stages.append(SimpleNamespace(name="base_sae", key="base_sae"))
+        plans.append(p)
+    s = Schedule(plans, None, lambda key: key == "base_sae")
+    ran = []
+    for _ in range(5):
+        plan, wait = s.next()
+        ran.append((plan.job.method, wait))
+        if not wait:
+            s.set_aside(plan, "base_sae")
+    assert ran == [("a", False), ("b", False), ("c", False), ("d", False), ("a", True)]
+
+
 def test_longest_first_puts_training_jobs_first_within_each_seed_and_task():
     plans = [
         _plan(t, m, seed, train=m != "base" and m != "rand")
