@@ -74,9 +74,10 @@ class ModelPool:
     def forget_policy(self) -> None:
         self._policy = None
 
-    def remember_reference(self, data_key: str, seed: int, kw: dict, logps, *, version: str) -> None:
-        """The base model's held-out pair log-probs of a data stage (its eval stage computed them with ``kw``)."""
-        path = self._reference_file(data_key, self.base(seed)[0], seed, kw, version)
+    def remember_reference(self, data_key: str, seed: int, pairs, kw: dict, logps, *, version: str) -> None:
+        """The base model's log-probs of the held-out ``pairs`` of a data stage (its eval stage computed them
+        with ``kw``)."""
+        path = self._reference_file(data_key, self.base(seed)[0], seed, pairs, kw, version)
         self._reference[path] = logps
         with file_lock(path):
             self._save_reference(path, logps)
@@ -86,7 +87,7 @@ class ModelPool:
         results folder: read from this process's memory, else from the disk memo, else computed (under a
         lock, so two workers compute them once) and written there."""
         model, tok = self.base(seed)
-        path = self._reference_file(data_key, model, seed, kw, version)
+        path = self._reference_file(data_key, model, seed, pairs, kw, version)
         if path in self._reference:
             return self._reference[path]
         with file_lock(path):
@@ -97,14 +98,16 @@ class ModelPool:
         self._reference[path] = logps
         return logps
 
-    def _reference_file(self, data_key: str, model, seed: int, kw: dict, version: str) -> Path:
+    def _reference_file(self, data_key: str, model, seed: int, pairs, kw: dict, version: str) -> Path:
         """``<out>/memo/eval_ref_logps/<stable_hash of the scope>.json``, also this process's memory key. The
-        scope is the data stage key (which holds the base model's identity), the batching, the device type and
-        dtype, the seed of a tiny model (whose weights depend on it) and the eval stage's version (bumped when
-        its computation changes)."""
+        scope is the data stage key (which holds the base model's identity), the pairs' texts (a data stage
+        rebuilt under the same key on another machine can sample other pairs), the batching, the device type
+        and dtype, the seed of a tiny model (whose weights depend on it) and the eval stage's version (bumped
+        when its computation changes)."""
         param = next(model.parameters())
         scope = {
             "data": data_key,
+            "pairs": stable_hash([[p.prompt, p.chosen, p.rejected] for p in pairs], 32),
             "kw": kw,
             "eval_version": version,
             "device": param.device.type,

@@ -125,6 +125,12 @@ def test_held_out_reference_logps_are_computed_once_per_results_folder(tiny_lm, 
     assert len(calls) == 2  # other batching (other padding): another scope
     bench.pool.ModelPool(suite, store).reference_logps("data-a", 0, HELD_OUT, kw, version="3")
     assert len(calls) == 3  # a new eval stage version: computed again
-    bench.pool.ModelPool(suite, store).remember_reference("data-b", 0, kw, direct, version="2")  # the base model's eval
+    resampled = HELD_OUT[:-1] + [Pair(prompt=HELD_OUT[-1].prompt, chosen="no no", rejected="yes yes")]
+    other = bench.pool.ModelPool(suite, store).reference_logps("data-a", 0, resampled, kw, version="2")
+    assert len(calls) == 4  # the same data key with other pairs (rebuilt elsewhere): computed, never served
+    assert torch.equal(other[0][-1], direct[1][-1]) and torch.equal(other[1][-1], direct[0][-1])
+    bench.pool.ModelPool(suite, store).remember_reference(
+        "data-b", 0, HELD_OUT, kw, direct, version="2"
+    )  # the base model's eval
     served = bench.pool.ModelPool(suite, store).reference_logps("data-b", 0, HELD_OUT, kw, version="2")
-    assert len(calls) == 3 and all(torch.equal(a, b) for a, b in zip(served, direct))
+    assert len(calls) == 4 and all(torch.equal(a, b) for a, b in zip(served, direct))

@@ -43,7 +43,9 @@ class EvalStage(Stage):
             task = TASKS[ctx.job.task]().score(ctx.suite.tasks[ctx.job.task], pol, tok, data, pair_logps=pol_logps)
         recs = task.records()
         if ctx.facts.method.policy == "base":
-            ctx.pool.remember_reference(ctx.keys["data"], ctx.job.seed, kw, pol_logps, version=self.version)
+            ctx.pool.remember_reference(
+                ctx.keys["data"], ctx.job.seed, data.eval_pairs, kw, pol_logps, version=self.version
+            )
         else:
             ref = ctx.pool.reference_logps(ctx.keys["data"], ctx.job.seed, data.eval_pairs, kw, version=self.version)
             recs += PreferenceMetrics(
