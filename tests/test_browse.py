@@ -47,6 +47,7 @@ def test_every_sae_is_indexed_and_a_latent_page_holds_ranked_contexts(site, smok
     base = next(s for s in index["saes"] if s["kind"] == "base")
     assert 1 <= len(base["exported"]) <= 12
     page = _data(site, f"{base['id']}/latent-{base['exported'][0]}")
+    assert page["top"], "the latent page holds no contexts"
     values = [c["value"] for c in page["top"]]
     assert values == sorted(values, reverse=True) and len({c["doc"] for c in page["top"]}) == len(values)
     for c in page["top"]:

@@ -137,6 +137,35 @@ def test_regulariser_adds_lambda_times_term(tiny_lm, tmp_path, method, normalize
     assert logged == [pytest.approx(term.item(), rel=1e-4)]
 
 
+@pytest.mark.parametrize("position", ["last_real", "batch_last"])
+def test_paper_regulariser_adds_lambda_times_term_at_its_position(tiny_lm, tmp_path, position):
+    """``decpo_paper`` adds λ · (|Z'||Z'|ᵀ − I).mean() to the DPO loss, with Z read by hand at each row's last
+    attended token (``last_real``) or at the padded batch's last column (``batch_last``, a pad token for the
+    shorter rows); the two positions give different terms on this batch of unequal lengths."""
+    from bench.methods.decpo_paper import paper_decorrelation_term
+
+    model, tok = tiny_lm
+    lam = 0.5
+    _, _, loss_dpo, _ = _loss_and_grads("dpo", copy.deepcopy(model), tok, tmp_path)
+    trainer, batch, loss_reg, _ = _loss_and_grads(
+        "decpo_paper", copy.deepcopy(model), tok, tmp_path, lam=lam, position=position
+    )
+    seen = {}
+    handle = hook_module(trainer.model, 1).register_forward_hook(lambda m, i, o: seen.__setitem__("out", o))
+    with torch.no_grad():
+        trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    handle.remove()
+    last_real = batch["attention_mask"].sum(1) - 1
+    assert len(set(last_real.tolist())) > 1  # rows of unequal length: the positions differ
+    at = {"last_real": last_real, "batch_last": torch.full_like(last_real, batch["input_ids"].shape[1] - 1)}
+    terms = {k: paper_decorrelation_term(seen["out"][torch.arange(len(i)), i]) for k, i in at.items()}
+    added = (loss_reg - loss_dpo) / lam
+    other = "batch_last" if position == "last_real" else "last_real"
+    torch.testing.assert_close(added, terms[position], rtol=0, atol=1e-5)
+    assert abs(float(added - terms[other])) > 2e-4  # not the other position's term (they differ by ~1e-3 here)
+    assert trainer._metrics["train"]["reg/decor_paper"] == [pytest.approx(terms[position].item(), rel=1e-4)]
+
+
 def test_paper_term_is_the_size_of_the_mean_absolute_activation():
     """(|Z'||Z'|ᵀ − I).mean() = ‖mean|z'|‖² − 1/N on rows [0::2]; by hand: Z' = [[1, 0], [0, −2]] →
     |Z'||Z'|ᵀ − I = [[0, 0], [0, 3]], mean 0.75 = ‖(0.5, 1)‖² − 1/2."""

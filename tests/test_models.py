@@ -83,7 +83,7 @@ def test_missing_package_says_what_to_install(monkeypatch):
 
 def test_layer_resolution_and_last_token():
     assert resolve_layer(0.5, 30) == 15 and resolve_layer(-1, 30) == 29 and resolve_layer(3, 30) == 3
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="layer 30 out of range"):
         resolve_layer(30, 30)
     mask_right = torch.tensor([[1, 1, 0], [1, 1, 1]])
     mask_left = torch.tensor([[0, 1, 1], [0, 0, 1]])

@@ -249,6 +249,8 @@ def test_t_interval_matches_leaderboard_ci():
     )
     lo, hi = t_interval(board["x"])
     assert hi - (lo + hi) / 2 == pytest.approx(seed_summary(board)["x_ci95"].iloc[0])
+    # by hand: mean 7/3, s = √(7/3), t(0.975, 2) = 4.302653 → half width 4.302653 · s / √3
+    assert (lo + hi) / 2 == pytest.approx(7 / 3) and hi - 7 / 3 == pytest.approx(4.302653 * (7 / 3) ** 0.5 / 3**0.5)
     assert t_interval([3.0]) == (3.0, 3.0)
 
 

@@ -39,8 +39,9 @@ def test_smoke_writes_both_csvs_with_every_layer(smoke_run):
     base = board[board.method == "base"].set_index("task")
     for col in ("align_score", "decorrelation", "decorrelation_prompt", "sae_explained_variance"):
         assert base[col].notna().all(), col
-    assert base.loc["toxicity", "tox_rate"] >= 0 and base.loc["sycophancy", "syco_rate"] >= 0
-    assert base.loc["reframing", "relatedness"] == base.loc["reframing", "relatedness"]
+    for task, col in (("toxicity", "tox_rate"), ("sycophancy", "syco_rate")):
+        assert 0 <= base.loc[task, col] <= 1, col  # a share (NaN fails too)
+    assert -1 <= base.loc["reframing", "relatedness"] <= 1  # a cosine (NaN fails too)
     assert base["pref_acc"].isna().all() and base["reward_margin"].isna().all()  # its own reference: not measured
     assert board[board.method == "dpo"]["pref_acc"].notna().all()
     assert (board["acts_heldout_leaks"] == 0).all() and (board["acts_heldout_twins"] == 0).all()

@@ -32,7 +32,7 @@ def test_maps_to_sae_lens_config(arch):
 def test_unknown_key_is_rejected():
     with pytest.raises(ValidationError, match="expanson"):
         SAEConfig.model_validate({"expanson": 8})
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match="ms_topn"):
         SAEConfig.model_validate({"eval": {"ms_topn": 3}})
 
 
@@ -70,6 +70,6 @@ def test_cross_field_checks():
 
 def test_config_is_frozen_and_round_trips():
     cfg = SAEConfig(architecture="batchtopk", k=16)
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.k = 3
     assert SAEConfig.model_validate(cfg.model_dump(mode="json")) == cfg

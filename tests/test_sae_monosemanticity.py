@@ -31,12 +31,13 @@ def test_latent_on_one_concept_is_interpretable_at_the_smallest_p():
     emb = _unit(400)
     topic = torch.arange(0, 400, 10)  # 40 contexts close to one direction
     emb[topic] = torch.nn.functional.normalize(emb[0] + 0.3 * _unit(40, seed=5), dim=1)
+    g = torch.Generator().manual_seed(1)
     z = torch.zeros(400, 2)
-    z[topic, 0] = 1.0 + torch.rand(40)
-    z[:, 1] = torch.rand(400)  # fires everywhere, at random
+    z[topic, 0] = 1.0 + torch.rand(40, generator=g)
+    z[:, 1] = torch.rand(400, generator=g)  # fires everywhere, at random
     ms, p, q95 = monosemanticity_scores(z, emb, top_n=32, null_draws=99, seed=0)
     assert ms[0] > q95[0] and p[0] == pytest.approx(1 / 100)
-    assert interpretable(p).tolist() == [True, False] or p[1] > 0.05
+    assert p[1] > 0.05 and interpretable(p).tolist() == [True, False]
 
 
 def test_latent_active_on_one_context_has_undefined_ms_and_p_one():
