@@ -104,6 +104,16 @@ def _loss_and_grads(method, model, tok, tmp_path, **over):
     return trainer, batch, loss.detach(), grads
 
 
+def _layer_one_output(trainer, batch):
+    """The hooked module's output (layer 1) on ``batch``, every position, read by a plain forward."""
+    seen = {}
+    handle = hook_module(trainer.model, 1).register_forward_hook(lambda m, i, o: seen.__setitem__("out", o))
+    with torch.no_grad():
+        trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    handle.remove()
+    return seen["out"]
+
+
 def test_decpo_with_zero_lambda_equals_dpo(tiny_lm, tmp_path):
     model, tok = tiny_lm
     _, _, loss_dpo, g_dpo = _loss_and_grads("dpo", copy.deepcopy(model), tok, tmp_path)
@@ -123,13 +133,9 @@ def test_regulariser_adds_lambda_times_term(tiny_lm, tmp_path, method, normalize
     extra = {} if normalize is None else {"normalize": normalize}
     trainer, batch, loss_reg, _ = _loss_and_grads(method, copy.deepcopy(model), tok, tmp_path, lam=lam, **extra)
     # Z by hand: the hooked module's output at each row's last attended position (right padding)
-    seen = {}
-    handle = hook_module(trainer.model, 1).register_forward_hook(lambda m, i, o: seen.__setitem__("out", o))
-    with torch.no_grad():
-        trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    handle.remove()
+    out = _layer_one_output(trainer, batch)
     last = batch["attention_mask"].sum(1) - 1
-    z = seen["out"][torch.arange(len(last)), last]
+    z = out[torch.arange(len(last)), last]
     assert z.shape[0] == 8  # 4 chosen + 4 rejected rows
     term = decorrelation_penalty(z, normalize=normalize) if method == "decpo" else l1_penalty(z)
     torch.testing.assert_close(loss_reg - loss_dpo, lam * term, rtol=1e-4, atol=1e-5)
@@ -150,15 +156,11 @@ def test_paper_regulariser_adds_lambda_times_term_at_its_position(tiny_lm, tmp_p
     trainer, batch, loss_reg, _ = _loss_and_grads(
         "decpo_paper", copy.deepcopy(model), tok, tmp_path, lam=lam, position=position
     )
-    seen = {}
-    handle = hook_module(trainer.model, 1).register_forward_hook(lambda m, i, o: seen.__setitem__("out", o))
-    with torch.no_grad():
-        trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    handle.remove()
+    out = _layer_one_output(trainer, batch)
     last_real = batch["attention_mask"].sum(1) - 1
     assert len(set(last_real.tolist())) > 1  # rows of unequal length: the positions differ
     at = {"last_real": last_real, "batch_last": torch.full_like(last_real, batch["input_ids"].shape[1] - 1)}
-    terms = {k: paper_decorrelation_term(seen["out"][torch.arange(len(i)), i]) for k, i in at.items()}
+    terms = {k: paper_decorrelation_term(out[torch.arange(len(i)), i]) for k, i in at.items()}
     added = (loss_reg - loss_dpo) / lam
     other = "batch_last" if position == "last_real" else "last_real"
     torch.testing.assert_close(added, terms[position], rtol=0, atol=1e-5)
