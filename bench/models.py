@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from bench.core.compat import save_gguf_loaded
+from bench.core.compat import gguf_parsed_once, save_gguf_loaded
 from bench.core.errors import ModelLoadError
 from bench.core.io import cache_dir
 
@@ -107,8 +107,9 @@ def embedded_folder(name: str) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s (GGUF, once) to %s", filename, target)
-    tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename, dtype=torch.float32)
+    with gguf_parsed_once():
+        tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
+        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename, dtype=torch.float32)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     save_gguf_loaded(model, tok, tmp)  # transformers refuses save_pretrained on a GGUF-loaded model

@@ -27,7 +27,7 @@ from typing import Any
 
 from bench import __version__
 from bench.core.errors import StoreError
-from bench.core.io import DIR_MODE, file_digest, read_json, read_records, stable_hash, write_json
+from bench.core.io import DIR_MODE, file_digest, lock_descriptor, read_json, read_records, stable_hash, write_json
 
 log = logging.getLogger(__name__)
 HOST = socket.gethostname().replace(".", "_") or "host"
@@ -95,7 +95,7 @@ class Store:
         a lock held elsewhere raises ``StageBusy`` instead (the scheduler then runs another job meanwhile)."""
         lock = self.out / "locks" / f"{key}.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock, "a") as f:
+        with lock_descriptor(lock) as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -113,7 +113,7 @@ class Store:
         lock = self.out / "locks" / f"{key}.lock"
         if not lock.is_file():
             return False
-        with open(lock, "a") as f:
+        with lock_descriptor(lock) as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -1,12 +1,14 @@
 """Results store: content-addressed keys, atomic stage folders, leaderboard rendering from records."""
 
+import fcntl
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from bench.core.io import stable_hash, write_json
+from bench.core.io import file_lock, lock_descriptor, stable_hash, write_json
 from bench.leaderboard import write_leaderboard
 from bench.store import Store
 
@@ -234,3 +236,21 @@ def test_readers_skip_records_being_written_by_another_worker(tmp_path, monkeypa
 
     monkeypatch.setattr(io, "read_json", cleared_meanwhile)
     assert [r["job"] for r in Store(tmp_path).failures()] == ["d"]
+
+
+def test_a_read_only_lock_file_still_locks(tmp_path):
+    """Another user of a shared results folder may own a lock file (mode 0644): locking opens it read-only
+    (``flock`` needs no write access) instead of failing with PermissionError."""
+    store = Store(tmp_path / "out")
+    (tmp_path / "out" / "locks").mkdir(parents=True)
+    for lock in (tmp_path / "out" / "locks" / "k.lock", tmp_path / "memo.lock"):
+        lock.touch(mode=0o444)
+        with lock_descriptor(lock) as fd:
+            assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+    with store.claim("k"):
+        assert store.claimed_elsewhere("k")  # a second open file description of the same lock conflicts
+    assert not store.claimed_elsewhere("k")
+    with file_lock(tmp_path / "memo.json"):
+        with lock_descriptor(tmp_path / "memo.lock") as fd, pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert (tmp_path / "memo.lock").stat().st_mode & 0o777 == 0o444

@@ -81,15 +81,27 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def lock_descriptor(lock: Path) -> Iterator[int]:
+    """An open descriptor of ``lock`` to ``flock``: created (mode 0o666 less the umask) if missing, else
+    opened read-only — ``flock`` needs no write access, so a lock file that another user of a shared results
+    folder created still locks."""
+    fd = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o666)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """Hold ``<path>.lock`` exclusively (a blocking ``flock``) inside the block; the folder is created."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with lock_descriptor(path.with_suffix(".lock")) as fd:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def write_with(path: Path, write: Callable[[Path], object]) -> None:
