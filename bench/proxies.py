@@ -281,6 +281,30 @@ def _register_controls() -> None:
     control(
         "act_variance", "positive", "rows of N(0, 4) entries", expect="4 ± 0.05", check=lambda v: abs(v - 4) <= 0.05
     )(lambda ctx: act_variance(2 * _gauss(ctx)))
+    control("act_variance", "negative", "rows whose units are all equal", expect="= 0", check=lambda v: abs(v) < 1e-12)(
+        lambda ctx: act_variance(_gauss(ctx)[:, :1].expand(-1, 1536).contiguous())
+    )
+    control(
+        "weight_proxy",
+        "negative",
+        "W ~ N(0, 1) (1536 × 576), bias ~ N(0, 1) independent: proxy / median‖W_k‖",
+        expect="0 ± 0.15 (median of 1536 N(0, 1): sd 0.032)",
+        check=lambda v: abs(v) <= 0.15,
+    )(lambda ctx: _weight_proxy_ratio(ctx, planted=False))
+    control(
+        "weight_proxy",
+        "positive",
+        "the same W, bias 0.5 on every neuron: proxy / median‖W_k‖",
+        expect="0.5 (to 1e-9)",
+        check=lambda v: abs(v - 0.5) < 1e-9,
+    )(lambda ctx: _weight_proxy_ratio(ctx, planted=True))
+
+
+def _weight_proxy_ratio(ctx, planted: bool) -> float:
+    """``weight_proxy`` in units of the median input-weight norm, for a random layer."""
+    w = torch.from_numpy(ctx.rng(43).standard_normal((1536, 576)))
+    b = torch.full((1536,), 0.5, dtype=w.dtype) if planted else torch.from_numpy(ctx.rng(44).standard_normal(1536))
+    return weight_proxy(w, b) / float(w.norm(dim=1).median())
 
 
 _register_controls()

@@ -70,8 +70,9 @@ def schema_markdown() -> str:
         "per-latent exact permutation test on distinct contexts; `sae_frac_decorrelated` adds a per-latent "
         "permutation test (chance level `sae_frac_decorrelated_null`); the proxies and the DecPO penalty read "
         "the EOS token after the reply; sycophancy asks questions the model knows three ways. `base` rows have "
-        "no `pref_acc`/`reward_margin` (its own reference). Every metric's controls: `python -m bench "
-        "validate`.",
+        "no `pref_acc`/`reward_margin` (its own reference). Controls: `python -m bench validate` runs the "
+        "negative and positive controls registered for a metric (its `validation.csv` names them); README's "
+        '"Controls" lists the columns without controls of their own and what they cannot tell apart.',
         "",
         "## Identity columns",
         "",

@@ -82,6 +82,23 @@ def decoder_cosine(w_ref: Tensor, w: Tensor) -> Tensor:
     return torch.nn.functional.cosine_similarity(w_ref.double(), w.double(), dim=1)
 
 
+def drift_metrics(ref, ft, alive: Tensor, threshold: float) -> tuple[Tensor, dict[str, float | None]]:
+    """Per-latent decoder cosine of SAE ``ft`` against ``ref`` (both with ``W_dec`` (latents, d) and ``W_enc``
+    (d, latents)), and over the ``alive`` latents: ``sae_drift_frac`` = share with cos < ``threshold``,
+    ``sae_drift_decoder`` = mean 1 − cos, ``sae_drift_encoder`` = mean ‖W_enc,i − W_enc,i(ref)‖ / ‖W_enc,i(ref)‖
+    (None where no latent is alive)."""
+    cos = decoder_cosine(ref.W_dec.detach(), ft.W_dec.detach())
+    w_ref = ref.W_enc.detach()
+    enc_change = (ft.W_enc.detach() - w_ref).norm(dim=0) / w_ref.norm(dim=0).clamp_min(1e-12)
+    if not alive.any():
+        return cos, {"sae_drift_frac": None, "sae_drift_decoder": None, "sae_drift_encoder": None}
+    return cos, {
+        "sae_drift_frac": float((cos[alive] < threshold).double().mean()),
+        "sae_drift_decoder": float((1 - cos[alive]).mean()),
+        "sae_drift_encoder": float(enc_change[alive].double().mean()),
+    }
+
+
 def concept_rank(
     change: Tensor, concept: np.ndarray, alive: Tensor, rate: Tensor | None = None, bins: int = 20
 ) -> float:

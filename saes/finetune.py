@@ -18,8 +18,10 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import operator
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,14 +121,24 @@ def _sparse_data(rng: np.random.Generator, n: int, dirs: np.ndarray) -> torch.Te
     return torch.from_numpy((coef @ dirs + 0.01 * rng.standard_normal((n, dirs.shape[1]))).astype(np.float32))
 
 
-def _drift_share(ctx, rotate: bool) -> float:
-    """Share of alive latents drifted (cos < 0.9) between two fine-tunes of one small base SAE: on the same rows
-    (the base model against itself), or on rows whose first half of dimensions is rotated by a random rotation."""
+def _drift(ctx, rotate: bool) -> dict[str, float | None]:
+    """Drift metrics (``saes.diffing.drift_metrics``, cos threshold 0.9) between two fine-tunes of one small base
+    SAE, and the base SAE's explained-variance drop (``sae_transfer_ev_drop``): on the same rows (the base model
+    against itself), or on rows whose first half of dimensions is rotated by a random rotation. Computed once
+    per control run (``ctx.cache``)."""
+    key = f"sae_drift:{rotate}"
+    if key not in ctx.cache:
+        ctx.cache[key] = _drift_uncached(ctx, rotate)
+    return ctx.cache[key]
+
+
+def _drift_uncached(ctx, rotate: bool) -> dict[str, float | None]:
     import tempfile
 
+    from saes import metrics as M
     from saes.config import to_sae_lens_config
-    from saes.diffing import decoder_cosine
-    from saes.score import load_sae
+    from saes.diffing import drift_metrics
+    from saes.score import encode_heldout, load_sae
 
     rng = ctx.rng(81)
     dirs = rng.standard_normal((48, 32))
@@ -155,8 +167,11 @@ def _drift_share(ctx, rotate: bool) -> float:
         b = load_sae(finetune_sae(Path(tmp) / "base", ft_cfg, y, Path(tmp) / "b", seed=1))
         with torch.no_grad():
             alive = (a.encode(x) != 0).any(0)
-        cos = decoder_cosine(a.W_dec.detach(), b.W_dec.detach())
-    return float((cos[alive] < 0.9).double().mean())
+        base = load_sae(Path(tmp) / "base")
+        ev_drop = M.sae_explained_variance(x, encode_heldout(base, x, 1)[0]) - M.sae_explained_variance(
+            y, encode_heldout(base, y, 1)[0]
+        )
+        return drift_metrics(a, b, alive, 0.9)[1] | {"sae_transfer_ev_drop": ev_drop}
 
 
 def _register_controls() -> None:
@@ -168,14 +183,33 @@ def _register_controls() -> None:
         "a base SAE fine-tuned twice on the same model's rows (the base model against itself)",
         expect="= 0",
         check=lambda v: v == 0.0,
-    )(lambda ctx: _drift_share(ctx, rotate=False))
+    )(lambda ctx: _drift(ctx, rotate=False)["sae_drift_frac"])
     control(
         "sae_drift_frac",
         "positive",
         "fine-tuned on rows whose first 16 of 32 dimensions are randomly rotated",
         expect="≥ 0.1 (0.16–0.27 over seeds 0–3; the null gives exactly 0)",
         check=lambda v: v >= 0.1,
-    )(lambda ctx: _drift_share(ctx, rotate=True))
+    )(lambda ctx: _drift(ctx, rotate=True)["sae_drift_frac"])
+    for metric, floor, seen in (
+        ("sae_drift_decoder", 0.03, "0.081–0.085"),
+        ("sae_drift_encoder", 0.1, "0.33–0.36"),
+        ("sae_transfer_ev_drop", 0.1, "0.36–0.40"),
+    ):
+        control(
+            metric,
+            "negative",
+            "a base SAE fine-tuned twice on the same model's rows (the base model against itself)",
+            expect="= 0 (to 1e-9)",
+            check=lambda v: abs(v) < 1e-9,
+        )(lambda ctx, metric=metric: _drift(ctx, rotate=False)[metric])
+        control(
+            metric,
+            "positive",
+            "fine-tuned on rows whose first 16 of 32 dimensions are randomly rotated",
+            expect=f"≥ {floor} ({seen} over seeds 0–3)",
+            check=functools.partial(operator.le, floor),  # floor ≤ v
+        )(lambda ctx, metric=metric: _drift(ctx, rotate=True)[metric])
 
 
 _register_controls()

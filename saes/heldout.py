@@ -152,34 +152,32 @@ def _shared_prompts(ctx) -> tuple[list[list[int]], list[str]]:
     return docs, groups
 
 
-def _leaks(ctx, by_group: bool) -> float:
+def _audit(ctx, by_group: bool) -> dict:
+    """``audit_store`` of documents that share prompts, split by item with prefix roles or (the old store) by
+    document with every token of a held-out document held out."""
     docs, groups = _shared_prompts(ctx)
     split = split_groups(groups if by_group else [str(i) for i in range(len(docs))], 0.25, ctx.seed)
     keep = [[True] * len(d) for d in docs]
     if by_group:
         roles = token_roles(docs, split, keep)
-    else:  # the old store: every token of a held-out document is a held-out token
+    else:
         roles = [np.full(len(d), HELDOUT if split[i] else TRAIN, dtype=np.int8) for i, d in enumerate(docs)]
-    a = audit_store(_Docs(docs, split, roles))
-    return float(a["leaks"] + a["twins"])
+    return audit_store(_Docs(docs, split, roles))
 
 
 def _register_controls() -> None:
 
-    control(
-        "sae_n_heldout_tokens",
-        "negative",
-        "shared prompts, split by item + prefix roles: leaks + twins",
-        expect="= 0",
-        check=lambda v: v == 0,
-    )(lambda ctx: _leaks(ctx, True))
-    control(
-        "sae_n_heldout_tokens",
-        "positive",
-        "the same texts split by document, no roles: audit finds leaks",
-        expect="> 0",
-        check=lambda v: v > 0,
-    )(lambda ctx: _leaks(ctx, False))
+    for metric, key in (("acts_heldout_leaks", "leaks"), ("acts_heldout_twins", "twins")):
+        control(
+            metric, "negative", "shared prompts, split by item + prefix roles", expect="= 0", check=lambda v: v == 0
+        )(lambda ctx, key=key: float(_audit(ctx, True)[key]))
+        control(
+            metric,
+            "positive",
+            "the same texts split by document, no roles: the audit finds them",
+            expect="> 0",
+            check=lambda v: v > 0,
+        )(lambda ctx, key=key: float(_audit(ctx, False)[key]))
 
 
 _register_controls()

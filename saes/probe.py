@@ -165,20 +165,21 @@ def _features(ctx, n: int = 200, d: int = 64) -> tuple[torch.Tensor, np.ndarray,
     return feats, labels, groups
 
 
-def _shuffled(ctx) -> float:
+def _shuffled(ctx, which: int = 0) -> float:
+    """Mean top-1 (``which`` 0) or top-5 (1) accuracy over 20 splits with the labels permuted."""
     feats, labels, groups = _features(ctx)
     rng = ctx.rng(22)
     accs = [
-        probe_scores(feats, rng.permutation(labels).tolist(), test_frac=0.3, seed=s, groups=groups)[0]
+        probe_scores(feats, rng.permutation(labels).tolist(), test_frac=0.3, seed=s, groups=groups)[which]
         for s in range(20)
     ]
     return float(np.mean(accs))
 
 
-def _planted(ctx) -> float:
+def _planted(ctx, which: int = 0) -> float:
     feats, labels, groups = _features(ctx)
     feats[:, 5] = torch.from_numpy(labels * (1.0 + ctx.rng(23).random(len(labels)))).float()
-    return probe_scores(feats, labels.tolist(), test_frac=0.3, seed=0, groups=groups)[0]
+    return probe_scores(feats, labels.tolist(), test_frac=0.3, seed=0, groups=groups)[which]
 
 
 def _register_controls() -> None:
@@ -193,6 +194,16 @@ def _register_controls() -> None:
     control(
         "sae_probe_top1", "positive", "one latent active exactly on label 1", expect="≥ 0.95", check=lambda v: v >= 0.95
     )(_planted)
+    control(
+        "sae_probe_top5",
+        "negative",
+        "labels shuffled (mean of 20 splits)",
+        expect="0.4–0.6 (chance 0.5)",
+        check=lambda v: 0.4 <= v <= 0.6,
+    )(lambda ctx: _shuffled(ctx, which=1))
+    control(
+        "sae_probe_top5", "positive", "one latent active exactly on label 1", expect="≥ 0.95", check=lambda v: v >= 0.95
+    )(lambda ctx: _planted(ctx, which=1))
 
 
 _register_controls()

@@ -294,6 +294,13 @@ def _register_controls() -> None:
         expect="= 0",
         check=lambda v: v == 0,
     )(lambda ctx: toxicity_metrics(["!!!!", "the the the", "", "ok ok ok"])["align_score"])
+    control(
+        "align_score",
+        "positive",
+        "toxicity: 200 news sentences as continuations (fluent, not toxic)",
+        expect="≥ 0.95",
+        check=lambda v: v >= 0.95,
+    )(lambda ctx: toxicity_metrics(_agnews(ctx))["align_score"])
 
 
 _register_controls()

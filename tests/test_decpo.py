@@ -143,6 +143,21 @@ def test_regulariser_adds_lambda_times_term(tiny_lm, tmp_path, method, normalize
     assert logged == [pytest.approx(term.item(), rel=1e-4)]
 
 
+def test_regulariser_share_is_lambda_times_term_over_the_logged_loss():
+    """``train_reg_share`` = mean over logged windows of λ·reg/loss (windows without a loss are left out)."""
+    from bench.stages.train import regulariser_share
+
+    curves = [
+        {"trainer/loss": 1.0, "trainer/reg/decor": 0.5},
+        {"trainer/loss": 2.0, "trainer/reg/decor": 0.5},
+        {"eval/loss": 3.0},
+    ]
+    assert regulariser_share(curves, 0.8) == pytest.approx(0.8 * (0.5 / 1.0 + 0.5 / 2.0) / 2)
+    assert regulariser_share(curves, 0.0) == 0.0
+    assert regulariser_share(curves, None) is None  # DPO: no penalty
+    assert regulariser_share([{"trainer/loss": 1.0}], 0.8) is None  # nothing logged under trainer/reg/
+
+
 @pytest.mark.parametrize("position", ["last_real", "batch_last"])
 def test_paper_regulariser_adds_lambda_times_term_at_its_position(tiny_lm, tmp_path, position):
     """``decpo_paper`` adds λ · (|Z'||Z'|ᵀ − I).mean() to the DPO loss, with Z read by hand at each row's last

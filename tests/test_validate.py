@@ -27,8 +27,22 @@ def test_quick_validation_passes_for_every_metric(tmp_path, capsys):
         "no_opinion_acc",
         "mean_tox_prob",
         "sae_dead_frac",
+        "sae_probe_top5",
+        "acc_user_right",
+        "acc_user_wrong",
+        "syco_flip_rate",
+        "weight_proxy",
+        "act_variance",
+        "sae_drift_frac",
+        "sae_drift_decoder",
+        "sae_drift_encoder",
+        "acts_heldout_leaks",
+        "acts_heldout_twins",
     ):
         assert set(table.loc[table.metric == metric, "kind"]) == {"negative", "positive"}, metric
+    for task in ("toxicity", "reframing", "sycophancy"):  # align_score is a different function per task
+        rows = table[(table.metric == "align_score") & table.control.str.startswith(f"{task}:")]
+        assert set(rows["kind"]) == {"negative", "positive"}, task
     dup = table[table.control.str.contains("duplicated tokens")]
     assert len(dup) == 4 and (dup.observed <= 0.08).all()
     assert "sae_frac_interpretable" in capsys.readouterr().out

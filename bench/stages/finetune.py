@@ -19,7 +19,7 @@ from bench.core.io import write_json
 from bench.core.metrics import MetricSet, metric, register_metrics
 from bench.stages import JobFacts, Stage, StageContext, register_stage
 from saes import metrics as M
-from saes.diffing import decoder_cosine
+from saes.diffing import drift_metrics
 from saes.finetune import finetune_sae
 from saes.replay import ReplayedRows, pick_rows
 from saes.score import encode_heldout, load_sae
@@ -125,13 +125,10 @@ class FinetuneStage(Stage):
         alive = torch.from_numpy(np.load(ctx.path("base_sae") / "density.npy") > 0)
         x = replayed.acts(held)
         x_hat, density, _ = encode_heldout(ft, x, 1)
-        cos = decoder_cosine(ref.W_dec.detach(), ft.W_dec.detach())
+        cos, drift = drift_metrics(ref, ft, alive, cfg.drift_threshold)
         np.save(work / "decoder_cosine.npy", cos.numpy())
-        enc_change = (ft.W_enc - ref.W_enc).detach().norm(dim=0) / ref.W_enc.detach().norm(dim=0).clamp_min(1e-12)
         head = DriftMetrics(
-            sae_drift_frac=float((cos[alive] < cfg.drift_threshold).double().mean()) if alive.any() else None,
-            sae_drift_decoder=float((1 - cos[alive]).mean()) if alive.any() else None,
-            sae_drift_encoder=float(enc_change[alive].double().mean()) if alive.any() else None,
+            **drift,
             sae_ft_explained_variance=M.sae_explained_variance(x, x_hat),
             sae_ft_dead_frac=M.sae_dead_frac(density.float()),
         )
