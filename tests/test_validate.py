@@ -31,6 +31,7 @@ def test_quick_validation_passes_for_every_metric(tmp_path, capsys):
         "acc_user_right",
         "acc_user_wrong",
         "syco_flip_rate",
+        "contrarian_rate",
         "weight_proxy",
         "act_variance",
         "sae_drift_frac",
