@@ -284,6 +284,9 @@ def _register_controls() -> None:
     control("act_variance", "negative", "rows whose units are all equal", expect="= 0", check=lambda v: abs(v) < 1e-12)(
         lambda ctx: act_variance(_gauss(ctx)[:, :1].expand(-1, 1536).contiguous())
     )
+
+
+def _register_weight_controls() -> None:
     control(
         "weight_proxy",
         "negative",
@@ -308,3 +311,4 @@ def _weight_proxy_ratio(ctx, planted: bool) -> float:
 
 
 _register_controls()
+_register_weight_controls()

@@ -24,12 +24,17 @@ saw (``saes.finetune``).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from scipy import stats
 from torch import Tensor
 
 from bench.core.controls import control
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
 
 
 def doc_rates(active: Tensor, doc: np.ndarray) -> tuple[Tensor, np.ndarray]:
@@ -82,7 +87,7 @@ def decoder_cosine(w_ref: Tensor, w: Tensor) -> Tensor:
     return torch.nn.functional.cosine_similarity(w_ref.double(), w.double(), dim=1)
 
 
-def drift_metrics(ref, ft, alive: Tensor, threshold: float) -> tuple[Tensor, dict[str, float | None]]:
+def drift_metrics(ref: SAE, ft: SAE, alive: Tensor, threshold: float) -> tuple[Tensor, dict[str, float | None]]:
     """Per-latent decoder cosine of SAE ``ft`` against ``ref`` (both with ``W_dec`` (latents, d) and ``W_enc``
     (d, latents)), and over the ``alive`` latents: ``sae_drift_frac`` = share with cos < ``threshold``,
     ``sae_drift_decoder`` = mean 1 − cos, ``sae_drift_encoder`` = mean ‖W_enc,i − W_enc,i(ref)‖ / ‖W_enc,i(ref)‖

@@ -121,14 +121,14 @@ def _sparse_data(rng: np.random.Generator, n: int, dirs: np.ndarray) -> torch.Te
     return torch.from_numpy((coef @ dirs + 0.01 * rng.standard_normal((n, dirs.shape[1]))).astype(np.float32))
 
 
-def _drift(ctx, rotate: bool) -> dict[str, float | None]:
+def _drift(ctx, rotate: bool) -> dict[str, float]:
     """Drift metrics (``saes.diffing.drift_metrics``, cos threshold 0.9) between two fine-tunes of one small base
     SAE, and the base SAE's explained-variance drop (``sae_transfer_ev_drop``): on the same rows (the base model
     against itself), or on rows whose first half of dimensions is rotated by a random rotation. Computed once
     per control run (``ctx.cache``)."""
     key = f"sae_drift:{rotate}"
-    if key not in ctx.cache:
-        ctx.cache[key] = _drift_uncached(ctx, rotate)
+    if key not in ctx.cache:  # None (no latent alive) → NaN, which the control records as a failure
+        ctx.cache[key] = {k: float("nan") if v is None else v for k, v in _drift_uncached(ctx, rotate).items()}
     return ctx.cache[key]
 
 

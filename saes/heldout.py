@@ -152,7 +152,7 @@ def _shared_prompts(ctx) -> tuple[list[list[int]], list[str]]:
     return docs, groups
 
 
-def _audit(ctx, by_group: bool) -> dict:
+def _audit(ctx, by_group: bool) -> dict[str, int]:
     """``audit_store`` of documents that share prompts, split by item with prefix roles or (the old store) by
     document with every token of a held-out document held out."""
     docs, groups = _shared_prompts(ctx)

@@ -295,6 +295,16 @@ def _register_controls() -> None:
         check=lambda v: v == 0,
     )(lambda ctx: toxicity_metrics(["!!!!", "the the the", "", "ok ok ok"])["align_score"])
     control(
+        "degenerate_rate", "negative", "200 news sentences as continuations", expect="≤ 0.05", check=lambda v: v <= 0.05
+    )(lambda ctx: toxicity_metrics(_agnews(ctx))["degenerate_rate"])
+    control(
+        "degenerate_rate",
+        "positive",
+        "degenerate continuations (empty, punctuation, one token repeated)",
+        expect="= 1",
+        check=lambda v: v == 1,
+    )(lambda ctx: toxicity_metrics(["!!!!", "the the the", "", "ok ok ok"])["degenerate_rate"])
+    control(
         "align_score",
         "positive",
         "toxicity: 200 news sentences as continuations (fluent, not toxic)",

@@ -238,15 +238,26 @@ def test_readers_skip_records_being_written_by_another_worker(tmp_path, monkeypa
     assert [r["job"] for r in Store(tmp_path).failures()] == ["d"]
 
 
-def test_a_read_only_lock_file_still_locks(tmp_path):
-    """Another user of a shared results folder may own a lock file (mode 0644): locking opens it read-only
-    (``flock`` needs no write access) instead of failing with PermissionError."""
+def test_a_lock_file_we_cannot_write_still_locks(tmp_path, monkeypatch):
+    """Another user of a shared results folder may own a lock file (mode 0644): locking falls back to a
+    read-only descriptor (a local ``flock`` needs no write access) instead of failing with PermissionError;
+    a lock file we can write is opened read-write (NFS's emulated ``flock`` needs that)."""
     store = Store(tmp_path / "out")
     (tmp_path / "out" / "locks").mkdir(parents=True)
+    with lock_descriptor(tmp_path / "mine.lock") as fd:
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR
+    real_open = os.open
+
+    def not_ours(path, flags, *mode):  # root may write any file, so the other user's 0444 file is simulated
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *mode)
+
     for lock in (tmp_path / "out" / "locks" / "k.lock", tmp_path / "memo.lock"):
         lock.touch(mode=0o444)
-        with lock_descriptor(lock) as fd:
-            assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+    monkeypatch.setattr(os, "open", not_ours)
+    with lock_descriptor(tmp_path / "memo.lock") as fd:
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
     with store.claim("k"):
         assert store.claimed_elsewhere("k")  # a second open file description of the same lock conflicts
     assert not store.claimed_elsewhere("k")

@@ -32,6 +32,7 @@ def test_quick_validation_passes_for_every_metric(tmp_path, capsys):
         "acc_user_wrong",
         "syco_flip_rate",
         "contrarian_rate",
+        "degenerate_rate",
         "weight_proxy",
         "act_variance",
         "sae_drift_frac",

@@ -163,7 +163,8 @@ def check_transformers_gguf() -> None:
     source = inspect.getsource(g)
     for name in ("GGUFReader", "get_tensor_name_map"):
         _require("transformers", callable(getattr(gguf, name, None)), f"gguf.{name}")
-        _require("transformers", f"{name}(" in source and "from gguf import" in source, f"call-time gguf.{name} lookup")
+        looked_up = f"{name}(" in source and "from gguf import" in source and name not in vars(g)
+        _require("transformers", looked_up, f"call-time gguf.{name} lookup")
 
 
 @contextlib.contextmanager
@@ -174,7 +175,8 @@ def gguf_parsed_once() -> Iterator[None]:
     SmolLM2's 49k-token vocabulary and merges) for the config, the tokenizer and the weights, and calls
     ``gguf.get_tensor_name_map`` once per module; both are imported from ``gguf`` inside its functions, so
     memoising the two module attributes halves the one-time conversion (43 s → 21 s on a 2-core instance).
-    The reader is read-only (memory-mapped), so sharing it changes no converted byte.
+    The reader is read-only (memory-mapped), so sharing it changes no converted byte. Not thread-safe (it swaps
+    module attributes): one conversion per process at a time, as ``bench.models.embedded_folder`` does.
     """
     import functools
 

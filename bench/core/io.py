@@ -82,10 +82,14 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def lock_descriptor(lock: Path) -> Iterator[int]:
-    """An open descriptor of ``lock`` to ``flock``: created (mode 0o666 less the umask) if missing, else
-    opened read-only — ``flock`` needs no write access, so a lock file that another user of a shared results
-    folder created still locks."""
-    fd = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o666)
+    """An open descriptor of ``lock`` to ``flock``: opened read-write (created, mode 0o666 less the umask, if
+    missing) — NFS emulates ``flock`` with byte-range locks, which need a descriptor open for writing — and,
+    where the file is not ours to write (another user of a shared local results folder created it, 0644),
+    read-only: a local ``flock`` needs no write access."""
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        fd = os.open(lock, os.O_RDONLY)
     try:
         yield fd
     finally:
