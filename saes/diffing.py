@@ -209,6 +209,17 @@ def _jaccard_null(ctx) -> float:
     return float(np.mean(draws) / jaccard_chance(20, 300))
 
 
+def _jaccard_planted(ctx) -> float:
+    """Two models whose frequency-change statistics share a planted shift of 3 on the same 20 of 300 alive
+    latents (independent N(0, 1) noise each): Jaccard of their ``top_changed`` 20-sets / chance level."""
+    rng = ctx.rng(77)
+    shift = np.zeros(300)
+    shift[rng.choice(300, 20, replace=False)] = 3.0
+    alive = torch.ones(300, dtype=torch.bool)
+    a, b = (set(top_changed(torch.from_numpy(shift + rng.standard_normal(300)), alive, 20)) for _ in range(2))
+    return jaccard(a, b) / jaccard_chance(20, 300)
+
+
 def _register_controls() -> None:
     control(
         "sae_transfer_freq_changed",
@@ -259,6 +270,13 @@ def _register_controls() -> None:
         expect="0.9–1.1",
         check=lambda v: 0.9 <= v <= 1.1,
     )(_jaccard_null)
+    control(
+        "sae_transfer_top_jaccard",
+        "positive",
+        "a shared planted shift of 3 (noise sd 1) on 20 of 300 latents: Jaccard / chance",
+        expect="≥ 4 (8.2–15.3 over seeds 0–3; chance 1, identical sets 28.3)",
+        check=lambda v: v >= 4,
+    )(_jaccard_planted)
 
 
 _register_controls()

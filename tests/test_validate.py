@@ -33,6 +33,7 @@ def test_quick_validation_passes_for_every_metric(tmp_path, capsys):
         "syco_flip_rate",
         "contrarian_rate",
         "degenerate_rate",
+        "sae_transfer_top_jaccard",
         "weight_proxy",
         "act_variance",
         "sae_drift_frac",
