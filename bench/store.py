@@ -167,8 +167,11 @@ class Store:
         for p in self.tmp.glob("*") if self.tmp.exists() else []:
             parts = p.name.split(".")
             key, host = (parts[0], parts[1]) if len(parts) > 3 else ("", "")
+            try:  # a shard starting beside us may have removed it since the glob
+                stale = now - p.stat().st_mtime > STALE_SECONDS
+            except FileNotFoundError:
+                continue
             mine = host == HOST and not self.claimed_elsewhere(key)
-            stale = now - p.stat().st_mtime > STALE_SECONDS
             if mine or stale:
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p.name)

@@ -69,6 +69,21 @@ def test_clean_tmp_removes_this_hosts_dead_leftovers_only(tmp_path):
     assert store.clean_tmp() == [live]  # its run is gone now
 
 
+def test_clean_tmp_skips_a_folder_another_shard_removed_meanwhile(tmp_path, monkeypatch):
+    """Two shards start on one folder and both clean ``tmp/``: a folder listed by our glob but removed by the
+    other shard before our ``stat`` is skipped, not a crash (it was, in the reference run)."""
+    from pathlib import Path
+
+    from bench.store import HOST
+
+    store = Store(tmp_path)
+    kept = f"data-dead.{HOST}.1.x"
+    (store.tmp / kept).mkdir(parents=True)
+    real_glob = Path.glob
+    monkeypatch.setattr(Path, "glob", lambda self, pat: [self / f"data-gone.{HOST}.2.y", *real_glob(self, pat)])
+    assert store.clean_tmp() == [kept]
+
+
 def test_verify_checks_hashes_of_every_listed_file(tmp_path, caplog):
     """Sizes catch truncation; ``--verify`` also catches a same-size change (weights included)."""
     key = Store(tmp_path).key("sae", {}, "1")
