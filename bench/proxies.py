@@ -261,7 +261,7 @@ def _register_controls() -> None:
         "decor_loss",
         "positive",
         "64 identical rows",
-        expect="(N − 1)/N = 0.984",
+        expect="(N − 1)/N = 63/64 = 0.984375",
         check=lambda v: abs(v - 63 / 64) < 1e-9,
     )(lambda ctx: decor_loss(torch.ones(64, 8)))
     control(

@@ -1,9 +1,13 @@
 """``bench validate --quick``: every metric's controls run and pass, and a failing control fails the command."""
 
+import re
+
 import pandas as pd
+import pytest
 
 from bench.cli import main
 from bench.core import controls
+from bench.validate import load_controls
 
 
 def test_quick_validation_passes_for_every_metric(tmp_path, capsys):
@@ -58,3 +62,62 @@ def test_a_failing_control_fails_the_command(tmp_path, monkeypatch):
     controls.control("made_up", "negative", "always 1", expect="= 0", check=lambda v: v == 0)(lambda ctx: 1.0)
     assert main(["validate", "--quick", "--out", str(tmp_path)]) == 1
     assert not pd.read_csv(tmp_path / "validation.csv")["pass"].any()
+
+
+_NUM = r"[−-]?\d+(?:\.\d+)?(?:e[−-]?\d+)?"
+
+
+def _num(s: str) -> float:
+    return float(s.replace("−", "-"))
+
+
+def _probes(expect: str) -> list[tuple[float, bool]] | None:
+    """Values just inside and just outside the first bound that ``expect`` states (``≥ x``, ``≤ x``, ``a–b``,
+    ``x ± t``, ``= x`` or a bare ``x``), with whether a check that reads the same bound must accept them."""
+    found = []
+    for kind, pattern in (("pm", rf"({_NUM})\s*±\s*({_NUM})"), ("range", rf"({_NUM})\s*–\s*({_NUM})")):
+        found += [(m.start(), kind, m) for m in re.finditer(pattern, expect)]
+    found += [(m.start(), "cmp", m) for m in re.finditer(rf"([≥≤<>])\s*({_NUM})", expect)]
+    found += [(m.start(), "eq", m) for m in re.finditer(rf"(?:^|=)\s*({_NUM})\s*(?:\(|$)", expect)]
+    if not found:
+        return None
+    _, kind, m = min(found, key=lambda f: f[0])
+    if kind == "cmp":
+        x = _num(m.group(2))
+        d = 1e-3 + 0.01 * abs(x)
+        return [(x + d, m.group(1) in "≥>"), (x - d, m.group(1) in "≤<")]
+    if kind == "eq":
+        x = _num(m.group(1))
+        return [(x, True), (x + 0.05 + 0.05 * abs(x), False), (x - 0.05 - 0.05 * abs(x), False)]
+    a, b = _num(m.group(1)), _num(m.group(2))
+    lo, hi = (a - b, a + b) if kind == "pm" else (a, b)
+    d = 1e-3 + 0.01 * (hi - lo)
+    eps = 1e-6 * max(1.0, abs(lo), abs(hi))
+    return [(lo + eps, True), (hi - eps, True), (lo - d, False), (hi + d, False)]
+
+
+def test_every_controls_check_accepts_what_its_expected_text_states():
+    """``validation.csv`` publishes ``expected`` beside ``pass``; ``pass`` comes from ``check``. A control whose
+    text says "≥ 0.9" but whose check tests ``> 0.8`` would publish a false claim: probe each check just
+    inside and just outside the bound its text states."""
+    load_controls()
+    unread = [c.expect for c in controls.CONTROLS if _probes(c.expect) is None]
+    assert not unread, f"state the expected value as ≥ x, ≤ x, a–b, x ± t or = x: {unread}"
+    wrong = [
+        (c.metric, c.name, c.expect, v)
+        for c in controls.CONTROLS
+        for v, accept in _probes(c.expect) or []
+        if bool(c.check(v)) != accept
+    ]
+    assert not wrong, wrong
+    assert len(controls.CONTROLS) >= 90
+
+
+def test_the_expectation_reader_reads_each_form():
+    assert _probes("≥ 0.9 (0.95 seen)") == [(0.9 + 0.001 + 0.009, True), (0.9 - 0.001 - 0.009, False)]
+    assert [a for _, a in _probes("rate 0.02–0.08 (nominal 0.05)")] == [True, True, False, False]
+    assert _probes("Φ(¼) = 0.599 ± 0.03")[0][0] == pytest.approx(0.569, abs=1e-5)
+    assert _probes("(N − 1)/N = 0.984")[0] == (0.984, True)
+    assert _probes("no number") is None
+    assert _probes("0.5 (to 1e-9)")[0] == (0.5, True)
+    assert [a for _, a in _probes("> 0")] == [True, False]
