@@ -122,8 +122,9 @@ def paired_differences(
     half-width, whether that interval excludes 0, the paired t-test's p and its Holm adjustment across
     the rows of the comparison (``p_holm``; ``significant`` = p_holm ≤ 0.05), ``noisy`` when the per-seed
     spread sd(d) exceeds |d̄|, and ``mde``, the smallest difference 80 % power would detect at these
-    seeds and this spread (``bench.stats.mde_paired``). None when no (model, task) has both methods on at
-    least 2 common seeds.
+    seeds and this spread (``bench.core.stats.mde_paired``). Differences that are all equal (sd = 0) have no
+    t-test: p, p_holm and mde are NaN and neither ``ci_excludes_0`` nor ``significant`` is set. None when no
+    (model, task) has both methods on at least 2 common seeds.
     """
     rows = []
     for (model, task), g in board.groupby(["model", "task"], sort=False):
@@ -143,7 +144,7 @@ def paired_differences(
                     "n_seeds": r["n"],
                     "diff": r["mean"],
                     "diff_ci95": r["half"],
-                    "ci_excludes_0": bool(abs(r["mean"]) > r["half"]),
+                    "ci_excludes_0": bool(r["sd"] > 0 and abs(r["mean"]) > r["half"]),
                     "p": r["p"],
                     "sd": r["sd"],
                     "noisy": bool(r["sd"] > abs(r["mean"])),

@@ -32,7 +32,7 @@ MAX_SEEDS = 200
 
 def seeds_needed(sd: float, effect: float, alpha: float = 0.05, power: float = 0.8) -> float:
     """Fewest seeds n ≥ 2 whose paired-t MDE at spread ``sd`` is ≤ ``effect`` (inf beyond ``MAX_SEEDS``)."""
-    if not math.isfinite(sd) or effect <= 0:
+    if not math.isfinite(sd) or sd == 0 or effect <= 0:  # sd = 0: no observed spread to plan with
         return math.nan
     lo, hi = 2, MAX_SEEDS
     if mde_paired(sd, hi, alpha, power) > effect:

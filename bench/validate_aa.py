@@ -53,7 +53,8 @@ def aa_exclusion_rate(ctx: ControlContext, n_seeds: int = 24) -> float:
         part = board[board["seed"].between(3 * k, 3 * k + 2)]
         d = paired_differences(part, list(AA_METRICS), treatment="dpo_aa", control="dpo")
         if d is not None:
-            excl += d["ci_excludes_0"].tolist()
+            # an equal non-zero difference on every seed (no spread, so no interval) counts as excluding 0
+            excl += (d["ci_excludes_0"] | ((d["sd"] == 0) & (d["diff"] != 0))).tolist()
     return float(sum(excl) / max(1, len(excl)))
 
 

@@ -88,6 +88,34 @@ def test_missing_methods_and_untested_claims_say_so():
     assert set(one.loc[one["claim"] == "C4", "verdict"]) == {"cannot test"}
 
 
+def test_two_models_pair_each_models_runs_with_its_own():
+    """Units are (model, task, seed): once they were (task, seed), and a folder of two models paired every
+    model's treatment with every model's control (n doubled, cross-model pairs)."""
+    rng = np.random.default_rng(4)
+    one = synthetic(rng, seeds=range(3))
+    two = [pd.concat([f, f.assign(model="m2")], ignore_index=True) for f in one]
+    c1, c2 = claims_table(*one), claims_table(*two)
+    for claim, task in (("C3", "all"), ("C4", "toxicity")):
+        pick = (c2["claim"] == claim) & (c2["treatment"] == "decpo") & (c2["task"] == task)
+        n1 = c1.loc[(c1["claim"] == claim) & (c1["treatment"] == "decpo") & (c1["task"] == task), "n_units"].item()
+        assert c2.loc[pick, "n_units"].item() == 2 * n1 == (18 if task == "all" else 6)
+
+
+def test_equal_differences_and_tied_p_values():
+    """All-equal non-zero differences have no spread: "cannot test", not "supported" with p = 0; tied p-values
+    share one Holm level whatever their order."""
+    from bench.paper.claims import _holm_levels
+
+    board, tidy = synthetic(np.random.default_rng(5), seeds=range(2))
+    board.loc[board["method"] == "dpo", "align_score"] = 0.7
+    board.loc[board["method"] == "decpo", "align_score"] = 0.8
+    c = claims_table(board, tidy)
+    rows = c[(c["claim"] == "C4") & (c["treatment"] == "decpo")]
+    assert set(rows["verdict"]) == {"cannot test"} and rows["why"].str.contains("no spread").all()
+    assert _holm_levels([0.01, 0.01, 0.02]) == [ALPHA / 3, ALPHA / 3, ALPHA / 1]
+    assert _holm_levels([0.02, 0.01, 0.01]) == [ALPHA / 1, ALPHA / 3, ALPHA / 3]
+
+
 def test_early_minus_late_by_hand():
     tidy = pd.DataFrame(
         {

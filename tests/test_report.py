@@ -1,5 +1,7 @@
 """Report: figures and report.md/html from a synthetic results folder, written file by file."""
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -290,6 +292,21 @@ def test_paired_differences_by_seed_against_hand_values():
     )
     assert d.loc["y", "p_holm"] == 1.0 and bool(d.loc["y", "noisy"]) and not bool(d.loc["x", "noisy"])
     assert 0 < d.loc["x", "mde"] < 1.0
+
+
+def test_an_equal_difference_on_every_seed_is_untested_not_beyond_noise():
+    """d = [0.25, 0.25]: no spread, so no t-test — once reported as p = 0, "beyond noise" after Holm."""
+    from bench.leaderboard import paired_differences
+    from bench.report_stats import comparison_rows
+
+    methods, x = ["dpo"] * 2 + ["decpo"] * 2, [0.5] * 2 + [0.75] * 2
+    board = pd.DataFrame({"model": "m", "task": "t", "seed": [0, 1] * 2, "method": methods, "x": x})
+    d = paired_differences(board, ["x"])
+    r = d.iloc[0]
+    assert r["diff"] == 0.25 and r["diff_ci95"] == 0.0 and r["sd"] == 0.0
+    assert math.isnan(r["p"]) and math.isnan(r["p_holm"]) and math.isnan(r["mde"])
+    assert not r["significant"] and not r["ci_excludes_0"]
+    assert comparison_rows(d, many_models=False)[0][6] == "no spread (untested)"
 
 
 def test_report_has_the_paired_table_with_several_seeds(tmp_path):

@@ -55,8 +55,8 @@ class PairedTest(TypedDict):
 def paired_test(d: Sequence[float]) -> PairedTest:
     """n, mean, sd, 95 % half-width and two-sided p of the one-sample t-test of d = 0.
 
-    All-equal differences give p = 0 when their mean is not 0 (a difference with no spread) and 1 when it
-    is 0.
+    All-equal differences (sd = 0) have no spread to test against: p is NaN ("not testable", never "beyond
+    noise") when their mean is not 0, and 1 when it is 0 (e.g. a ``pref_acc`` of 1.0 for both methods).
     """
     from scipy import stats
 
@@ -66,7 +66,7 @@ def paired_test(d: Sequence[float]) -> PairedTest:
         return {"n": n, "mean": float(v.mean()) if n else math.nan, "sd": math.nan, "half": math.nan, "p": math.nan}
     mean, sd = float(v.mean()), float(v.std(ddof=1))
     if sd == 0:
-        p = 0.0 if mean != 0 else 1.0
+        p = math.nan if mean != 0 else 1.0
     else:
         p = float(2 * stats.t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1))
     return {"n": n, "mean": mean, "sd": sd, "half": t_half_width(v), "p": p}
@@ -87,33 +87,25 @@ def holm(pvalues: Sequence[float]) -> list[float]:
 
 def mde_paired(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
     """Smallest |δ| that a two-sided paired t-test on ``n`` differences with spread ``sd`` detects with
-    probability ``power`` at level ``alpha``: solves P(|T| > t_{1−α/2, n−1}; noncentrality δ√n/sd) = power."""
+    probability ``power`` at level ``alpha``: solves P(|T| > t_{1−α/2, n−1}; noncentrality δ√n/sd) = power.
+
+    NaN for n < 2 and for sd = 0 (no observed spread: the power of a test against it cannot be estimated).
+    The lower tail is P(T < −c; nc) = P(T > c; −nc): scipy's ``nct.cdf`` returns NaN there for some
+    (n, nc), which once made the root land far too low."""
     from scipy import optimize, stats
 
-    if n < 2 or not math.isfinite(sd):
+    if n < 2 or not math.isfinite(sd) or sd == 0:
         return math.nan
-    if sd == 0:
-        return 0.0
     crit = stats.t.ppf(1 - alpha / 2, n - 1)
 
     def achieved(nc: float) -> float:
-        p = stats.nct.sf(crit, n - 1, nc) + stats.nct.cdf(-crit, n - 1, nc)
-        return (p if math.isfinite(p) else 1.0) - power
+        p = stats.nct.sf(crit, n - 1, nc) + stats.nct.sf(crit, n - 1, -nc)
+        if not math.isfinite(p):
+            raise FloatingPointError(f"noncentral t power is {p} at n={n}, nc={nc}, alpha={alpha}")
+        return p - power
 
     hi = 1.0
     while achieved(hi) < 0:  # the power grows with the noncentrality; bracket the root
         hi *= 2
     nc = optimize.brentq(achieved, 0.0, hi)
     return float(nc * sd / math.sqrt(n))
-
-
-def seeds_needed(sd: float, effect: float, alpha: float = 0.05, power: float = 0.8, limit: int = 10_000) -> int | None:
-    """Fewest seeds n ≥ 2 whose paired t-test detects ``effect`` with ``power`` (None above ``limit``)."""
-    if not (math.isfinite(sd) and effect > 0):
-        return None
-    n = 2
-    while n <= limit:
-        if mde_paired(sd, n, alpha, power) <= effect:
-            return n
-        n = n + 1 if n < 64 else int(n * 1.25)
-    return None

@@ -1,6 +1,6 @@
 """The claims checklist: each claim of Yan et al. 2024 as tests on a results folder, with a computed verdict.
 
-Every test is a paired comparison treatment − control of one quantity, over the (task, seed) units where
+Every test is a paired comparison treatment − control of one quantity, over the (model, task, seed) units where
 both methods ran (both share that seed's data split; claims "on each task" test each task alone):
 
     d_u = q(treatment, u) − q(control, u);  mean d̄, paired t-test p, n = number of units.
@@ -13,7 +13,8 @@ is smaller than about the MDE". Verdicts, computed from the numbers, never typed
 - **supported**: p_Holm ≤ 0.05 and d̄ has the claimed sign;
 - **contradicted**: p_Holm ≤ 0.05 and d̄ has the other sign;
 - **inconclusive**: p_Holm > 0.05 (at this power);
-- **cannot test**: a needed method (or per-layer metric) is missing, or fewer than 2 paired units.
+- **cannot test**: a needed method (or per-layer metric) is missing, fewer than 2 paired units, or
+  differences that are all equal and not 0 (no spread: a t-test is undefined).
 
 C6 compares one method with itself across depth (early − late layers of ``top_tokens_task_share``,
 ``bench.paper.specificity``; claimed negative): its control is "none" and d_u is the contrast itself.
@@ -42,9 +43,10 @@ EARLY, LATE = 1 / 3, 2 / 3
 """Relative depths: "early" layers are those at ≤ 1/3 of the depth, "late" those at ≥ 2/3."""
 DECPO_FORMS = ("decpo", "decpo_paper")
 TASKS = ("toxicity", "reframing", "sycophancy")
-UNITS = ["task", "seed"]
+UNITS = ["model", "task", "seed"]
+"""A paired unit: one (model, task, seed); a folder of several models pairs each model's runs with its own."""
 Quantity = Callable[[pd.DataFrame, pd.DataFrame, str], pd.DataFrame]
-"""(board, tidy, method) → one row per unit: task, seed, value."""
+"""(board, tidy, method) → one row per unit: model, task, seed, value."""
 
 
 def column(name: str) -> Quantity:
@@ -86,7 +88,7 @@ class Test:
     metric: str
     quantity: Quantity
     task: str = "all"
-    """"all": units are (task, seed) over every task; else that task's seeds only."""
+    """"all": units are (model, task, seed) over every task; else that task's seeds only."""
     sign: int = 1
 
 
@@ -138,15 +140,19 @@ def _row(t: Test, board: pd.DataFrame, tidy: pd.DataFrame) -> dict:
     if missing or r["n"] < 2:
         why = f"no {' or '.join(missing)} run" if missing else f"{r['n']} paired unit(s) (needs ≥ 2)"
         row |= {"verdict": "cannot test", "why": why}
+    elif not math.isfinite(r["p"]):  # all n differences equal and not 0: no spread to test against
+        row |= {"verdict": "cannot test", "why": f"the {r['n']} paired differences are all equal (no spread)"}
     return row
 
 
 def _holm_levels(p: list[float]) -> list[float]:
-    """α of each p's Holm step: 0.05 / (m − i + 1) for the i-th smallest of the m finite p-values."""
+    """α of each p's Holm step: 0.05 / (m − i + 1) for the i-th smallest of the m finite p-values; tied p-values
+    share the first (strictest) of their steps, whatever their order."""
     ok = [i for i, v in enumerate(p) if math.isfinite(v)]
     out = [math.nan] * len(p)
+    first: dict[float, int] = {}
     for step, i in enumerate(sorted(ok, key=lambda i: p[i])):
-        out[i] = ALPHA / (len(ok) - step)
+        out[i] = ALPHA / (len(ok) - first.setdefault(p[i], step))
     return out
 
 
@@ -182,8 +188,6 @@ def claims_table(board: pd.DataFrame, tidy: pd.DataFrame) -> pd.DataFrame:
 def claim_verdict(verdicts: pd.Series) -> str:
     """A claim's verdict from its rows' (module docstring)."""
     v = set(verdicts)
-    if v == {"not tested"}:
-        return "not tested"
     if "contradicted" in v:
         return "contradicted"
     if v == {"supported"}:
