@@ -139,7 +139,8 @@ def render_figures(res: Results) -> dict[str, str | None]:
 
 def _sorted(df: pd.DataFrame) -> pd.DataFrame:
     order = {m: i for i, m in enumerate(F.ordered_methods(df["method"]))}
-    return df.assign(_m=df["method"].map(order)).sort_values(["model", "task", "_m"], kind="stable")
+    keys = pd.DataFrame({"model": df["model"], "task": df["task"], "_m": df["method"].map(order)})
+    return df.loc[keys.sort_values(["model", "task", "_m"], kind="stable").index]  # no column added to a wide df
 
 
 def _id_cols(res: Results) -> list[str]:

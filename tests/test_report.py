@@ -307,6 +307,10 @@ def test_an_equal_difference_on_every_seed_is_untested_not_beyond_noise():
     assert math.isnan(r["p"]) and math.isnan(r["p_holm"]) and math.isnan(r["mde"])
     assert not r["significant"] and not r["ci_excludes_0"]
     assert comparison_rows(d, many_models=False)[0][6] == "no spread (untested)"
+    # equal up to float rounding: 1 − x of equal x's (paper-table's SimPO − DPO align_score, sd 1e-17)
+    board["y"] = [0.5, 0.5, 0.75, np.nextafter(0.75, 1.0)]
+    y = paired_differences(board, ["y"]).iloc[0]
+    assert y["sd"] == 0.0 and math.isnan(y["p"]) and not y["significant"]
 
 
 def test_report_has_the_paired_table_with_several_seeds(tmp_path):

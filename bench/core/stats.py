@@ -44,6 +44,10 @@ def t_interval(values: Sequence[float]) -> tuple[float, float]:
     return (m, m) if math.isnan(h) else (m - h, m + h)
 
 
+NO_SPREAD = 1e-12
+"""Differences whose sd is at most this times max(1, |mean|) count as all equal (no spread)."""
+
+
 class PairedTest(TypedDict):
     n: int
     mean: float
@@ -65,10 +69,9 @@ def paired_test(d: Sequence[float]) -> PairedTest:
     if n < 2:
         return {"n": n, "mean": float(v.mean()) if n else math.nan, "sd": math.nan, "half": math.nan, "p": math.nan}
     mean, sd = float(v.mean()), float(v.std(ddof=1))
-    if sd == 0:
-        p = math.nan if mean != 0 else 1.0
-    else:
-        p = float(2 * stats.t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1))
+    if sd <= NO_SPREAD * max(1.0, abs(mean)):  # equal up to float rounding (1 − x of equal x's can differ by 1e-17)
+        return {"n": n, "mean": mean, "sd": 0.0, "half": 0.0, "p": math.nan if mean != 0 else 1.0}
+    p = float(2 * stats.t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1))
     return {"n": n, "mean": mean, "sd": sd, "half": t_half_width(v), "p": p}
 
 
