@@ -123,8 +123,9 @@ def paired_differences(
     the rows of the comparison (``p_holm``; ``significant`` = p_holm ≤ 0.05), ``noisy`` when the per-seed
     spread sd(d) exceeds |d̄|, and ``mde``, the smallest difference 80 % power would detect at these
     seeds and this spread (``bench.core.stats.mde_paired``). Differences that are all equal (sd = 0) have no
-    t-test: p, p_holm and mde are NaN and neither ``ci_excludes_0`` nor ``significant`` is set. None when no
-    (model, task) has both methods on at least 2 common seeds.
+    MDE and never set ``ci_excludes_0`` or ``significant``; when they are not 0 they have no t-test either (p
+    and p_holm NaN, left out of the Holm family); all 0 gives p = 1. None when no (model, task) has both
+    methods on at least 2 common seeds.
     """
     rows = []
     for (model, task), g in board.groupby(["model", "task"], sort=False):

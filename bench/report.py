@@ -139,8 +139,9 @@ def render_figures(res: Results) -> dict[str, str | None]:
 
 def _sorted(df: pd.DataFrame) -> pd.DataFrame:
     order = {m: i for i, m in enumerate(F.ordered_methods(df["method"]))}
-    keys = pd.DataFrame({"model": df["model"], "task": df["task"], "_m": df["method"].map(order)})
-    return df.loc[keys.sort_values(["model", "task", "_m"], kind="stable").index]  # no column added to a wide df
+    keys = pd.DataFrame({"model": df["model"].to_numpy(), "task": df["task"].to_numpy()})
+    keys["_m"] = df["method"].map(order).to_numpy()
+    return df.iloc[keys.sort_values(["model", "task", "_m"], kind="stable").index]  # positions: no column added
 
 
 def _id_cols(res: Results) -> list[str]:

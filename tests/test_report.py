@@ -311,6 +311,17 @@ def test_an_equal_difference_on_every_seed_is_untested_not_beyond_noise():
     board["y"] = [0.5, 0.5, 0.75, np.nextafter(0.75, 1.0)]
     y = paired_differences(board, ["y"]).iloc[0]
     assert y["sd"] == 0.0 and math.isnan(y["p"]) and not y["significant"]
+    # rounding noise around a true 0 (0.1 + 0.2 − 0.3 = 5.6e-17) is no difference, not an untested one
+    board["z"] = [0.3, 0.3, 0.1 + 0.2, 0.3]
+    z = paired_differences(board, ["z"]).iloc[0]
+    assert z["p"] == 1.0 and comparison_rows(paired_differences(board, ["z"]), many_models=False)[0][6] == "no"
+
+
+def test_rows_are_sorted_by_position_even_with_a_repeated_index():
+    from bench.report import _sorted
+
+    df = pd.DataFrame({"model": "m", "task": "t", "method": ["decpo", "dpo"], "x": [1, 2]}, index=[0, 0])
+    assert _sorted(df)["method"].tolist() == ["dpo", "decpo"] and len(_sorted(df)) == 2
 
 
 def test_report_has_the_paired_table_with_several_seeds(tmp_path):

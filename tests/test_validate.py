@@ -72,8 +72,10 @@ def _num(s: str) -> float:
 
 
 def _probes(expect: str) -> list[tuple[float, bool]] | None:
-    """Values just inside and just outside the first bound that ``expect`` states (``≥ x``, ``≤ x``, ``a–b``,
-    ``x ± t``, ``= x`` or a bare ``x``), with whether a check that reads the same bound must accept them."""
+    """Values just inside and just outside the first bound that ``expect`` states (``≥ x``, ``≤ x``, ``|…| ≤ x``
+    on both sides of 0, ``a–b``, ``x ± t``, ``= x`` with its stated tolerance ``(to t)``/``(± t)``, or a bare
+    ``x``), with whether a check that reads the same bound must accept them. Later bounds in the text (e.g. the
+    values observed, in parentheses) are information, not checks, and are not probed."""
     found = []
     for kind, pattern in (("pm", rf"({_NUM})\s*±\s*({_NUM})"), ("range", rf"({_NUM})\s*–\s*({_NUM})")):
         found += [(m.start(), kind, m) for m in re.finditer(pattern, expect)]
@@ -83,16 +85,22 @@ def _probes(expect: str) -> list[tuple[float, bool]] | None:
         return None
     _, kind, m = min(found, key=lambda f: f[0])
     if kind == "cmp":
-        x = _num(m.group(2))
-        d = 1e-3 + 0.01 * abs(x)
-        return [(x + d, m.group(1) in "≥>"), (x - d, m.group(1) in "≤<")]
+        x, low = _num(m.group(2)), m.group(1) in "≤<"
+        d = 1e-6 + 1e-4 * abs(x)
+        out = [(x + d, not low), (x - d, low)]
+        if low and re.search(r"\|[^|]+\|\s*$", expect[: m.start()]):  # |…| ≤ x: the negative side too
+            out += [(-(x - d), True), (-(x + d), False)]
+        return out
     if kind == "eq":
         x = _num(m.group(1))
-        return [(x, True), (x + 0.05 + 0.05 * abs(x), False), (x - 0.05 - 0.05 * abs(x), False)]
+        tol = re.match(rf"\s*\((?:to|±)\s*({_NUM})", expect[m.end(1) :])
+        t = _num(tol.group(1)) if tol else 1e-3 * max(1.0, abs(x))  # no tolerance stated: x itself must pass
+        inside = [(x + t / 2, True), (x - t / 2, True)] if tol else []
+        return [(x, True), *inside, (x + 2 * t, False), (x - 2 * t, False)]
     a, b = _num(m.group(1)), _num(m.group(2))
     lo, hi = (a - b, a + b) if kind == "pm" else (a, b)
-    d = 1e-3 + 0.01 * (hi - lo)
-    eps = 1e-6 * max(1.0, abs(lo), abs(hi))
+    d = 1e-6 + 1e-4 * (hi - lo)
+    eps = 1e-9 * max(1.0, abs(lo), abs(hi))
     return [(lo + eps, True), (hi - eps, True), (lo - d, False), (hi + d, False)]
 
 
@@ -114,10 +122,18 @@ def test_every_controls_check_accepts_what_its_expected_text_states():
 
 
 def test_the_expectation_reader_reads_each_form():
-    assert _probes("≥ 0.9 (0.95 seen)") == [(0.9 + 0.001 + 0.009, True), (0.9 - 0.001 - 0.009, False)]
+    def rejects(expect: str, check) -> bool:  # some probe disagrees with this (wrong) check
+        return any(bool(check(v)) != accept for v, accept in _probes(expect))
+
+    assert _probes("≥ 0.9 (0.95 seen)") == [(pytest.approx(0.900091), True), (pytest.approx(0.899909), False)]
     assert [a for _, a in _probes("rate 0.02–0.08 (nominal 0.05)")] == [True, True, False, False]
     assert _probes("Φ(¼) = 0.599 ± 0.03")[0][0] == pytest.approx(0.569, abs=1e-5)
-    assert _probes("(N − 1)/N = 0.984")[0] == (0.984, True)
+    assert _probes("(N − 1)/N = 63/64 = 0.984375")[0] == (0.984375, True)
     assert _probes("no number") is None
-    assert _probes("0.5 (to 1e-9)")[0] == (0.5, True)
+    assert _probes("0.5 (to 1e-9)")[:3] == [(0.5, True), (0.5 + 5e-10, True), (0.5 - 5e-10, True)]
     assert [a for _, a in _probes("> 0")] == [True, False]
+    assert rejects("|margin| ≤ 0.005", lambda v: v <= 0.005)  # forgot abs()
+    assert not rejects("|margin| ≤ 0.005", lambda v: abs(v) <= 0.005)
+    assert rejects("≥ 0.9", lambda v: v >= 0.905) and rejects("≥ 0.9", lambda v: v > 0.8)
+    assert rejects("= 0 (to 1e-9)", lambda v: abs(v) < 0.04) and not rejects("= 0 (to 1e-9)", lambda v: abs(v) < 1e-9)
+    assert rejects("(N − 1)/N = 0.984", lambda v: abs(v - 63 / 64) < 1e-9)  # the old, rounded text

@@ -45,7 +45,8 @@ def t_interval(values: Sequence[float]) -> tuple[float, float]:
 
 
 NO_SPREAD = 1e-12
-"""Differences whose sd is at most this times max(1, |mean|) count as all equal (no spread)."""
+"""Differences whose sd is at most this times max(1, |mean|) count as all equal (no spread); a mean of at most
+this counts as 0."""
 
 
 class PairedTest(TypedDict):
@@ -59,8 +60,9 @@ class PairedTest(TypedDict):
 def paired_test(d: Sequence[float]) -> PairedTest:
     """n, mean, sd, 95 % half-width and two-sided p of the one-sample t-test of d = 0.
 
-    All-equal differences (sd = 0) have no spread to test against: p is NaN ("not testable", never "beyond
-    noise") when their mean is not 0, and 1 when it is 0 (e.g. a ``pref_acc`` of 1.0 for both methods).
+    All-equal differences (sd = 0, up to float rounding: ``NO_SPREAD``) have no spread to test against: p is
+    NaN ("not testable", never "beyond noise") when their mean is not 0, and 1 when it is 0 (e.g. a
+    ``pref_acc`` of 1.0 for both methods, or differences of 1e-17 left by rounding).
     """
     from scipy import stats
 
@@ -70,7 +72,8 @@ def paired_test(d: Sequence[float]) -> PairedTest:
         return {"n": n, "mean": float(v.mean()) if n else math.nan, "sd": math.nan, "half": math.nan, "p": math.nan}
     mean, sd = float(v.mean()), float(v.std(ddof=1))
     if sd <= NO_SPREAD * max(1.0, abs(mean)):  # equal up to float rounding (1 − x of equal x's can differ by 1e-17)
-        return {"n": n, "mean": mean, "sd": 0.0, "half": 0.0, "p": math.nan if mean != 0 else 1.0}
+        p = 1.0 if abs(mean) <= NO_SPREAD else math.nan  # all 0 (up to rounding): no difference at all
+        return {"n": n, "mean": mean, "sd": 0.0, "half": 0.0, "p": p}
     p = float(2 * stats.t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1))
     return {"n": n, "mean": mean, "sd": sd, "half": t_half_width(v), "p": p}
 
