@@ -15,6 +15,7 @@ Nothing here knows a metric by name: a new stage's records appear as new columns
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +125,8 @@ def paired_differences(
     spread sd(d) exceeds |d̄|, and ``mde``, the smallest difference 80 % power would detect at these
     seeds and this spread (``bench.core.stats.mde_paired``). Differences that are all equal (sd = 0) have no
     MDE and never set ``ci_excludes_0`` or ``significant``; when they are not 0 they have no t-test either (p
-    and p_holm NaN, left out of the Holm family); all 0 gives p = 1. None when no (model, task) has both
+    and p_holm NaN, left out of the Holm family; ``no_spread`` marks them); all 0 gives p = 1. None when no
+    (model, task) has both
     methods on at least 2 common seeds.
     """
     rows = []
@@ -149,6 +151,7 @@ def paired_differences(
                     "p": r["p"],
                     "sd": r["sd"],
                     "noisy": bool(r["sd"] > abs(r["mean"])),
+                    "no_spread": bool(r["sd"] == 0 and math.isnan(r["p"])),
                     "mde": mde_paired(r["sd"], r["n"]),
                 }
             )

@@ -33,9 +33,8 @@ def fmt_p(v: float) -> str:
 def comparison_rows(diffs: pd.DataFrame, many_models: bool) -> list[list[str]]:
     rows = []
     for _, r in diffs.iterrows():
-        no_spread = r["sd"] == 0 and pd.isna(r["p"])  # all seeds' differences equal and not 0: no t-test
         verdict = "**yes**" if r["significant"] else "raw CI only" if r["ci_excludes_0"] else "no"
-        verdict = "no spread (untested)" if no_spread else verdict
+        verdict = "no spread (untested)" if r["no_spread"] else verdict
         rows.append(
             ([str(r["model"])] if many_models else [])
             + [

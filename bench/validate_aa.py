@@ -54,7 +54,7 @@ def aa_exclusion_rate(ctx: ControlContext, n_seeds: int = 24) -> float:
         d = paired_differences(part, list(AA_METRICS), treatment="dpo_aa", control="dpo")
         if d is not None:
             # an equal non-zero difference on every seed (no spread, so no interval) counts as excluding 0
-            excl += (d["ci_excludes_0"] | ((d["sd"] == 0) & d["p"].isna())).tolist()
+            excl += (d["ci_excludes_0"] | d["no_spread"]).tolist()
     return float(sum(excl) / max(1, len(excl)))
 
 

@@ -291,7 +291,7 @@ def test_paired_differences_by_seed_against_hand_values():
         and bool(d.loc["x", "significant"])
     )
     assert d.loc["y", "p_holm"] == 1.0 and bool(d.loc["y", "noisy"]) and not bool(d.loc["x", "noisy"])
-    assert 0 < d.loc["x", "mde"] < 1.0
+    assert 0 < d.loc["x", "mde"] < 1.0 and not d["no_spread"].any()
 
 
 def test_an_equal_difference_on_every_seed_is_untested_not_beyond_noise():
@@ -305,7 +305,7 @@ def test_an_equal_difference_on_every_seed_is_untested_not_beyond_noise():
     r = d.iloc[0]
     assert r["diff"] == 0.25 and r["diff_ci95"] == 0.0 and r["sd"] == 0.0
     assert math.isnan(r["p"]) and math.isnan(r["p_holm"]) and math.isnan(r["mde"])
-    assert not r["significant"] and not r["ci_excludes_0"]
+    assert not r["significant"] and not r["ci_excludes_0"] and r["no_spread"]
     assert comparison_rows(d, many_models=False)[0][6] == "no spread (untested)"
     # equal up to float rounding: 1 − x of equal x's (paper-table's SimPO − DPO align_score, sd 1e-17)
     board["y"] = [0.5, 0.5, 0.75, np.nextafter(0.75, 1.0)]
@@ -314,7 +314,8 @@ def test_an_equal_difference_on_every_seed_is_untested_not_beyond_noise():
     # rounding noise around a true 0 (0.1 + 0.2 − 0.3 = 5.6e-17) is no difference, not an untested one
     board["z"] = [0.3, 0.3, 0.1 + 0.2, 0.3]
     z = paired_differences(board, ["z"]).iloc[0]
-    assert z["p"] == 1.0 and comparison_rows(paired_differences(board, ["z"]), many_models=False)[0][6] == "no"
+    assert z["p"] == 1.0 and not z["no_spread"]
+    assert comparison_rows(paired_differences(board, ["z"]), many_models=False)[0][6] == "no"
 
 
 def test_rows_are_sorted_by_position_even_with_a_repeated_index():
