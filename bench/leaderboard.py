@@ -99,7 +99,9 @@ def sae_grid(tidy: pd.DataFrame) -> pd.DataFrame | None:
 
 
 def seed_summary(board: pd.DataFrame) -> pd.DataFrame | None:
-    """Mean and 95 % CI half-width (t distribution, n−1 dof) across seeds; None with fewer than 2 seeds."""
+    """Mean and 95 % CI half-width (t distribution, n−1 dof) across seeds; None with fewer than 2 seeds.
+
+    ``n_seeds`` counts the group's rows; each metric's mean and interval use only its non-empty seeds."""
     if board.empty or board["seed"].nunique() < 2:
         return None
     metrics = [c for c in board.columns if c not in ID_COLS]
