@@ -1,4 +1,4 @@
-"""README's tables of ``results/default`` are the committed leaderboard's numbers, as printed.
+"""README's tables of ``results/default`` and ``results/reference`` are the committed numbers, as printed.
 
 README copies "mean ± 95 % half-width" cells from ``results/default/leaderboard_seeds.csv``; when a stage is
 rebuilt and the README is not, a reader cites numbers no run produced. Each cell is compared with the CSV
@@ -70,3 +70,65 @@ def test_the_table_reader_reads_a_table_and_the_line_before_it():
     lines = ["Sycophancy (held-out):", "", "| method | x |", "|---|---|", "| dpo | 0.10 ± 0.02 |", "after"]
     assert _tables(lines) == [("Sycophancy (held-out):", [{"method": "dpo", "x": "0.10 ± 0.02"}])]
     assert _printed(-0.0001, "0.000") == "0.000" and _printed(0.1234, "0.12") == "0.12"
+
+
+REF_START = "**The reference suite (`results/reference/`"
+REF_END = "**The reference suite on one GPU"
+LABELS = {"DPO": "dpo", "DecPO": "decpo", "base": "base"}
+
+
+def _section(start: str, end: str) -> list[str]:
+    text = (REPO / "README.md").read_text().splitlines()
+    i = next(k for k, line in enumerate(text) if line.startswith(start))
+    return text[i : next(k for k, line in enumerate(text) if k > i and line.startswith(end))]
+
+
+def _check_pref_acc_row(board: pd.DataFrame, row: dict[str, str]) -> None:
+    """DPO's held-out ``pref_acc`` (the base model has no reward margin: chance is 0.5), mean ± t half-width."""
+    from bench.core.stats import t_half_width
+
+    v = board[(board.task == row["task"]) & (board.method == "dpo")]["pref_acc"].dropna().to_numpy(float)
+    mean, half = (c.strip() for c in row["mean ± 95 % CI"].split("±"))
+    assert (_printed(v.mean(), mean), _printed(t_half_width(v), half)) == (mean, half), row
+    assert int(row["seeds"]) == len(v)
+
+
+def _check_paired_row(board: pd.DataFrame, row: dict[str, str]) -> None:
+    """A "treatment − control" row: the report's paired difference, Holm family, MDE and reading."""
+    from bench.leaderboard import paired_differences
+    from bench.report_stats import PAIRED_GROUPS, fmt_p
+    from bench.schema import headline
+
+    treatment, control = (LABELS[s.strip()] for s in row["comparison"].split("−"))
+    cols = [c for c in headline(PAIRED_GROUPS) if c in board and not c.endswith("_null")]
+    d = paired_differences(board, cols, treatment=treatment, control=control)
+    assert d is not None
+    r = d.set_index(["task", "metric"]).loc[(row["task"], row["metric"].strip("`"))]
+    mean, half = (c.strip().replace("−", "-").lstrip("+") for c in row["mean ± 95 % CI"].split("±"))
+    assert (_printed(r["diff"], mean), _printed(r["diff_ci95"], half)) == (_printed(float(mean), mean), half), row
+    assert (int(row["seeds"]), row["p (Holm)"], row["MDE (80 %)"]) == (
+        int(r["n_seeds"]),
+        fmt_p(r["p_holm"]),
+        _printed(r["mde"], row["MDE (80 %)"]),
+    ), row
+    reading = row["reading"]
+    if r["significant"]:
+        assert reading == "**beyond noise**", row
+    elif r["ci_excludes_0"]:
+        assert reading.startswith("raw CI excludes 0"), row
+    else:
+        assert reading == f"smaller than {row['MDE (80 %)']}", row
+
+
+def test_readme_reference_table_is_the_committed_reference_leaderboard():
+    """README's DecPO − DPO and DPO − base rows equal ``results/reference``'s paired differences, and every
+    (task, method) there has the ≥ 5 seeds the reference suite promises."""
+    folder = REPO / "results" / "reference"
+    board = pd.read_csv(folder / "leaderboard.csv")
+    assert (pd.read_csv(folder / "leaderboard_seeds.csv")["n_seeds"] >= 5).all()
+    tables = [rows for _, rows in _tables(_section(REF_START, REF_END)) if rows and "comparison" in rows[0]]
+    assert len(tables) == 1
+    for row in tables[0]:
+        (_check_pref_acc_row if row["comparison"].startswith("DPO vs 0.5") else _check_paired_row)(board, row)
+    tasks = {(r["task"], r["comparison"]) for r in tables[0]}
+    assert {(t, "DecPO − DPO") for t in ("toxicity", "reframing", "sycophancy")} <= tasks
