@@ -63,7 +63,9 @@ def schema_markdown() -> str:
         "(model, task, method, seed, layer, sae) with a column per `sae_*` metric of the `sae` stage; the "
         "leaderboard's `sae_*` columns are the primary SAE's (the [sae] table at `hook_layer`). "
         "`leaderboard_seeds.csv` (≥ 2 seeds): per (model, task, method) the mean of each metric and "
-        "`<metric>_ci95`, the half-width of its 95 % t confidence interval across seeds, plus `n_seeds`.",
+        "`<metric>_ci95`, the half-width of its 95 % t confidence interval across seeds, plus `n_seeds` (the "
+        "rows of that (model, task, method); a metric left empty on some seeds is averaged over the seeds that "
+        "have it, and its interval uses that smaller n).",
         "",
         "Definitions changed in monobench 0.2 (stage versions 2; rows carry `monobench_version`): SAE held-out "
         "tokens are split by item and counted once per distinct prefix; `sae_frac_interpretable` uses a "
