@@ -131,20 +131,21 @@ class Store:
         start = time.time()
         try:
             yield work
-            write_json(
-                work / "stage.json",
-                {
-                    "key": key,
-                    "spec": spec,
-                    "identity": identity or {},
-                    "files": _file_sizes(work),
-                    "hashes": _file_hashes(work),
-                    "machine": self.machine,
-                    "seconds": round(time.time() - start, 3),
-                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "monobench_version": __version__,
-                },
-            )
+            hashes = _file_hashes(work)
+            record = {
+                "key": key,
+                "spec": spec,
+                "identity": identity or {},
+                "files": _file_sizes(work),
+                "hashes": hashes,
+                "machine": self.machine,
+                "seconds": round(time.time() - start, 3),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "monobench_version": __version__,
+            }
+            if rebuilt := _rebuild_record(key, self.path(key) / "stage.json", hashes):
+                record["rebuilt"] = rebuilt
+            write_json(work / "stage.json", record)
             final = self.path(key)
             if final.exists():  # --force, or a concurrent shard finished the same stage first
                 trash = self.tmp / f"{key}.{HOST}.{os.getpid()}.old"
@@ -230,6 +231,29 @@ def _file_problem(folder: Path, name: str, size: int, digest: str | None) -> str
     if digest is not None and file_digest(f) != digest:
         return "has changed since it was written (its hash differs from the recorded one)"
     return None
+
+
+def _rebuild_record(key: str, old: Path, hashes: dict[str, str]) -> dict[str, Any] | None:
+    """What a rebuild of a stage that had a record (its weights lost with a machine, or ``--force``) changed:
+    the earlier build's finish time and the files whose hash differs (same key, so any difference is float
+    rounding of another CPU or library build, or nondeterminism). Logged as a warning when some differ, so
+    results built from both builds can be told apart; None when there was no earlier record."""
+    try:
+        before = read_json(old)
+    except (OSError, StoreError):
+        return None
+    if not isinstance(before, dict):
+        return None
+    earlier = before.get("hashes") or {}
+    changed = sorted(n for n in hashes.keys() & earlier.keys() if hashes[n] != earlier[n] and n != "stage.json")
+    if changed:
+        log.warning(
+            "stage %s rebuilt with different %s than its earlier build (%s)",
+            key,
+            ", ".join(changed),
+            before.get("finished", "?"),
+        )
+    return {"previous_finished": before.get("finished"), "changed_files": changed}
 
 
 def _file_hashes(folder: Path) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 import fcntl
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -44,6 +45,26 @@ def test_rebuild_replaces_old_folder(tmp_path):
             write_json(work / "metrics.json", [{"metric": "m", "value": v}])
     assert json.loads((store.path(key) / "metrics.json").read_text())[0]["value"] == 2.0
     assert [p.name for p in store.runs.iterdir()] == [key]
+
+
+def test_a_rebuild_records_which_files_differ_from_the_earlier_build(tmp_path, caplog):
+    """Weights lost with a machine are rebuilt under the same key; on another CPU they may differ by float
+    rounding (the reference run's corpus activations did): the new record says so, and a warning names them."""
+    store = Store(tmp_path)
+    key = store.key("x", {}, "1")
+    builds = []
+    for v in (1.0, 1.0, 2.0):
+        with caplog.at_level(logging.WARNING, logger="bench.store"):
+            caplog.clear()
+            with store.build(key, {}) as work:
+                write_json(work / "metrics.json", [{"metric": "m", "value": v}])
+                (work / "weights.npy").write_bytes(b"w")
+        builds.append((json.loads((store.path(key) / "stage.json").read_text()), caplog.text))
+    assert "rebuilt" not in builds[0][0]
+    assert builds[1][0]["rebuilt"] == {"previous_finished": builds[0][0]["finished"], "changed_files": []}
+    assert "rebuilt with different" not in builds[1][1]
+    assert builds[2][0]["rebuilt"]["changed_files"] == ["metrics.json"]
+    assert "rebuilt with different metrics.json" in builds[2][1]
 
 
 def test_clean_tmp_removes_this_hosts_dead_leftovers_only(tmp_path):
