@@ -128,8 +128,7 @@ def paired_differences(
     seeds and this spread (``bench.core.stats.mde_paired``). Differences that are all equal (sd = 0) have no
     MDE and never set ``ci_excludes_0`` or ``significant``; when they are not 0 they have no t-test either (p
     and p_holm NaN, left out of the Holm family; ``no_spread`` marks them); all 0 gives p = 1. None when no
-    (model, task) has both
-    methods on at least 2 common seeds.
+    (model, task) has both methods on at least 2 common seeds.
     """
     rows = []
     for (model, task), g in board.groupby(["model", "task"], sort=False):

@@ -24,9 +24,8 @@ from bench.core.io import write_csv
 from bench.core.stats import mde_paired
 from bench.figures import ordered_methods
 from bench.leaderboard import paired_differences
-from bench.schema import headline
+from bench.report_stats import paired_metrics
 
-GROUPS = ("alignment", "preference", "proxies", "sae", "sae_transfer", "sae_drift")
 MAX_SEEDS = 200
 
 
@@ -48,7 +47,7 @@ def seeds_needed(sd: float, effect: float, alpha: float = 0.05, power: float = 0
 
 def power_table(board: pd.DataFrame, effect: float) -> pd.DataFrame:
     """One row per (comparison, task, metric): seeds, mean difference, sd, MDE, seeds needed for ``effect``."""
-    metrics = [c for c in headline(GROUPS) if c in board and not c.endswith("_null")]
+    metrics = paired_metrics(board)
     methods = set(board["method"])
     frames = []
     for control in ("dpo", "base"):

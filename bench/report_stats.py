@@ -52,6 +52,12 @@ def comparison_rows(diffs: pd.DataFrame, many_models: bool) -> list[list[str]]:
     return rows
 
 
+def paired_metrics(board: pd.DataFrame) -> list[str]:
+    """The columns every paired table compares: the headline metrics of ``PAIRED_GROUPS`` present in ``board``
+    (their ``_null`` reference columns are not compared). Also the Holm family of each table."""
+    return [c for c in headline(PAIRED_GROUPS) if c in board and not c.endswith("_null")]
+
+
 def paired_sections(res) -> list[Block]:
     """One table per ``method − DPO`` comparison in the folder (treatments in display order)."""
 
@@ -59,7 +65,7 @@ def paired_sections(res) -> list[Block]:
     if "dpo" not in methods:
         return []
 
-    cols = [c for c in headline(PAIRED_GROUPS) if c in res.board and not c.endswith("_null")]
+    cols = paired_metrics(res.board)
     many = res.board["model"].nunique() > 1
     head = (["model"] if many else []) + [
         "task",

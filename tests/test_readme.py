@@ -39,16 +39,16 @@ def _printed(value: float, like: str) -> str:
     return f"{value:.{decimals}f}".replace("-0." + "0" * decimals, "0." + "0" * decimals)
 
 
-def _default_section() -> list[str]:
+def _section(start: str, end: str) -> list[str]:
+    """README's lines from the one starting with ``start`` up to (not including) the next starting with ``end``."""
     text = (REPO / "README.md").read_text().splitlines()
-    start = next(i for i, line in enumerate(text) if line.startswith(START))
-    end = next(i for i, line in enumerate(text) if line.startswith(END))
-    return text[start:end]
+    i = next(k for k, line in enumerate(text) if line.startswith(start))
+    return text[i : next(k for k, line in enumerate(text) if k > i and line.startswith(end))]
 
 
 def test_readme_default_tables_are_the_committed_leaderboard():
     board = pd.read_csv(REPO / "results" / "default" / "leaderboard_seeds.csv")
-    tables = _tables(_default_section())
+    tables = _tables(_section(START, END))
     assert len(tables) >= 3
     checked = 0
     for before, rows in tables:
@@ -77,12 +77,6 @@ REF_END = "**The reference suite on one GPU"
 LABELS = {"DPO": "dpo", "DecPO": "decpo", "base": "base"}
 
 
-def _section(start: str, end: str) -> list[str]:
-    text = (REPO / "README.md").read_text().splitlines()
-    i = next(k for k, line in enumerate(text) if line.startswith(start))
-    return text[i : next(k for k, line in enumerate(text) if k > i and line.startswith(end))]
-
-
 def _check_pref_acc_row(board: pd.DataFrame, row: dict[str, str]) -> None:
     """DPO's held-out ``pref_acc`` (the base model has no reward margin: chance is 0.5), mean ± t half-width."""
     from bench.core.stats import t_half_width
@@ -93,17 +87,18 @@ def _check_pref_acc_row(board: pd.DataFrame, row: dict[str, str]) -> None:
     assert int(row["seeds"]) == len(v)
 
 
-def _check_paired_row(board: pd.DataFrame, row: dict[str, str]) -> None:
-    """A "treatment − control" row: the report's paired difference, Holm family, MDE and reading."""
+def _check_paired_row(diffs: dict[str, pd.DataFrame], board: pd.DataFrame, row: dict[str, str]) -> None:
+    """A "treatment − control" row: the report's paired difference, Holm family, MDE and reading (``diffs``
+    holds each comparison's table once computed)."""
     from bench.leaderboard import paired_differences
-    from bench.report_stats import PAIRED_GROUPS, fmt_p
-    from bench.schema import headline
+    from bench.report_stats import fmt_p, paired_metrics
 
-    treatment, control = (LABELS[s.strip()] for s in row["comparison"].split("−"))
-    cols = [c for c in headline(PAIRED_GROUPS) if c in board and not c.endswith("_null")]
-    d = paired_differences(board, cols, treatment=treatment, control=control)
-    assert d is not None
-    r = d.set_index(["task", "metric"]).loc[(row["task"], row["metric"].strip("`"))]
+    if row["comparison"] not in diffs:
+        treatment, control = (LABELS[s.strip()] for s in row["comparison"].split("−"))
+        d = paired_differences(board, paired_metrics(board), treatment=treatment, control=control)
+        assert d is not None
+        diffs[row["comparison"]] = d.set_index(["task", "metric"])
+    r = diffs[row["comparison"]].loc[(row["task"], row["metric"].strip("`"))]
     mean, half = (c.strip().replace("−", "-").lstrip("+") for c in row["mean ± 95 % CI"].split("±"))
     assert (_printed(r["diff"], mean), _printed(r["diff_ci95"], half)) == (_printed(float(mean), mean), half), row
     assert (int(row["seeds"]), row["p (Holm)"], row["MDE (80 %)"]) == (
@@ -128,7 +123,11 @@ def test_readme_reference_table_is_the_committed_reference_leaderboard():
     assert (pd.read_csv(folder / "leaderboard_seeds.csv")["n_seeds"] >= 5).all()
     tables = [rows for _, rows in _tables(_section(REF_START, REF_END)) if rows and "comparison" in rows[0]]
     assert len(tables) == 1
+    diffs: dict[str, pd.DataFrame] = {}
     for row in tables[0]:
-        (_check_pref_acc_row if row["comparison"].startswith("DPO vs 0.5") else _check_paired_row)(board, row)
+        if row["comparison"].startswith("DPO vs 0.5"):
+            _check_pref_acc_row(board, row)
+        else:
+            _check_paired_row(diffs, board, row)
     tasks = {(r["task"], r["comparison"]) for r in tables[0]}
     assert {(t, "DecPO − DPO") for t in ("toxicity", "reframing", "sycophancy")} <= tasks
